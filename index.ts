@@ -1,0 +1,51 @@
+import fp from 'fastify-plugin'
+import type { FastifyInstance } from 'fastify'
+import { cloudflareAccess } from './lib/plugin'
+import * as errors from './lib/errors'
+import type * as types from './lib/types'
+import './lib/types'
+
+/** Verifies Cloudflare Access tokens on every request of the scope it is registered in. */
+function fastifyCloudflareAccess (fastify: FastifyInstance, options: types.FastifyCloudflareAccessOptions): Promise<void> {
+  return cloudflareAccess(fastify, options)
+}
+fp(fastifyCloudflareAccess, { fastify: '5.x', name: 'fastify-cloudflare-access' })
+
+// The fastify-org export triple: require() returns the plugin, which also carries `default`, the named
+// export and the error constructors.
+const { errorCodes, TokenMissingError, TokenInvalidError, TokenExpiredError, ClaimInvalidError, KeysUnavailableError } = errors
+fastifyCloudflareAccess.default = fastifyCloudflareAccess
+fastifyCloudflareAccess.fastifyCloudflareAccess = fastifyCloudflareAccess
+fastifyCloudflareAccess.errorCodes = errorCodes
+fastifyCloudflareAccess.TokenMissingError = TokenMissingError
+fastifyCloudflareAccess.TokenInvalidError = TokenInvalidError
+fastifyCloudflareAccess.TokenExpiredError = TokenExpiredError
+fastifyCloudflareAccess.ClaimInvalidError = ClaimInvalidError
+fastifyCloudflareAccess.KeysUnavailableError = KeysUnavailableError
+
+// Node's CommonJS-to-ESM bridge finds named exports by reading the source for this shape. It never runs
+// (`0 &&`); it only makes `import { fastifyCloudflareAccess } from 'fastify-cloudflare-access'` work.
+0 && (module.exports = {
+  default: fastifyCloudflareAccess,
+  fastifyCloudflareAccess,
+  errorCodes,
+  TokenMissingError,
+  TokenInvalidError,
+  TokenExpiredError,
+  ClaimInvalidError,
+  KeysUnavailableError
+})
+
+declare namespace fastifyCloudflareAccess {
+  export type FastifyCloudflareAccessOptions = types.FastifyCloudflareAccessOptions
+  export type CloudflareAccessClaims = types.CloudflareAccessClaims
+  export type CloudflareAccessUserClaims = types.CloudflareAccessUserClaims
+  export type CloudflareAccessServiceClaims = types.CloudflareAccessServiceClaims
+  export type CloudflareAccessBaseClaims = types.CloudflareAccessBaseClaims
+  export type CloudflareAccessDecorator = types.CloudflareAccessDecorator
+  export type CloudflareAccessHook = types.CloudflareAccessHook
+  export type CloudflareAccessError = errors.CloudflareAccessError
+  export type CloudflareAccessErrorCode = errors.CloudflareAccessErrorCode
+}
+
+export = fastifyCloudflareAccess

@@ -1,0 +1,72 @@
+import createError from '@fastify/error'
+
+/**
+ * Every error the plugin raises. Each is a `@fastify/error` constructor: instances carry `code` and
+ * `statusCode`, and Fastify's error handler answers `{ statusCode, code, error, message }`.
+ *
+ * Messages name what failed and never contain the token or any text decoded from it. Rejections are
+ * expected traffic, so they skip stack capture: cheaper, and log lines stay short.
+ */
+
+/** No token in the `Cf-Access-Jwt-Assertion` header nor in the `CF_Authorization` cookie. 401. */
+export const TokenMissingError = createError(
+  'FST_CF_ACCESS_TOKEN_MISSING',
+  'Missing Cloudflare Access token: expected the Cf-Access-Jwt-Assertion header or the CF_Authorization cookie',
+  401,
+  Error,
+  false
+)
+
+/** Malformed, oversized, wrong algorithm, missing or unknown key id, bad signature. 401. */
+export const TokenInvalidError = createError<'FST_CF_ACCESS_TOKEN_INVALID', 401, [reason: string]>(
+  'FST_CF_ACCESS_TOKEN_INVALID',
+  'Invalid Cloudflare Access token: %s',
+  401,
+  Error,
+  false
+)
+
+/** Expired, not yet valid, or issued in the future (beyond `clockTolerance`). 401. */
+export const TokenExpiredError = createError<'FST_CF_ACCESS_TOKEN_EXPIRED', 401, [reason: string]>(
+  'FST_CF_ACCESS_TOKEN_EXPIRED',
+  'Cloudflare Access token is not valid now: %s',
+  401,
+  Error,
+  false
+)
+
+/** Signed by the team but not for this application: wrong `aud`, `iss` or `type`, or a claim of the wrong type. 401. */
+export const ClaimInvalidError = createError<'FST_CF_ACCESS_CLAIM_INVALID', 401, [reason: string]>(
+  'FST_CF_ACCESS_CLAIM_INVALID',
+  'Cloudflare Access token rejected: %s',
+  401,
+  Error,
+  false
+)
+
+/** The team's signing keys cannot be obtained (cold outage, hanging or garbage endpoint, keys too stale). 503. */
+export const KeysUnavailableError = createError<'FST_CF_ACCESS_KEYS_UNAVAILABLE', 503, [reason: string]>(
+  'FST_CF_ACCESS_KEYS_UNAVAILABLE',
+  'Cloudflare Access signing keys are unavailable: %s',
+  503,
+  Error,
+  false
+)
+
+/** The stable error codes, for matching in error handlers and tests. */
+export const errorCodes = {
+  TOKEN_MISSING: 'FST_CF_ACCESS_TOKEN_MISSING',
+  TOKEN_INVALID: 'FST_CF_ACCESS_TOKEN_INVALID',
+  TOKEN_EXPIRED: 'FST_CF_ACCESS_TOKEN_EXPIRED',
+  CLAIM_INVALID: 'FST_CF_ACCESS_CLAIM_INVALID',
+  KEYS_UNAVAILABLE: 'FST_CF_ACCESS_KEYS_UNAVAILABLE'
+} as const
+
+/** One of the codes in {@link errorCodes}. */
+export type CloudflareAccessErrorCode = typeof errorCodes[keyof typeof errorCodes]
+
+/** What every rejection carries: a stable `code`, an HTTP `statusCode` and a token-free `message`. */
+export interface CloudflareAccessError extends Error {
+  code: CloudflareAccessErrorCode
+  statusCode: 401 | 503
+}

@@ -1,0 +1,273 @@
+import { createPublicKey, type KeyObject } from 'node:crypto'
+import http from 'node:http'
+import https from 'node:https'
+import { KeysUnavailableError } from './errors'
+
+/** One ready verification key of the team. Replaced, never mutated, when the set changes. */
+export interface SigningKey {
+  readonly kid: string
+  /** SPKI PEM of the public key. */
+  readonly pem: string
+  readonly key: KeyObject
+}
+
+/** The logger subset the store needs (Fastify's logger fits). */
+export interface KeyStoreLogger {
+  info: (obj: object, msg: string) => void
+  warn: (obj: object, msg: string) => void
+  error: (obj: object, msg: string) => void
+}
+
+export interface KeyStoreOptions {
+  /** Fixed at registration: nothing in a token ever chooses where keys come from. */
+  certsUrl: string
+  fetchTimeout: number
+  refreshInterval: number
+  unknownKidCooldown: number
+  maxStaleAge: number
+  log: KeyStoreLogger
+  /** Largest accepted response body in bytes. Cloudflare's is about 4 KB. */
+  maxResponseBytes?: number
+}
+
+/** Retry delays while fetches fail: from 500 ms doubling, at most this long while the store has no keys. */
+const COLD_RETRY_MAX = 4_000
+/** ... and at most this long while a good set is still serving. */
+const WARM_RETRY_MAX = 60_000
+const KID = /^[A-Za-z0-9._~:-]{1,128}$/
+const MIN_RSA_BITS = 2048
+
+class FetchError extends Error {}
+
+/**
+ * The team's signing keys, fetched from one fixed URL and mapped by kid.
+ *
+ * - single flight: concurrent misses share one fetch;
+ * - every fetch is bounded (timeout, no redirects, size cap, status and JSON checked);
+ * - periodic refresh, and a refetch on an unknown kid at most once per `unknownKidCooldown`;
+ * - a successful refresh replaces the whole set; a failed one keeps the last good set for `maxStaleAge`;
+ * - while fetches fail, retries back off (every few seconds at most while there are no keys at all).
+ */
+export class KeyStore {
+  readonly #opts: Required<KeyStoreOptions>
+  #keys = new Map<string, SigningKey>()
+  /** When the current set was fetched (0: never). */
+  #fetchedAt = 0
+  /** When the last fetch started (-Infinity: never). */
+  #attemptedAt = -Infinity
+  #inflight: Promise<void> | null = null
+  #lastError = ''
+  #failures = 0
+  #timer: NodeJS.Timeout | null = null
+  #closed = false
+  /** Number of fetches started, for tests and diagnostics. */
+  fetchCount = 0
+
+  constructor (options: KeyStoreOptions) {
+    this.#opts = { maxResponseBytes: 256 * 1024, ...options }
+  }
+
+  /** The key for `kid` if the current set has it and is not too stale. Synchronous: no I/O. */
+  get (kid: string): SigningKey | undefined {
+    if (this.#keys.size === 0 || this.#isTooStale()) return undefined
+    return this.#keys.get(kid)
+  }
+
+  /** Whether the store holds a usable key set. */
+  get ready (): boolean {
+    return this.#keys.size > 0 && !this.#isTooStale()
+  }
+
+  /** The kids of the usable set. */
+  get kids (): string[] {
+    return this.ready ? [...this.#keys.keys()] : []
+  }
+
+  /**
+   * The key for `kid`, fetching when needed. Resolves `undefined` for a kid the team does not publish
+   * (or one asked about during the unknown-kid cooldown); rejects with a 503 error when there are no
+   * usable keys and none can be fetched now.
+   */
+  async resolve (kid: string): Promise<SigningKey | undefined> {
+    const known = this.get(kid)
+    if (known !== undefined) return known
+
+    if (this.ready) {
+      // An unknown kid: a key rotated in, or an attacker's guess. Refetch, but at most once per cooldown.
+      if (this.#inflight === null && Date.now() - this.#attemptedAt < this.#opts.unknownKidCooldown) return undefined
+      await this.#refresh().catch(noop)
+      return this.get(kid)
+    }
+
+    // No usable keys. Join a fetch under way, or start one unless a retry is already scheduled.
+    if (this.#inflight === null && this.#failures > 0 && this.#timer !== null) {
+      throw new KeysUnavailableError(this.#lastError)
+    }
+    try {
+      await this.#refresh()
+    } catch {
+      throw new KeysUnavailableError(this.#lastError)
+    }
+    return this.get(kid)
+  }
+
+  /** Starts the background refresh: a warm-up fetch now, then one every `refreshInterval`. */
+  start (): void {
+    if (this.#closed || this.#inflight !== null || this.#timer !== null) return
+    this.#refresh().catch(noop)
+  }
+
+  /** Stops every timer; an in-flight fetch finishes but schedules nothing. */
+  close (): void {
+    this.#closed = true
+    this.#clearTimer()
+  }
+
+  #isTooStale (): boolean {
+    if (Date.now() - this.#fetchedAt <= this.#opts.maxStaleAge) return false
+    this.#opts.log.error({ certsUrl: this.#opts.certsUrl, staleForMs: Date.now() - this.#fetchedAt },
+      'cloudflare access: key set older than maxStaleAge dropped; requests get 503 until a fetch succeeds')
+    this.#keys = new Map()
+    return true
+  }
+
+  /** One fetch, shared by everyone who asks while it runs. Rejects when it fails. */
+  #refresh (): Promise<void> {
+    if (this.#inflight !== null) return this.#inflight
+    this.#clearTimer()
+    this.#attemptedAt = Date.now()
+    this.fetchCount++
+    const run = fetchKeySet(this.#opts.certsUrl, this.#opts.fetchTimeout, this.#opts.maxResponseBytes)
+      .then((jwks) => this.#install(jwks), (error: unknown) => this.#fail(error))
+      .finally(() => {
+        this.#inflight = null
+        this.#schedule()
+      })
+    this.#inflight = run
+    return run
+  }
+
+  #install (jwks: unknown): void {
+    const next = parseKeySet(jwks, this.#keys)
+    if (next.size === 0) {
+      this.#fail(new FetchError('no RSA/RS256 signing key in the response'))
+    }
+    const previous = this.#keys
+    const wasFailing = this.#failures > 0
+    this.#keys = next
+    this.#fetchedAt = Date.now()
+    this.#failures = 0
+    this.#lastError = ''
+    const added = [...next.keys()].filter((kid) => !previous.has(kid))
+    const removed = [...previous.keys()].filter((kid) => !next.has(kid))
+    if (wasFailing) {
+      this.#opts.log.info({ certsUrl: this.#opts.certsUrl, kids: [...next.keys()] }, 'cloudflare access: key endpoint recovered')
+    }
+    if (previous.size > 0 && (added.length > 0 || removed.length > 0)) {
+      this.#opts.log.info({ added, removed }, 'cloudflare access: key rotation seen')
+    }
+  }
+
+  #fail (error: unknown): never {
+    this.#failures++
+    this.#lastError = error instanceof FetchError ? error.message : 'key endpoint unreachable'
+    const level = this.ready ? 'warn' : 'error'
+    this.#opts.log[level]({ certsUrl: this.#opts.certsUrl, failures: this.#failures, reason: this.#lastError },
+      this.ready
+        ? 'cloudflare access: key refresh failed; the last good key set keeps serving'
+        : 'cloudflare access: cannot fetch signing keys; requests get 503')
+    throw error
+  }
+
+  #schedule (): void {
+    if (this.#closed) return
+    let delay = this.#opts.refreshInterval
+    if (this.#failures > 0) {
+      const cap = this.ready ? WARM_RETRY_MAX : COLD_RETRY_MAX
+      delay = Math.min(500 * 2 ** Math.min(this.#failures - 1, 10), cap, this.#opts.refreshInterval)
+    }
+    this.#timer = setTimeout(() => {
+      this.#timer = null
+      this.#refresh().catch(noop)
+    }, delay)
+    this.#timer.unref()
+  }
+
+  #clearTimer (): void {
+    if (this.#timer !== null) {
+      clearTimeout(this.#timer)
+      this.#timer = null
+    }
+  }
+}
+
+function noop (): void {}
+
+/**
+ * Builds the kid map from a JWKS response. Keeps only RSA keys meant for RS256 signatures, and reuses
+ * the entry of a kid whose key did not change (so that anything derived from it survives the refresh).
+ */
+export function parseKeySet (jwks: unknown, previous: ReadonlyMap<string, SigningKey>): Map<string, SigningKey> {
+  const keys = new Map<string, SigningKey>()
+  const list = (jwks !== null && typeof jwks === 'object') ? (jwks as { keys?: unknown }).keys : undefined
+  if (!Array.isArray(list)) throw new FetchError('response has no "keys" array')
+  for (const jwk of list) {
+    if (jwk === null || typeof jwk !== 'object') continue
+    const { kty, alg, use, kid, n, e } = jwk as Record<string, unknown>
+    if (kty !== 'RSA' || typeof kid !== 'string' || !KID.test(kid) || typeof n !== 'string' || typeof e !== 'string') continue
+    if ((alg !== undefined && alg !== 'RS256') || (use !== undefined && use !== 'sig') || keys.has(kid)) continue
+    let key: KeyObject
+    try {
+      key = createPublicKey({ key: { kty, n, e }, format: 'jwk' })
+    } catch {
+      continue
+    }
+    if ((key.asymmetricKeyDetails?.modulusLength ?? 0) < MIN_RSA_BITS) continue
+    const pem = key.export({ type: 'spki', format: 'pem' }) as string
+    const old = previous.get(kid)
+    keys.set(kid, old?.pem === pem ? old : Object.freeze({ kid, pem, key }))
+  }
+  return keys
+}
+
+/** GET the key set: bounded in time and size, no redirects, status 200 and JSON required. */
+export function fetchKeySet (url: string, timeout: number, maxBytes: number): Promise<unknown> {
+  return new Promise((resolve, reject) => {
+    const get = url.startsWith('https:') ? https.get : http.get
+    const req = get(url, { headers: { accept: 'application/json', 'user-agent': 'fastify-cloudflare-access' } }, (res) => {
+      if (res.statusCode !== 200) {
+        res.resume()
+        return done(new FetchError(`key endpoint answered HTTP ${res.statusCode}`))
+      }
+      const chunks: Buffer[] = []
+      let size = 0
+      res.on('data', (chunk: Buffer) => {
+        size += chunk.length
+        if (size > maxBytes) {
+          done(new FetchError(`key endpoint response larger than ${maxBytes} bytes`))
+        } else {
+          chunks.push(chunk)
+        }
+      })
+      res.on('end', () => {
+        try {
+          done(null, JSON.parse(Buffer.concat(chunks).toString('utf8')))
+        } catch {
+          done(new FetchError('key endpoint response is not JSON'))
+        }
+      })
+      res.on('error', () => done(new FetchError('key endpoint connection failed')))
+    })
+    const timer = setTimeout(() => done(new FetchError(`key endpoint did not answer within ${timeout} ms`)), timeout)
+    req.on('error', () => done(new FetchError('key endpoint unreachable')))
+    let settled = false
+    function done (error: Error | null, value?: unknown): void {
+      if (settled) return
+      settled = true
+      clearTimeout(timer)
+      req.destroy()
+      if (error === null) resolve(value)
+      else reject(error)
+    }
+  })
+}

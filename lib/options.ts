@@ -1,0 +1,141 @@
+import type { CloudflareAccessHook, FastifyCloudflareAccessOptions } from './types'
+
+/** Options after validation: every field present, every value usable as is. */
+export interface NormalizedOptions {
+  /** `https://<team>.cloudflareaccess.com` (or a loopback `http://` origin): the exact `iss`. */
+  issuer: string
+  certsUrl: string
+  audience: readonly string[]
+  hook: CloudflareAccessHook
+  /** Milliseconds (the option is given in seconds). */
+  clockToleranceMs: number
+  fetchTimeout: number
+  refreshInterval: number
+  unknownKidCooldown: number
+  maxStaleAge: number
+}
+
+export const DEFAULTS = {
+  clockTolerance: 30,
+  fetchTimeout: 5_000,
+  refreshInterval: 600_000,
+  unknownKidCooldown: 5_000,
+  maxStaleAge: 6 * 3_600_000
+} as const
+
+const KNOWN_OPTIONS = new Set([
+  'teamDomain', 'audience', 'hook', 'clockTolerance',
+  'fetchTimeout', 'refreshInterval', 'unknownKidCooldown', 'maxStaleAge'
+])
+
+const TEAM_NAME = /^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$/
+const ACCESS_HOST = /^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.(?:fed\.)?cloudflareaccess\.com$/
+const LOOPBACK_V4 = /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/
+// Printable ASCII without spaces: anything else in an option is a copy-paste accident.
+const PRINTABLE = /^[\x21-\x7e]+$/
+
+const TEAM_DOMAIN_FORMS = "a team name ('acme'), a team domain ('acme.cloudflareaccess.com', " +
+  "'acme.fed.cloudflareaccess.com') or its https origin ('https://acme.cloudflareaccess.com'); " +
+  'http:// only for loopback hosts (127.0.0.0/8, localhost, [::1])'
+
+function fail (option: string, expected: string, got?: string): never {
+  throw new Error(`fastify-cloudflare-access: option "${option}" must be ${expected}${got === undefined ? '' : `, got ${got}`}`)
+}
+
+function describe (value: unknown): string {
+  if (typeof value === 'string') return JSON.stringify(value.length > 80 ? value.slice(0, 80) + '…' : value)
+  if (Array.isArray(value)) return 'an array'
+  return value === null ? 'null' : typeof value
+}
+
+/** Normalises a team domain to the origin that issues tokens and serves keys, or throws. */
+export function normalizeTeamDomain (value: unknown): string {
+  if (typeof value !== 'string' || !PRINTABLE.test(value)) {
+    return fail('teamDomain', TEAM_DOMAIN_FORMS, describe(value))
+  }
+  const lower = value.toLowerCase()
+  if (TEAM_NAME.test(lower)) return `https://${lower}.cloudflareaccess.com`
+  if (ACCESS_HOST.test(lower)) return `https://${lower}`
+
+  let url: URL
+  try {
+    url = new URL(value)
+  } catch {
+    return fail('teamDomain', TEAM_DOMAIN_FORMS, describe(value))
+  }
+  const plainOrigin = url.username === '' && url.password === '' && url.pathname === '/' &&
+    url.search === '' && url.hash === '' && !value.includes('@') && !value.includes('?') && !value.includes('#')
+  if (plainOrigin) {
+    if (url.protocol === 'https:' && url.port === '' && ACCESS_HOST.test(url.hostname)) return url.origin
+    if (url.protocol === 'http:' && isLoopback(url.hostname)) return url.origin
+  }
+  return fail('teamDomain', TEAM_DOMAIN_FORMS, describe(value))
+}
+
+function isLoopback (hostname: string): boolean {
+  // URL has already canonicalised the host: '127.1' is '127.0.0.1', '[0:0::1]' is '[::1]'.
+  return hostname === 'localhost' || hostname === '[::1]' || LOOPBACK_V4.test(hostname)
+}
+
+function normalizeAudience (value: unknown): readonly string[] {
+  const expected = 'an Application Audience (AUD) tag or a non-empty array of them (non-empty strings without spaces)'
+  const list: unknown[] = Array.isArray(value) ? value : [value]
+  if (list.length === 0) return fail('audience', expected, 'an empty array')
+  for (const tag of list) {
+    if (typeof tag !== 'string' || !PRINTABLE.test(tag) || tag.length > 256) {
+      return fail('audience', expected, describe(tag))
+    }
+  }
+  return Object.freeze([...new Set(list as string[])])
+}
+
+function normalizeHook (value: unknown): CloudflareAccessHook {
+  if (value === undefined) return 'onRequest'
+  if (value === 'onRequest' || value === 'preHandler' || value === false) return value
+  return fail('hook', "'onRequest', 'preHandler' or false", describe(value))
+}
+
+function duration (options: Record<string, unknown>, name: keyof typeof DEFAULTS, min: number, max: number, unit: string): number {
+  const value = options[name]
+  if (value === undefined) return DEFAULTS[name]
+  if (typeof value !== 'number' || !Number.isFinite(value) || value < min || value > max) {
+    return fail(name, `a number of ${unit} from ${min} to ${max}`, describe(value))
+  }
+  return value
+}
+
+/**
+ * Validates the caller's options and returns a new, frozen object; the caller's object is never touched.
+ * Throws an Error that names the option and the accepted forms.
+ */
+export function normalizeOptions (raw: FastifyCloudflareAccessOptions | undefined): NormalizedOptions {
+  if (raw === null || typeof raw !== 'object') {
+    throw new Error('fastify-cloudflare-access: options are required: { teamDomain, audience }')
+  }
+  const options = raw as unknown as Record<string, unknown>
+  if ('prefix' in options) {
+    throw new Error(
+      'fastify-cloudflare-access: do not pass "prefix" to this plugin. fastify-plugin ignores it, so the hook ' +
+      'would protect every route of the parent scope. Register the plugin inside a prefixed scope instead: ' +
+      "app.register(async (admin) => { await admin.register(cloudflareAccess, { teamDomain, audience }); admin.get('/', handler) }, { prefix: '/admin' })"
+    )
+  }
+  for (const key of Object.keys(options)) {
+    if (!KNOWN_OPTIONS.has(key)) {
+      throw new Error(`fastify-cloudflare-access: unknown option "${key}"; known options: ${[...KNOWN_OPTIONS].join(', ')}`)
+    }
+  }
+  const issuer = normalizeTeamDomain(options.teamDomain)
+  const fetchTimeout = duration(options, 'fetchTimeout', 1, 60_000, 'milliseconds')
+  return Object.freeze({
+    issuer,
+    certsUrl: `${issuer}/cdn-cgi/access/certs`,
+    audience: normalizeAudience(options.audience),
+    hook: normalizeHook(options.hook),
+    clockToleranceMs: duration(options, 'clockTolerance', 0, 600, 'seconds') * 1000,
+    fetchTimeout,
+    refreshInterval: duration(options, 'refreshInterval', 1_000, 86_400_000, 'milliseconds'),
+    unknownKidCooldown: duration(options, 'unknownKidCooldown', 0, 3_600_000, 'milliseconds'),
+    maxStaleAge: duration(options, 'maxStaleAge', 1_000, 7 * 86_400_000, 'milliseconds')
+  })
+}

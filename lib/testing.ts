@@ -1,0 +1,237 @@
+import { createPrivateKey, generateKeyPair, randomBytes, randomUUID, sign, type KeyObject } from 'node:crypto'
+import http from 'node:http'
+import type { AddressInfo } from 'node:net'
+
+/**
+ * A local stand-in for Cloudflare Access, for tests and demos: a real HTTP server on 127.0.0.1 that
+ * serves the team's keys at `/cdn-cgi/access/certs` in Cloudflare's shape and signs real RS256 tokens.
+ * Uses node:crypto only.
+ *
+ * ```ts
+ * const access = await createAccessEmulator()
+ * app.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience })
+ * await app.inject({ url: '/', headers: { 'cf-access-jwt-assertion': access.signToken() } })
+ * await access.close()
+ * ```
+ */
+
+/** How the certs endpoint misbehaves: see {@link AccessEmulator.setOutage}. */
+export type OutageMode = 'error' | 'html' | 'reset' | 'garbage' | 'empty' | 'redirect'
+
+export interface AccessEmulatorOptions {
+  /** AUD tag(s) of the emulated application; tokens carry the first. Default: a random 64-hex tag. */
+  audience?: string | string[]
+  /** Email of the default user. Default `'user@example.com'`. */
+  email?: string
+  /** Milliseconds the certs endpoint waits before answering. Default 0. */
+  latency?: number
+}
+
+export interface SignOptions {
+  /**
+   * Which key signs: `'current'` (default), `'previous'`, or any RSA private key (a KeyObject or PEM),
+   * for example an attacker's key published under nobody's kid.
+   */
+  key?: 'current' | 'previous' | KeyObject | string
+  /** The header's `kid`. Default: the kid of the signing key when it is the emulator's, else the current kid. `null` omits it. */
+  kid?: string | null
+  /** Extra or replaced header fields; a field set to `undefined` is removed. The signature is always RS256. */
+  header?: Record<string, unknown>
+  /** Lifetime in seconds, from `iat`. Default 86400 (Cloudflare's default session of 24 hours). */
+  expiresIn?: number
+  /** The issue time, in seconds since the epoch. Default: now. */
+  now?: number
+}
+
+/** Claims given to `signToken`: any claim, replaced as given; a claim set to `undefined` is removed. */
+export type ClaimsInput = Record<string, unknown>
+
+export interface AccessEmulator {
+  /** `http://127.0.0.1:<port>`: pass it as the plugin's `teamDomain`; it is also every token's `iss`. */
+  readonly teamDomain: string
+  /** The AUD tag tokens are issued for (the first, when several were given). */
+  readonly audience: string
+  /** Every AUD tag of the emulated application(s). */
+  readonly audiences: readonly string[]
+  /** `<teamDomain>/cdn-cgi/access/certs`. */
+  readonly certsUrl: string
+  /** The kids the certs endpoint publishes now, current first. */
+  readonly kids: readonly string[]
+  /** Requests the server received, any path (proves that nothing else was fetched). */
+  readonly requestCount: number
+  /** Requests to the certs endpoint. */
+  readonly certsRequestCount: number
+  /** Every request's path, in order. */
+  readonly requests: readonly string[]
+  /** A user's application token: `email`, `sub`, `identity_nonce`, `country`, `type: 'app'`, `aud`, `iss`, `iat`, `nbf`, `exp`. */
+  signToken: (claims?: ClaimsInput, options?: SignOptions) => string
+  /** A service token's application token: `common_name` (a Client ID ending in `.access`), `sub: ''`, no `email`, no `nbf`. */
+  signServiceToken: (claims?: ClaimsInput, options?: SignOptions) => string
+  /** Publishes a new current key; the old current stays published as the previous key and the older one is dropped. Resolves the new kid. */
+  rotateKeys: () => Promise<string>
+  /** The key set as the certs endpoint serves it now. */
+  jwks: () => { keys: Array<Record<string, string>> }
+  /**
+   * Makes the certs endpoint fail until `setOutage(false)`: `true` or `'error'` answers 503 with an HTML
+   * page, `'html'` answers 200 with an HTML page, `'reset'` drops the connection, `'garbage'` answers
+   * 200 with invalid JSON, `'empty'` a set without keys, `'redirect'` a 302 to another path.
+   */
+  setOutage: (mode: boolean | OutageMode) => void
+  /** Milliseconds the certs endpoint waits before answering; `Infinity` never answers. */
+  setLatency: (ms: number) => void
+  close: () => Promise<void>
+}
+
+interface EmulatorKey {
+  kid: string
+  privateKey: KeyObject
+  jwk: Record<string, string>
+}
+
+async function newKey (): Promise<EmulatorKey> {
+  const { privateKey, publicKey } = await new Promise<{ privateKey: KeyObject, publicKey: KeyObject }>((resolve, reject) => {
+    generateKeyPair('rsa', { modulusLength: 2048 }, (error, publicKey, privateKey) => {
+      /* c8 ignore next */
+      if (error) reject(error)
+      else resolve({ publicKey, privateKey })
+    })
+  })
+  const kid = randomBytes(32).toString('hex')
+  const { n, e } = publicKey.export({ format: 'jwk' }) as { n: string, e: string }
+  return { kid, privateKey, jwk: { kid, kty: 'RSA', alg: 'RS256', use: 'sig', e, n } }
+}
+
+function base64url (value: unknown): string {
+  return Buffer.from(JSON.stringify(value)).toString('base64url')
+}
+
+/** Signs `header.payload` with RS256: the compact JWS Cloudflare sends. */
+export function signJwt (header: Record<string, unknown>, payload: Record<string, unknown>, privateKey: KeyObject | string): string {
+  const input = `${base64url(header)}.${base64url(payload)}`
+  const key = typeof privateKey === 'string' ? createPrivateKey(privateKey) : privateKey
+  return `${input}.${sign('sha256', Buffer.from(input), key).toString('base64url')}`
+}
+
+function withoutUndefined (object: Record<string, unknown>): Record<string, unknown> {
+  for (const name of Object.keys(object)) {
+    if (object[name] === undefined) delete object[name]
+  }
+  return object
+}
+
+/** Starts an emulator on 127.0.0.1 with a current and a previous key, as Cloudflare publishes them. */
+export async function createAccessEmulator (options: AccessEmulatorOptions = {}): Promise<AccessEmulator> {
+  const audiences = Object.freeze(
+    options.audience === undefined ? [randomBytes(32).toString('hex')] : [options.audience].flat()
+  )
+  const email = options.email ?? 'user@example.com'
+  let keys: EmulatorKey[] = await Promise.all([newKey(), newKey()])
+  let latency = options.latency ?? 0
+  let outage: OutageMode | null = null
+  const requests: string[] = []
+  let certsRequestCount = 0
+
+  function answer (req: http.IncomingMessage, res: http.ServerResponse): void {
+    if (req.url !== '/cdn-cgi/access/certs' || req.method !== 'GET') {
+      res.writeHead(404, { 'content-type': 'text/plain' }).end('not found')
+      return
+    }
+    switch (outage) {
+      case null:
+        res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(jwks()))
+        return
+      case 'reset':
+        req.socket.destroy()
+        return
+      case 'html':
+        res.writeHead(200, { 'content-type': 'text/html' }).end('<!DOCTYPE html><title>Just a moment...</title>')
+        return
+      case 'garbage':
+        res.writeHead(200, { 'content-type': 'application/json' }).end('{"keys": [')
+        return
+      case 'empty':
+        res.writeHead(200, { 'content-type': 'application/json' }).end('{"keys":[]}')
+        return
+      case 'redirect':
+        res.writeHead(302, { location: '/elsewhere' }).end()
+        return
+      default:
+        res.writeHead(503, { 'content-type': 'text/html' }).end('<!DOCTYPE html><title>503 Service Unavailable</title>')
+    }
+  }
+
+  const server = http.createServer((req, res) => {
+    requests.push(req.url ?? '')
+    if (req.url === '/cdn-cgi/access/certs') certsRequestCount++
+    if (latency === Infinity) return // never answers; close() drops the connection
+    if (latency > 0) setTimeout(answer, latency, req, res)
+    else answer(req, res)
+  })
+  server.keepAliveTimeout = 1000
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  const { port } = server.address() as AddressInfo
+  const teamDomain = `http://127.0.0.1:${port}`
+
+  function jwks (): { keys: Array<Record<string, string>> } {
+    return { keys: keys.map((key) => ({ ...key.jwk })) }
+  }
+
+  function signer (defaults: (now: number) => Record<string, unknown>) {
+    return (claims: ClaimsInput = {}, signOptions: SignOptions = {}): string => {
+      const now = signOptions.now ?? Math.floor(Date.now() / 1000)
+      const payload = withoutUndefined({
+        ...defaults(now),
+        aud: [audiences[0]],
+        iss: teamDomain,
+        iat: now,
+        exp: now + (signOptions.expiresIn ?? 86_400),
+        type: 'app',
+        ...claims
+      })
+      const choice = signOptions.key ?? 'current'
+      const own = choice === 'current' ? keys[0] : choice === 'previous' ? keys[1] : undefined
+      const privateKey = own?.privateKey ?? (choice as KeyObject | string)
+      const kid = signOptions.kid === undefined ? (own ?? keys[0])?.kid : signOptions.kid
+      const header = withoutUndefined({ alg: 'RS256', kid: kid ?? undefined, ...signOptions.header })
+      return signJwt(header, payload, privateKey)
+    }
+  }
+
+  return {
+    teamDomain,
+    audience: audiences[0] as string,
+    audiences,
+    certsUrl: `${teamDomain}/cdn-cgi/access/certs`,
+    get kids () { return keys.map((key) => key.kid) },
+    get requestCount () { return requests.length },
+    get certsRequestCount () { return certsRequestCount },
+    get requests () { return [...requests] },
+    signToken: signer((now) => ({
+      email,
+      nbf: now,
+      identity_nonce: randomBytes(12).toString('base64url'),
+      sub: randomUUID(),
+      country: 'US'
+    })),
+    signServiceToken: signer(() => ({
+      common_name: `${randomBytes(16).toString('hex')}.access`,
+      sub: ''
+    })),
+    async rotateKeys () {
+      const key = await newKey()
+      keys = [key, keys[0] as EmulatorKey]
+      return key.kid
+    },
+    jwks,
+    setOutage (mode) {
+      outage = mode === false ? null : mode === true ? 'error' : mode
+    },
+    setLatency (ms) {
+      latency = ms
+    },
+    async close () {
+      server.closeAllConnections()
+      await new Promise<void>((resolve) => server.close(() => resolve()))
+    }
+  }
+}
