@@ -25,6 +25,7 @@ fastifyCloudflareAccess.KeysUnavailableError = KeysUnavailableError
 
 // Node's CommonJS-to-ESM bridge finds named exports by reading the source for this shape. It never runs
 // (`0 &&`); it only makes `import { fastifyCloudflareAccess } from 'fastify-cloudflare-access'` work.
+/* c8 ignore start */
 0 && (module.exports = {
   default: fastifyCloudflareAccess,
   fastifyCloudflareAccess,
@@ -35,6 +36,7 @@ fastifyCloudflareAccess.KeysUnavailableError = KeysUnavailableError
   ClaimInvalidError,
   KeysUnavailableError
 })
+/* c8 ignore stop */
 
 declare namespace fastifyCloudflareAccess {
   export type FastifyCloudflareAccessOptions = types.FastifyCloudflareAccessOptions

@@ -138,7 +138,8 @@ export class KeyStore {
     this.#attemptedAt = Date.now()
     this.fetchCount++
     const run = fetchKeySet(this.#opts.certsUrl, this.#opts.fetchTimeout, this.#opts.maxResponseBytes)
-      .then((jwks) => this.#install(jwks), (error: unknown) => this.#fail(error))
+      .then((jwks) => this.#install(parseKeySet(jwks, this.#keys)))
+      .catch((error: unknown) => this.#fail(error))
       .finally(() => {
         this.#inflight = null
         this.#schedule()
@@ -147,11 +148,9 @@ export class KeyStore {
     return run
   }
 
-  #install (jwks: unknown): void {
-    const next = parseKeySet(jwks, this.#keys)
-    if (next.size === 0) {
-      this.#fail(new FetchError('no RSA/RS256 signing key in the response'))
-    }
+  /** Swaps in a whole new set: a kid Cloudflare no longer publishes stops verifying now. */
+  #install (next: Map<string, SigningKey>): void {
+    if (next.size === 0) throw new FetchError('no RSA/RS256 signing key in the response')
     const previous = this.#keys
     const wasFailing = this.#failures > 0
     this.#keys = next
@@ -170,7 +169,7 @@ export class KeyStore {
 
   #fail (error: unknown): never {
     this.#failures++
-    this.#lastError = error instanceof FetchError ? error.message : 'key endpoint unreachable'
+    this.#lastError = (error as Error).message
     const level = this.ready ? 'warn' : 'error'
     this.#opts.log[level]({ certsUrl: this.#opts.certsUrl, failures: this.#failures, reason: this.#lastError },
       this.ready
@@ -216,13 +215,10 @@ export function parseKeySet (jwks: unknown, previous: ReadonlyMap<string, Signin
     const { kty, alg, use, kid, n, e } = jwk as Record<string, unknown>
     if (kty !== 'RSA' || typeof kid !== 'string' || !KID.test(kid) || typeof n !== 'string' || typeof e !== 'string') continue
     if ((alg !== undefined && alg !== 'RS256') || (use !== undefined && use !== 'sig') || keys.has(kid)) continue
-    let key: KeyObject
-    try {
-      key = createPublicKey({ key: { kty, n, e }, format: 'jwk' })
-    } catch {
-      continue
-    }
-    if ((key.asymmetricKeyDetails?.modulusLength ?? 0) < MIN_RSA_BITS) continue
+    // Node accepts any base64 here; a junk n or e shows as a short modulus or a tiny exponent.
+    const key = createPublicKey({ key: { kty, n, e }, format: 'jwk' })
+    const { modulusLength, publicExponent } = key.asymmetricKeyDetails as { modulusLength: number, publicExponent: bigint }
+    if (modulusLength < MIN_RSA_BITS || publicExponent < 3n) continue
     const pem = key.export({ type: 'spki', format: 'pem' }) as string
     const old = previous.get(kid)
     keys.set(kid, old?.pem === pem ? old : Object.freeze({ kid, pem, key }))

@@ -38,8 +38,8 @@ const TEAM_DOMAIN_FORMS = "a team name ('acme'), a team domain ('acme.cloudflare
   "'acme.fed.cloudflareaccess.com') or its https origin ('https://acme.cloudflareaccess.com'); " +
   'http:// only for loopback hosts (127.0.0.0/8, localhost, [::1])'
 
-function fail (option: string, expected: string, got?: string): never {
-  throw new Error(`fastify-cloudflare-access: option "${option}" must be ${expected}${got === undefined ? '' : `, got ${got}`}`)
+function fail (option: string, expected: string, got: string): never {
+  throw new Error(`fastify-cloudflare-access: option "${option}" must be ${expected}, got ${got}`)
 }
 
 function describe (value: unknown): string {

@@ -67,6 +67,11 @@ export interface AccessEmulator {
   signToken: (claims?: ClaimsInput, options?: SignOptions) => string
   /** A service token's application token: `common_name` (a Client ID ending in `.access`), `sub: ''`, no `email`, no `nbf`. */
   signServiceToken: (claims?: ClaimsInput, options?: SignOptions) => string
+  /**
+   * Signs a header and payload given as exact JSON text (or objects) with RS256: for tokens no honest
+   * issuer makes, such as duplicate keys or numbers that parse to Infinity. `options.key` as in `signToken`.
+   */
+  signRaw: (header: string | Record<string, unknown>, payload: string | Record<string, unknown>, options?: Pick<SignOptions, 'key'>) => string
   /** Publishes a new current key; the old current stays published as the previous key and the older one is dropped. Resolves the new kid. */
   rotateKeys: () => Promise<string>
   /** The key set as the certs endpoint serves it now. */
@@ -102,11 +107,11 @@ async function newKey (): Promise<EmulatorKey> {
 }
 
 function base64url (value: unknown): string {
-  return Buffer.from(JSON.stringify(value)).toString('base64url')
+  return Buffer.from(typeof value === 'string' ? value : JSON.stringify(value)).toString('base64url')
 }
 
-/** Signs `header.payload` with RS256: the compact JWS Cloudflare sends. */
-export function signJwt (header: Record<string, unknown>, payload: Record<string, unknown>, privateKey: KeyObject | string): string {
+/** Signs `header.payload` with RS256: the compact JWS Cloudflare sends. Strings are taken as exact JSON text. */
+export function signJwt (header: string | Record<string, unknown>, payload: string | Record<string, unknown>, privateKey: KeyObject | string): string {
   const input = `${base64url(header)}.${base64url(payload)}`
   const key = typeof privateKey === 'string' ? createPrivateKey(privateKey) : privateKey
   return `${input}.${sign('sha256', Buffer.from(input), key).toString('base64url')}`
@@ -161,7 +166,7 @@ export async function createAccessEmulator (options: AccessEmulatorOptions = {})
   }
 
   const server = http.createServer((req, res) => {
-    requests.push(req.url ?? '')
+    requests.push(req.url as string)
     if (req.url === '/cdn-cgi/access/certs') certsRequestCount++
     if (latency === Infinity) return // never answers; close() drops the connection
     if (latency > 0) setTimeout(answer, latency, req, res)
@@ -188,13 +193,16 @@ export async function createAccessEmulator (options: AccessEmulatorOptions = {})
         type: 'app',
         ...claims
       })
-      const choice = signOptions.key ?? 'current'
-      const own = choice === 'current' ? keys[0] : choice === 'previous' ? keys[1] : undefined
-      const privateKey = own?.privateKey ?? (choice as KeyObject | string)
+      const { own, privateKey } = signingKey(signOptions.key)
       const kid = signOptions.kid === undefined ? (own ?? keys[0])?.kid : signOptions.kid
       const header = withoutUndefined({ alg: 'RS256', kid: kid ?? undefined, ...signOptions.header })
       return signJwt(header, payload, privateKey)
     }
+  }
+
+  function signingKey (choice: SignOptions['key'] = 'current'): { own: EmulatorKey | undefined, privateKey: KeyObject | string } {
+    const own = choice === 'current' ? keys[0] : choice === 'previous' ? keys[1] : undefined
+    return { own, privateKey: own?.privateKey ?? (choice as KeyObject | string) }
   }
 
   return {
@@ -217,6 +225,9 @@ export async function createAccessEmulator (options: AccessEmulatorOptions = {})
       common_name: `${randomBytes(16).toString('hex')}.access`,
       sub: ''
     })),
+    signRaw (header, payload, signOptions = {}) {
+      return signJwt(header, payload, signingKey(signOptions.key).privateKey)
+    },
     async rotateKeys () {
       const key = await newKey()
       keys = [key, keys[0] as EmulatorKey]

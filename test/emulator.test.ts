@@ -1,0 +1,90 @@
+import { generateKeyPairSync } from 'node:crypto'
+import t from 'tap'
+import { createAccessEmulator } from '../lib/testing'
+import { decode, emulator, nowSeconds, setup } from './helpers'
+
+t.test("the certs endpoint answers in Cloudflare's shape", async (t) => {
+  const access = await emulator(t)
+  const res = await fetch(access.certsUrl)
+  t.equal(res.status, 200)
+  t.match(res.headers.get('content-type'), /application\/json/)
+  const body = await res.json() as { keys: Array<Record<string, string>> }
+  t.equal(body.keys.length, 2, 'a current and a previous key')
+  for (const key of body.keys) {
+    t.match(key, { kty: 'RSA', alg: 'RS256', use: 'sig', kid: /^[0-9a-f]{64}$/, n: /^[A-Za-z0-9_-]{342}$/, e: 'AQAB' })
+  }
+  t.same(body.keys.map((key) => key.kid), access.kids)
+  t.equal(access.certsUrl, `${access.teamDomain}/cdn-cgi/access/certs`)
+  t.match(access.teamDomain, /^http:\/\/127\.0\.0\.1:\d+$/)
+  t.match(access.audience, /^[0-9a-f]{64}$/)
+  const other = await fetch(`${access.teamDomain}/cdn-cgi/access/get-identity`)
+  t.equal(other.status, 404, 'other paths are 404')
+  const post = await fetch(access.certsUrl, { method: 'POST' })
+  t.equal(post.status, 404, 'only GET')
+  t.equal(access.requestCount, 3)
+  t.equal(access.certsRequestCount, 2)
+  t.same(access.requests, ['/cdn-cgi/access/certs', '/cdn-cgi/access/get-identity', '/cdn-cgi/access/certs'])
+})
+
+t.test('tokens look like Cloudflare Access tokens', async (t) => {
+  const access = await emulator(t, { email: 'dev@acme.com', audience: ['a'.repeat(64), 'b'.repeat(64)] })
+  const user = decode(access.signToken())
+  t.same(user.header, { alg: 'RS256', kid: access.kids[0] })
+  t.match(user.payload, { aud: ['a'.repeat(64)], email: 'dev@acme.com', iss: access.teamDomain, type: 'app', country: 'US', sub: /^[0-9a-f-]{36}$/, identity_nonce: /.+/ })
+  t.equal(user.payload.exp as number - (user.payload.iat as number), 86_400)
+  t.equal(user.payload.nbf, user.payload.iat)
+  t.same(access.audiences, ['a'.repeat(64), 'b'.repeat(64)])
+  const service = decode(access.signServiceToken()).payload
+  t.match(service, { common_name: /^[0-9a-f]{32}\.access$/, sub: '', type: 'app' })
+  t.notOk('email' in service)
+  t.notOk('nbf' in service)
+  const shaped = decode(access.signToken({ email: undefined, extra: 1 }, { now: 1000, expiresIn: 60, key: 'previous' }))
+  t.same([shaped.payload.iat, shaped.payload.exp, shaped.payload.extra, 'email' in shaped.payload], [1000, 1060, 1, false])
+  t.equal(shaped.header.kid, access.kids[1], 'signed with the previous key, under its kid')
+})
+
+t.test('signing with a foreign key given as PEM, and rotation', async (t) => {
+  const { access, get } = await setup(t, { unknownKidCooldown: 0 })
+  const pem = generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey.export({ type: 'pkcs8', format: 'pem' }) as string
+  t.equal((await get(access.signToken({}, { key: pem }))).statusCode, 401)
+  const [current, previous] = access.kids
+  const kid = await access.rotateKeys()
+  t.same(access.kids, [kid, current], 'the old current key stays published as the previous one')
+  t.not(kid, previous)
+  t.equal((await get(access.signToken({}, { key: 'previous' }))).statusCode, 200)
+  t.equal((await get(access.signToken())).statusCode, 200)
+})
+
+t.test('latency and outage switches', async (t) => {
+  const access = await createAccessEmulator({ latency: 150 })
+  t.teardown(() => access.close())
+  let started = Date.now()
+  await fetch(access.certsUrl)
+  t.ok(Date.now() - started >= 140, 'latency applies')
+  access.setLatency(0)
+  access.setOutage(true)
+  t.equal((await fetch(access.certsUrl)).status, 503)
+  access.setOutage('html')
+  t.match(await (await fetch(access.certsUrl)).text(), /<!DOCTYPE html>/)
+  access.setOutage('garbage')
+  t.equal(await (await fetch(access.certsUrl)).text(), '{"keys": [')
+  access.setOutage('empty')
+  t.same(await (await fetch(access.certsUrl)).json(), { keys: [] })
+  access.setOutage('redirect')
+  t.equal((await fetch(access.certsUrl, { redirect: 'manual' })).status, 302)
+  access.setOutage('reset')
+  await t.rejects(fetch(access.certsUrl))
+  access.setOutage(false)
+  started = Date.now()
+  t.equal((await fetch(access.certsUrl)).status, 200)
+  t.ok(nowSeconds() > 0 && Date.now() - started < 1000)
+})
+
+t.test('close ends hanging connections', async (t) => {
+  const access = await createAccessEmulator()
+  access.setLatency(Infinity)
+  const pending = fetch(access.certsUrl).catch((error: unknown) => error)
+  await new Promise((resolve) => setTimeout(resolve, 50))
+  await access.close()
+  t.type(await pending, Error, 'the pending request fails instead of hanging')
+})

@@ -1,0 +1,97 @@
+import { generateKeyPairSync, type KeyObject } from 'node:crypto'
+import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify'
+import type { Test } from 'tap'
+import cloudflareAccess from '../index'
+import { createAccessEmulator, type AccessEmulator, type AccessEmulatorOptions } from '../lib/testing'
+import type { FastifyCloudflareAccessOptions } from '../lib/types'
+
+export const HEADER = 'cf-access-jwt-assertion'
+
+/** Starts an emulator that the test closes when it ends. */
+export async function emulator (t: Test, options?: AccessEmulatorOptions): Promise<AccessEmulator> {
+  const access = await createAccessEmulator(options)
+  t.teardown(() => access.close())
+  return access
+}
+
+export interface Setup {
+  access: AccessEmulator
+  app: FastifyInstance
+  /** GET `url` with the token in the Cf-Access-Jwt-Assertion header (none when undefined). */
+  get: (token?: string, url?: string) => Promise<{ statusCode: number, json: Record<string, any>, headers: Record<string, unknown> }>
+}
+
+/**
+ * The tutorial's shape: `/admin/*` protected by a prefix-scoped registration, `/public` open.
+ * `/admin/me` echoes `request.cfAccess`.
+ */
+export async function setup (
+  t: Test,
+  options: Partial<FastifyCloudflareAccessOptions> = {},
+  extra: { access?: AccessEmulator, fastify?: FastifyServerOptions, ready?: boolean } = {}
+): Promise<Setup> {
+  const access = extra.access ?? await emulator(t)
+  const app = Fastify(extra.fastify)
+  t.teardown(() => app.close())
+  app.register(async (admin) => {
+    await admin.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience, ...options })
+    admin.get('/me', async (request) => ({ claims: request.cfAccess }))
+  }, { prefix: '/admin' })
+  app.get('/public', async (request) => ({ claims: request.cfAccess ?? null }))
+  if (extra.ready !== false) await app.ready()
+  return {
+    access,
+    app,
+    async get (token, url = '/admin/me') {
+      const res = await app.inject({ url, headers: token === undefined ? {} : { [HEADER]: token } })
+      return { statusCode: res.statusCode, json: res.json(), headers: res.headers }
+    }
+  }
+}
+
+/** A compact JWS from raw parts: for tokens no honest signer makes. */
+export function rawToken (header: unknown, payload: unknown, signature = 'c2lnbmF0dXJl'): string {
+  const encode = (part: unknown): string => typeof part === 'string' ? Buffer.from(part).toString('base64url') : Buffer.from(JSON.stringify(part)).toString('base64url')
+  return `${encode(header)}.${encode(payload)}.${signature}`
+}
+
+/** The header and payload of a token, decoded. */
+export function decode (token: string): { header: Record<string, unknown>, payload: Record<string, unknown>, signature: string } {
+  const [header, payload, signature] = token.split('.') as [string, string, string]
+  return {
+    header: JSON.parse(Buffer.from(header, 'base64url').toString()),
+    payload: JSON.parse(Buffer.from(payload, 'base64url').toString()),
+    signature
+  }
+}
+
+let attacker: KeyObject | undefined
+/** An RSA key nobody publishes (generated once per test file). */
+export function attackerKey (): KeyObject {
+  attacker ??= generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey
+  return attacker
+}
+
+export function nowSeconds (): number {
+  return Math.floor(Date.now() / 1000)
+}
+
+export function sleep (ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms))
+}
+
+/** A Fastify logger option that keeps every line, parsed. */
+export function captureLogs (level = 'info'): { logger: { level: string, stream: { write: (line: string) => void } }, lines: Array<Record<string, any>> } {
+  const lines: Array<Record<string, any>> = []
+  return { logger: { level, stream: { write: (line: string) => { lines.push(JSON.parse(line)) } } }, lines }
+}
+
+/** Polls `check` every 50 ms until it holds or `ms` pass; resolves whether it held. */
+export async function eventually (check: () => boolean | Promise<boolean>, ms: number): Promise<boolean> {
+  const end = Date.now() + ms
+  while (Date.now() < end) {
+    if (await check()) return true
+    await sleep(50)
+  }
+  return check()
+}

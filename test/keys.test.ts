@@ -1,0 +1,237 @@
+import { generateKeyPairSync, randomBytes } from 'node:crypto'
+import http from 'node:http'
+import type { AddressInfo } from 'node:net'
+import t, { type Test } from 'tap'
+import { fetchKeySet, KeyStore, parseKeySet } from '../lib/keys'
+import { attackerKey, captureLogs, emulator, eventually, setup, sleep } from './helpers'
+
+// Each property of the key store, proven against real loopback servers: the Access emulator, and for
+// what the emulator cannot misbehave into, a small raw HTTP server.
+
+async function rawServer (t: Test, handler: http.RequestListener): Promise<{ url: string, hits: () => number }> {
+  let hits = 0
+  const server = http.createServer((req, res) => { hits++; handler(req, res) })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => new Promise<void>((resolve) => { server.closeAllConnections(); server.close(() => resolve()) }))
+  return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}/cdn-cgi/access/certs`, hits: () => hits }
+}
+
+const silent = { info () {}, warn () {}, error () {} }
+
+t.test('the key set is fetched once and serves many tokens', async (t) => {
+  const { access, get } = await setup(t)
+  for (let i = 0; i < 20; i++) t.equal((await get(access.signToken())).statusCode, 200)
+  t.equal(access.certsRequestCount, 1)
+})
+
+t.test('single flight: 50 concurrent cold requests cause one fetch', async (t) => {
+  const access = await emulator(t, { latency: 200 })
+  const { app } = await setup(t, {}, { access, ready: false })
+  const token = access.signToken()
+  const responses = await Promise.all(Array.from({ length: 50 }, () => app.inject({ url: '/admin/me', headers: { 'cf-access-jwt-assertion': token } })))
+  t.same(new Set(responses.map((res) => res.statusCode)), new Set([200]))
+  t.equal(access.certsRequestCount, 1)
+})
+
+t.test('keys come only from the configured team, never from what a token names', async (t) => {
+  const other = await emulator(t)
+  const { access, get } = await setup(t)
+  const res = await get(other.signToken({ iss: access.teamDomain, aud: [access.audience] }, { header: { jku: other.certsUrl } }))
+  t.equal(res.statusCode, 401)
+  t.equal(other.requestCount, 0, 'the other team was never asked')
+})
+
+t.test('periodic refresh replaces the whole set: a key Cloudflare removed stops verifying', async (t) => {
+  const { access, get } = await setup(t, { refreshInterval: 1000 })
+  const oldToken = access.signToken({}, { key: 'previous' })
+  t.equal((await get(oldToken)).statusCode, 200, 'the previous key is published and verifies')
+  await access.rotateKeys()
+  await access.rotateKeys() // the old previous key is gone now
+  t.ok(await eventually(async () => (await get(oldToken)).statusCode === 401, 2500), 'after the refresh the removed key is rejected')
+  t.equal((await get(oldToken)).json.code, 'FST_CF_ACCESS_TOKEN_INVALID')
+  t.equal((await get(access.signToken())).statusCode, 200, 'the new current key verifies')
+  t.ok(access.certsRequestCount >= 2 && access.certsRequestCount <= 4, `${access.certsRequestCount} fetches`)
+})
+
+t.test('a rotated-in kid is picked up at once on first sight', async (t) => {
+  const logs = captureLogs()
+  const { access, get } = await setup(t, { unknownKidCooldown: 300 }, { fastify: { logger: logs.logger } })
+  t.equal((await get(access.signToken())).statusCode, 200)
+  await sleep(350)
+  const kid = await access.rotateKeys()
+  t.equal((await get(access.signToken())).statusCode, 200, 'the new kid triggers a refetch and passes')
+  t.equal(access.kids[0], kid)
+  t.equal(access.certsRequestCount, 2)
+  t.ok(logs.lines.some((line) => line.msg.includes('key rotation seen') && line.added.includes(kid)), 'rotation logged at info')
+})
+
+t.test('unknown kids are bounded: 200 random kids cause at most a handful of fetches', async (t) => {
+  const { access, get } = await setup(t)
+  t.equal((await get(access.signToken())).statusCode, 200)
+  const key = attackerKey()
+  const started = Date.now()
+  const results = await Promise.all(Array.from({ length: 200 }, () => get(access.signToken({}, { key, kid: randomBytes(32).toString('hex') }))))
+  t.ok(results.every((res) => res.statusCode === 401 && res.json.code === 'FST_CF_ACCESS_TOKEN_INVALID'), 'all rejected')
+  t.ok(access.certsRequestCount <= 3, `${access.certsRequestCount} fetches for 200 random kids`)
+  t.ok(Date.now() - started < 3000)
+  t.equal((await get(access.signToken())).statusCode, 200, 'valid tokens still pass')
+})
+
+t.test('an unknown kid during the cooldown is answered 401 without waiting on the network', async (t) => {
+  const { access, get } = await setup(t, { unknownKidCooldown: 5000 })
+  t.equal((await get(access.signToken())).statusCode, 200)
+  access.setLatency(Infinity)
+  const started = Date.now()
+  const res = await get(access.signToken({}, { key: attackerKey(), kid: 'f'.repeat(64) }))
+  t.equal(res.statusCode, 401)
+  t.ok(Date.now() - started < 500, `answered in ${Date.now() - started} ms`)
+  t.equal(access.certsRequestCount, 1, 'no fetch during the cooldown')
+})
+
+t.test('outage after warm-up: the last good set keeps serving, failures are logged, recovery too', async (t) => {
+  const logs = captureLogs()
+  const { access, get } = await setup(t, { refreshInterval: 1000 }, { fastify: { logger: logs.logger } })
+  const token = access.signToken()
+  t.equal((await get(token)).statusCode, 200)
+  access.setOutage(true)
+  t.ok(await eventually(() => logs.lines.some((line) => line.level === 40 && /key refresh failed/.test(line.msg)), 2500), 'a failed refresh is a warning')
+  for (let i = 0; i < 5; i++) t.equal((await get(access.signToken())).statusCode, 200, 'still 200 during the outage')
+  access.setOutage(false)
+  t.ok(await eventually(() => logs.lines.some((line) => /key endpoint recovered/.test(line.msg)), 3000), 'recovery logged')
+  t.notOk(JSON.stringify(logs.lines).includes(token), 'no token in any log line')
+})
+
+t.test('maxStaleAge: a set that cannot be refreshed for too long stops serving (503)', async (t) => {
+  const logs = captureLogs()
+  const { access, get } = await setup(t, { refreshInterval: 1000, maxStaleAge: 1000 }, { fastify: { logger: logs.logger } })
+  t.equal((await get(access.signToken())).statusCode, 200)
+  access.setOutage(true)
+  await sleep(1100)
+  const res = await get(access.signToken())
+  t.equal(res.statusCode, 503)
+  t.equal(res.json.code, 'FST_CF_ACCESS_KEYS_UNAVAILABLE')
+  t.ok(logs.lines.some((line) => line.level === 50 && /older than maxStaleAge/.test(line.msg)))
+})
+
+t.test('cold start with the endpoint refusing: 503 at once, then recovery within seconds', async (t) => {
+  const access = await emulator(t)
+  access.setOutage('reset')
+  const { get } = await setup(t, {}, { access })
+  const started = Date.now()
+  const res = await get(access.signToken())
+  t.equal(res.statusCode, 503)
+  t.equal(res.json.code, 'FST_CF_ACCESS_KEYS_UNAVAILABLE')
+  t.ok(Date.now() - started < 1000, `answered in ${Date.now() - started} ms`)
+  const burst = await Promise.all(Array.from({ length: 20 }, () => get(access.signToken())))
+  t.ok(burst.every((r) => r.statusCode === 503))
+  const fetchesDuringOutage = access.certsRequestCount
+  t.ok(fetchesDuringOutage <= 4, `${fetchesDuringOutage} fetches for 21 requests: no fetch per request`)
+  access.setOutage(false)
+  const recovered = Date.now()
+  t.ok(await eventually(async () => (await get(access.signToken())).statusCode === 200, 5000), 'service resumes by itself')
+  t.ok(Date.now() - recovered < 5000, `resumed after ${Date.now() - recovered} ms`)
+})
+
+t.test('cold start against a closed port: 503, not 500', async (t) => {
+  const access = await emulator(t)
+  const closed = await emulator(t)
+  const teamDomain = closed.teamDomain
+  await closed.close()
+  const { get } = await setup(t, { teamDomain }, { access })
+  const res = await get(access.signToken({ iss: teamDomain }))
+  t.equal(res.statusCode, 503)
+  t.match(res.json.message, /unreachable/)
+})
+
+t.test('a hanging endpoint fails the request within the fetch timeout; the next fetch is unaffected', async (t) => {
+  const access = await emulator(t)
+  access.setLatency(Infinity)
+  const { get } = await setup(t, { fetchTimeout: 300 }, { access })
+  const started = Date.now()
+  const res = await get(access.signToken())
+  const elapsed = Date.now() - started
+  t.equal(res.statusCode, 503)
+  t.match(res.json.message, /did not answer within 300 ms/)
+  t.ok(elapsed >= 250 && elapsed < 1500, `answered in ${elapsed} ms`)
+  access.setLatency(0)
+  t.ok(await eventually(async () => (await get(access.signToken())).statusCode === 200, 5000), 'a later fetch succeeds: no shared abort signal')
+})
+
+t.test('garbage answers from the endpoint are 503 on a cold store', async (t) => {
+  for (const mode of ['error', 'html', 'garbage', 'empty', 'redirect'] as const) {
+    const access = await emulator(t)
+    access.setOutage(mode)
+    const { get } = await setup(t, {}, { access })
+    const res = await get(access.signToken())
+    t.equal(res.statusCode, 503, mode)
+    t.equal(res.json.code, 'FST_CF_ACCESS_KEYS_UNAVAILABLE', mode)
+    t.notOk(access.requests.includes('/elsewhere'), `${mode}: no redirect followed`)
+  }
+})
+
+t.test('fetchKeySet bounds every fetch', async (t) => {
+  const big = await rawServer(t, (_req, res) => { res.end(JSON.stringify({ keys: [], pad: 'x'.repeat(300_000) })) })
+  await t.rejects(fetchKeySet(big.url, 1000, 256 * 1024), /larger than 262144 bytes/)
+
+  const slowBody = await rawServer(t, (_req, res) => { res.writeHead(200); res.write('{"keys": [') })
+  await t.rejects(fetchKeySet(slowBody.url, 300, 1024), /did not answer within 300 ms/, 'a body that never ends')
+
+  const cut = await rawServer(t, (req, res) => { res.writeHead(200, { 'content-length': '100' }); res.write('{"ke'); setTimeout(() => req.socket.destroy(), 20) })
+  await t.rejects(fetchKeySet(cut.url, 2000, 1024), /connection failed|not JSON/, 'a connection cut mid-body')
+
+  const status = await rawServer(t, (_req, res) => { res.writeHead(301, { location: 'http://127.0.0.1:1/' }).end() })
+  await t.rejects(fetchKeySet(status.url, 1000, 1024), /HTTP 301/)
+
+  const ok = await rawServer(t, (_req, res) => { res.end('{"keys":[]}') })
+  t.same(await fetchKeySet(ok.url, 1000, 1024), { keys: [] })
+  await t.rejects(fetchKeySet('https://127.0.0.1:1/cdn-cgi/access/certs', 1000, 1024), /unreachable/, 'https is used for https origins')
+})
+
+t.test('parseKeySet keeps only RSA keys for RS256 signatures', async (t) => {
+  const access = await emulator(t)
+  const [good, second] = access.jwks().keys as [Record<string, string>, Record<string, string>]
+  const ec = generateKeyPairSync('ec', { namedCurve: 'P-256' }).publicKey.export({ format: 'jwk' })
+  const small = generateKeyPairSync('rsa', { modulusLength: 1024 }).publicKey.export({ format: 'jwk' })
+  const keys = parseKeySet({
+    keys: [
+      good,
+      { ...second, kid: 'rs384', alg: 'RS384' },
+      { ...second, kid: 'enc', use: 'enc' },
+      { ...ec, kid: 'ec' },
+      { ...small, kid: 'small', alg: 'RS256' },
+      { ...second, kid: 'no-n', n: undefined },
+      { ...second, kid: 'bad-n', n: 'AAAA', e: '!!' },
+      { ...second, kid: 'zero-e', e: 'AAAA' },
+      { ...second, kid: 'bad kid with spaces' },
+      { ...second, kid: good.kid },
+      { ...second, kid: 'no-alg', alg: undefined, use: undefined },
+      null,
+      'string'
+    ]
+  }, new Map())
+  t.same([...keys.keys()], [good.kid, 'no-alg'])
+  t.throws(() => parseKeySet({ nokeys: true }, new Map()), /no "keys" array/)
+  t.throws(() => parseKeySet(null, new Map()), /no "keys" array/)
+  const again = parseKeySet({ keys: [good] }, keys)
+  t.equal(again.get(good.kid as string), keys.get(good.kid as string), 'an unchanged key keeps its entry')
+})
+
+t.test('KeyStore used directly: close stops timers, start is idempotent', async (t) => {
+  const access = await emulator(t)
+  const store = new KeyStore({ certsUrl: access.certsUrl, fetchTimeout: 1000, refreshInterval: 1000, unknownKidCooldown: 0, maxStaleAge: 60_000, log: silent })
+  t.equal(store.ready, false)
+  t.same(store.kids, [])
+  store.start()
+  store.start()
+  const key = await store.resolve(access.kids[0] as string)
+  t.equal(key?.kid, access.kids[0])
+  t.equal(await store.resolve(access.kids[0] as string), key, 'a known kid resolves from the set')
+  t.equal(access.certsRequestCount, 1, 'start twice, one fetch')
+  t.same(store.kids.sort(), [...access.kids].sort())
+  t.equal(await store.resolve('unknown'), undefined, 'unknown kid after a refetch (cooldown 0)')
+  t.equal(store.fetchCount, 2)
+  store.close()
+  store.start()
+  await sleep(1200)
+  t.equal(access.certsRequestCount, 2, 'no refresh after close')
+})

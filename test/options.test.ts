@@ -1,0 +1,105 @@
+import Fastify from 'fastify'
+import t from 'tap'
+import cloudflareAccess from '../index'
+import { normalizeOptions, normalizeTeamDomain } from '../lib/options'
+
+const AUD = 'a'.repeat(64)
+
+t.test('teamDomain: accepted forms normalise to the team origin', async (t) => {
+  const cases: Array<[string, string]> = [
+    ['acme', 'https://acme.cloudflareaccess.com'],
+    ['ACME', 'https://acme.cloudflareaccess.com'],
+    ['my-team-2', 'https://my-team-2.cloudflareaccess.com'],
+    ['acme.cloudflareaccess.com', 'https://acme.cloudflareaccess.com'],
+    ['acme.fed.cloudflareaccess.com', 'https://acme.fed.cloudflareaccess.com'],
+    ['https://acme.cloudflareaccess.com', 'https://acme.cloudflareaccess.com'],
+    ['https://acme.cloudflareaccess.com/', 'https://acme.cloudflareaccess.com'],
+    ['https://Acme.CloudflareAccess.com', 'https://acme.cloudflareaccess.com'],
+    ['https://acme.fed.cloudflareaccess.com', 'https://acme.fed.cloudflareaccess.com'],
+    ['http://127.0.0.1:8787', 'http://127.0.0.1:8787'],
+    ['http://127.0.0.1', 'http://127.0.0.1'],
+    ['http://127.1.2.3:9', 'http://127.1.2.3:9'],
+    ['http://localhost:3000', 'http://localhost:3000'],
+    ['http://[::1]:3000', 'http://[::1]:3000'],
+    ['http://127.1:3000', 'http://127.0.0.1:3000']
+  ]
+  for (const [input, origin] of cases) t.equal(normalizeTeamDomain(input), origin, input)
+})
+
+t.test('teamDomain: look-alikes and other hosts are rejected', async (t) => {
+  const rejected: unknown[] = [
+    '', ' acme', 'acme ', '-acme', 'acme-', 'ac_me', 'a'.repeat(64),
+    'https://cloudflareaccess.com', 'https://acme.cloudflareaccess.com.evil.com', 'https://acmecloudflareaccess.com',
+    'https://acme.cloudflareaccess.co', 'https://a.b.cloudflareaccess.com', 'https://acme.evil.com',
+    'https://acme.cloudflareaccess.com:8443', 'https://acme.cloudflareaccess.com/path', 'https://acme.cloudflareaccess.com?x=1',
+    'https://acme.cloudflareaccess.com#x', 'https://user@acme.cloudflareaccess.com', 'https://evil.com@acme.cloudflareaccess.com',
+    'http://acme.cloudflareaccess.com', 'ftp://acme.cloudflareaccess.com',
+    'http://127.0.0.1.evil.com', 'http://127.0.0.1@evil.com', 'http://user@127.0.0.1', 'http://evil.com#@127.0.0.1',
+    'http://127.0.0.1:80/path', 'http://10.0.0.1', 'http://192.168.1.1', 'http://[::2]', 'http://localhost.evil.com',
+    'http://0x7f000001.evil', 'http://127.0.0.1?@evil.com', 'https://xn--acme.cloudflareaccess.com.evil',
+    'acme.cloudflareaccess.com/cdn-cgi', 'not a url', 42, null, undefined, ['acme'], { host: 'acme' }
+  ]
+  for (const input of rejected) {
+    t.throws(() => normalizeTeamDomain(input), /option "teamDomain" must be a team name/, JSON.stringify(input) ?? String(input))
+  }
+  t.throws(() => normalizeTeamDomain('x'.repeat(200)), /…/, 'long values are cut in the message')
+})
+
+t.test('audience: one tag or a non-empty array of non-empty strings', async (t) => {
+  t.same(normalizeOptions({ teamDomain: 'acme', audience: AUD }).audience, [AUD])
+  t.same(normalizeOptions({ teamDomain: 'acme', audience: [AUD, 'b', AUD] }).audience, [AUD, 'b'], 'duplicates collapse')
+  for (const audience of [[], '', ' ', 'has space', 5, null, undefined, [AUD, 3], [''], 'x'.repeat(257), { 0: AUD }]) {
+    t.throws(() => normalizeOptions({ teamDomain: 'acme', audience } as never), /option "audience" must be/, JSON.stringify(audience) ?? 'undefined')
+  }
+})
+
+t.test('hook, clockTolerance and the key-store durations', async (t) => {
+  const defaults = normalizeOptions({ teamDomain: 'acme', audience: AUD })
+  t.match(defaults, {
+    issuer: 'https://acme.cloudflareaccess.com',
+    certsUrl: 'https://acme.cloudflareaccess.com/cdn-cgi/access/certs',
+    hook: 'onRequest',
+    clockToleranceMs: 30_000,
+    fetchTimeout: 5000,
+    refreshInterval: 600_000,
+    unknownKidCooldown: 5000,
+    maxStaleAge: 21_600_000
+  })
+  t.ok(Object.isFrozen(defaults))
+  t.equal(normalizeOptions({ teamDomain: 'acme', audience: AUD, hook: 'preHandler' }).hook, 'preHandler')
+  t.equal(normalizeOptions({ teamDomain: 'acme', audience: AUD, hook: false }).hook, false)
+  t.equal(normalizeOptions({ teamDomain: 'acme', audience: AUD, clockTolerance: 0 }).clockToleranceMs, 0, '0 means zero')
+  t.equal(normalizeOptions({ teamDomain: 'acme', audience: AUD, clockTolerance: 1.5 }).clockToleranceMs, 1500, 'seconds to milliseconds')
+  for (const hook of ['onSend', true, 'onrequest', null]) {
+    t.throws(() => normalizeOptions({ teamDomain: 'acme', audience: AUD, hook } as never), /option "hook" must be 'onRequest', 'preHandler' or false/)
+  }
+  const bad: Array<[string, unknown]> = [
+    ['clockTolerance', -1], ['clockTolerance', '30'], ['clockTolerance', NaN], ['clockTolerance', 601],
+    ['fetchTimeout', 0], ['fetchTimeout', Infinity], ['fetchTimeout', 60_001],
+    ['refreshInterval', 999], ['unknownKidCooldown', -5], ['maxStaleAge', 0]
+  ]
+  for (const [name, value] of bad) {
+    t.throws(() => normalizeOptions({ teamDomain: 'acme', audience: AUD, [name]: value }), new RegExp(`option "${name}" must be a number of`), `${name}: ${String(value)}`)
+  }
+})
+
+t.test('unknown options and a non-object are rejected, naming what is accepted', async (t) => {
+  t.throws(() => normalizeOptions({ teamDomain: 'acme', audience: AUD, audiences: [AUD] } as never), /unknown option "audiences"; known options: teamDomain, audience/)
+  t.throws(() => normalizeOptions(null as never), /options are required/)
+  t.throws(() => normalizeOptions('acme' as never), /options are required/)
+})
+
+t.test("the caller's options object is never mutated", async (t) => {
+  const options = Object.freeze({ teamDomain: 'ACME', audience: Object.freeze([AUD]) })
+  const app = Fastify()
+  t.teardown(() => app.close())
+  await app.register(cloudflareAccess, options)
+  t.same(options, { teamDomain: 'ACME', audience: [AUD] })
+})
+
+t.test('bad options make register and ready reject', async (t) => {
+  const app = Fastify()
+  t.teardown(() => app.close())
+  app.register(cloudflareAccess, { teamDomain: 'https://evil.com', audience: AUD })
+  await t.rejects(async () => { await app.ready() }, /option "teamDomain"/)
+})

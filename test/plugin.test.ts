@@ -1,0 +1,278 @@
+import Fastify from 'fastify'
+import fastifyCookie from '@fastify/cookie'
+import t from 'tap'
+import cloudflareAccess from '../index'
+import { emulator, HEADER, setup } from './helpers'
+
+t.test('the tutorial shape: a prefix-scoped registration protects /admin and nothing else', async (t) => {
+  const { access, get } = await setup(t)
+  t.equal((await get(undefined, '/public')).statusCode, 200, '/public stays open')
+  t.same((await get(undefined, '/public')).json, { claims: null }, 'request.cfAccess is null outside the scope')
+  const missing = await get()
+  t.equal(missing.statusCode, 401)
+  t.equal(missing.json.code, 'FST_CF_ACCESS_TOKEN_MISSING')
+  const ok = await get(access.signToken({ email: 'alice@acme.com' }))
+  t.equal(ok.statusCode, 200)
+  t.equal(ok.json.claims.email, 'alice@acme.com')
+  t.equal(ok.json.claims.iss, access.teamDomain)
+  t.same(ok.json.claims.aud, [access.audience])
+})
+
+t.test('an unknown path under the prefix answers 404 (the root 404 handler runs the root hooks)', async (t) => {
+  const { get } = await setup(t)
+  t.equal((await get(undefined, '/admin/nope')).statusCode, 404)
+})
+
+t.test('sibling scopes are isolated: each has its own audience and the open sibling stays open', async (t) => {
+  const access = await emulator(t, { audience: ['a'.repeat(64), 'b'.repeat(64)] })
+  const app = Fastify()
+  t.teardown(() => app.close())
+  app.register(async (admin) => {
+    await admin.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: 'a'.repeat(64) })
+    admin.get('/', async (request) => request.cfAccess)
+  }, { prefix: '/admin' })
+  app.register(async (api) => {
+    await api.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: 'b'.repeat(64) })
+    api.get('/', async (request) => request.cfAccess)
+  }, { prefix: '/api' })
+  app.register(async (open) => {
+    open.get('/', async (request) => ({ claims: request.cfAccess ?? null }))
+  }, { prefix: '/open' })
+  await app.ready()
+
+  const adminToken = access.signToken({ aud: ['a'.repeat(64)] })
+  const apiToken = access.signToken({ aud: ['b'.repeat(64)] })
+  const status = async (url: string, token?: string): Promise<number> =>
+    (await app.inject({ url, headers: token === undefined ? {} : { [HEADER]: token } })).statusCode
+  t.equal(await status('/admin', adminToken), 200)
+  t.equal(await status('/admin', apiToken), 401, "the /api application's token does not open /admin")
+  t.equal(await status('/api', apiToken), 200)
+  t.equal(await status('/api', adminToken), 401, "the /admin application's token does not open /api")
+  t.equal(await status('/open'), 200)
+})
+
+t.test('registered at the root, it protects every route of the application', async (t) => {
+  const access = await emulator(t)
+  const app = Fastify()
+  t.teardown(() => app.close())
+  await app.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience })
+  app.get('/', async (request) => ({ email: request.cfAccess?.email }))
+  app.register(async (child) => { child.get('/child', async () => 'ok') })
+  t.equal((await app.inject('/')).statusCode, 401)
+  t.equal((await app.inject('/child')).statusCode, 401, 'child scopes inherit the hook')
+  const res = await app.inject({ url: '/', headers: { [HEADER]: access.signToken() } })
+  t.same(res.json(), { email: 'user@example.com' })
+})
+
+t.test('several audiences: a token for any configured application passes, others do not', async (t) => {
+  const prod = 'a'.repeat(64)
+  const preview = 'b'.repeat(64)
+  const { access, get } = await setup(t, { audience: [prod, preview] })
+  t.equal((await get(access.signToken({ aud: [prod] }))).statusCode, 200)
+  t.equal((await get(access.signToken({ aud: [preview] }))).statusCode, 200)
+  t.equal((await get(access.signToken({ aud: preview }))).statusCode, 200, 'older tokens carry aud as a string')
+  t.equal((await get(access.signToken({ aud: ['c'.repeat(64), preview] }))).statusCode, 200, 'one matching tag in the array is enough')
+  const other = await get(access.signToken({ aud: ['c'.repeat(64)] }))
+  t.equal(other.statusCode, 401)
+  t.equal(other.json.code, 'FST_CF_ACCESS_CLAIM_INVALID')
+})
+
+t.test('service tokens pass: no email, no nbf, sub is an empty string', async (t) => {
+  const { access, get } = await setup(t)
+  const res = await get(access.signServiceToken({ common_name: 'abc123.access' }))
+  t.equal(res.statusCode, 200)
+  t.equal(res.json.claims.common_name, 'abc123.access')
+  t.equal(res.json.claims.sub, '')
+  t.notOk('email' in res.json.claims)
+  t.notOk('nbf' in res.json.claims)
+})
+
+t.test('hook modes', async (t) => {
+  t.test("'onRequest' (default) rejects before the body is read", async (t) => {
+    const access = await emulator(t)
+    const app = Fastify()
+    t.teardown(() => app.close())
+    await app.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience })
+    app.post('/', async (request) => request.body)
+    const headers = { 'content-type': 'application/json' }
+    const res = await app.inject({ method: 'POST', url: '/', headers, payload: '{"not": "json"' })
+    t.equal(res.statusCode, 401, 'a malformed body would answer 400 if it were parsed first')
+    const authed = await app.inject({ method: 'POST', url: '/', headers: { ...headers, [HEADER]: access.signToken() }, payload: '{"not": "json"' })
+    t.equal(authed.statusCode, 400, 'with a valid token the body is parsed (and rejected) afterwards')
+  })
+
+  t.test("'preHandler' verifies after the body is parsed", async (t) => {
+    const access = await emulator(t)
+    const app = Fastify()
+    t.teardown(() => app.close())
+    const order: string[] = []
+    app.register(async (admin) => {
+      await admin.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience, hook: 'preHandler' })
+      admin.addHook('preValidation', async (request) => { order.push(`preValidation:${request.cfAccess === null ? 'null' : 'set'}`) })
+      admin.post('/', async (request) => { order.push('handler'); return { email: request.cfAccess?.email, body: request.body } })
+    }, { prefix: '/admin' })
+    const bad = await app.inject({ method: 'POST', url: '/admin', payload: { a: 1 } })
+    t.equal(bad.statusCode, 401)
+    const res = await app.inject({ method: 'POST', url: '/admin', payload: { a: 1 }, headers: { [HEADER]: access.signToken() } })
+    t.same(res.json(), { email: 'user@example.com', body: { a: 1 } })
+    t.same(order, ['preValidation:null', 'preValidation:null', 'handler'])
+  })
+
+  t.test('false adds no hook: routes choose with fastify.cfAccess.verify', async (t) => {
+    const access = await emulator(t)
+    const app = Fastify()
+    t.teardown(() => app.close())
+    await app.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience, hook: false })
+    app.get('/open', async (request) => ({ claims: request.cfAccess }))
+    app.get('/closed', { preHandler: app.cfAccess.verify }, async (request) => ({ email: request.cfAccess?.email }))
+    app.get('/early', { onRequest: app.cfAccess.verify }, async (request) => ({ email: request.cfAccess?.email }))
+    t.same((await app.inject('/open')).json(), { claims: null })
+    t.equal((await app.inject('/closed')).statusCode, 401)
+    t.equal((await app.inject('/early')).statusCode, 401)
+    const token = access.signToken({ email: 'bob@acme.com' })
+    t.same((await app.inject({ url: '/closed', headers: { [HEADER]: token } })).json(), { email: 'bob@acme.com' })
+    t.same((await app.inject({ url: '/early', headers: { cookie: `CF_Authorization=${token}` } })).json(), { email: 'bob@acme.com' })
+  })
+})
+
+t.test('fastify.cfAccess.verifyToken resolves claims or rejects with statusCode and code', async (t) => {
+  const { access, app } = await setup(t, { hook: false })
+  // registered inside /admin: the decorator lives in that scope; reach it through a route
+  const token = access.signToken({ email: 'carol@acme.com' })
+  const scoped = Fastify()
+  t.teardown(() => scoped.close())
+  await scoped.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience, hook: false })
+  await scoped.ready()
+  const claims = await scoped.cfAccess.verifyToken(token)
+  t.equal(claims.email, 'carol@acme.com')
+  await t.rejects(scoped.cfAccess.verifyToken(''), { statusCode: 401, code: 'FST_CF_ACCESS_TOKEN_MISSING' })
+  await t.rejects(scoped.cfAccess.verifyToken('nope'), { statusCode: 401, code: 'FST_CF_ACCESS_TOKEN_INVALID' })
+  await t.rejects(scoped.cfAccess.verifyToken(42 as unknown as string), { statusCode: 401, code: 'FST_CF_ACCESS_TOKEN_INVALID' })
+  await t.rejects(scoped.cfAccess.verifyToken(undefined as unknown as string), { statusCode: 401, code: 'FST_CF_ACCESS_TOKEN_MISSING' })
+  await t.rejects(scoped.cfAccess.verifyToken(access.signToken({ exp: 1 })), { statusCode: 401, code: 'FST_CF_ACCESS_TOKEN_EXPIRED' })
+  t.equal(app.hasDecorator('cfAccess'), false, 'a prefix-scoped registration does not leak its decorator to the parent')
+})
+
+t.test('token sources', async (t) => {
+  t.test('the header wins over the cookie', async (t) => {
+    const { access, app } = await setup(t)
+    const res = await app.inject({
+      url: '/admin/me',
+      headers: { [HEADER]: access.signToken({ email: 'header@acme.com' }), cookie: `CF_Authorization=${access.signToken({ email: 'cookie@acme.com' })}` }
+    })
+    t.equal(res.json().claims.email, 'header@acme.com')
+    const bad = await app.inject({
+      url: '/admin/me',
+      headers: { [HEADER]: 'garbage', cookie: `CF_Authorization=${access.signToken()}` }
+    })
+    t.equal(bad.statusCode, 401, 'a bad header is not rescued by a good cookie')
+  })
+
+  t.test('the cookie is read alone, among other cookies, quoted', async (t) => {
+    const { access, app } = await setup(t)
+    const token = access.signToken()
+    for (const cookie of [`CF_Authorization=${token}`, `a=1; CF_Authorization=${token}; b=2`, `CF_Authorization="${token}"`, `x=y;CF_Authorization=${token}`]) {
+      t.equal((await app.inject({ url: '/admin/me', headers: { cookie } })).statusCode, 200, cookie.slice(0, 30))
+    }
+    for (const cookie of ['CF_Authorization=', 'cf_authorization=' + token, 'other=1', `XCF_Authorization=${token}`]) {
+      const res = await app.inject({ url: '/admin/me', headers: { cookie } })
+      t.equal(res.json().code, 'FST_CF_ACCESS_TOKEN_MISSING', cookie.slice(0, 30))
+    }
+  })
+
+  t.test('an empty header falls back to the cookie', async (t) => {
+    const { access, app } = await setup(t)
+    const res = await app.inject({ url: '/admin/me', headers: { [HEADER]: '', cookie: `CF_Authorization=${access.signToken()}` } })
+    t.equal(res.statusCode, 200)
+  })
+
+  t.test('the unsigned Cf-Access-Authenticated-User-Email header authenticates nothing', async (t) => {
+    const { app } = await setup(t)
+    const res = await app.inject({ url: '/admin/me', headers: { 'cf-access-authenticated-user-email': 'admin@acme.com' } })
+    t.equal(res.statusCode, 401)
+    t.equal(res.json().code, 'FST_CF_ACCESS_TOKEN_MISSING')
+  })
+
+  for (const [name, order] of [['before', 'before'], ['after', 'after']] as const) {
+    t.test(`the cookie works with @fastify/cookie registered ${name} the plugin`, async (t) => {
+      const access = await emulator(t)
+      const app = Fastify()
+      t.teardown(() => app.close())
+      if (order === 'before') await app.register(fastifyCookie)
+      await app.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience })
+      if (order === 'after') await app.register(fastifyCookie)
+      app.get('/', async (request) => ({ email: request.cfAccess?.email, cookies: Object.keys(request.cookies ?? {}) }))
+      const res = await app.inject({ url: '/', headers: { cookie: `theme=dark; CF_Authorization=${access.signToken()}` } })
+      t.equal(res.statusCode, 200)
+      t.equal(res.json().email, 'user@example.com')
+    })
+  }
+
+  t.test('the cookie works with @fastify/cookie and hook: false with a route-level preHandler', async (t) => {
+    const access = await emulator(t)
+    const app = Fastify()
+    t.teardown(() => app.close())
+    await app.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience, hook: false })
+    await app.register(fastifyCookie)
+    app.get('/', { preHandler: app.cfAccess.verify }, async (request) => ({ email: request.cfAccess?.email, theme: request.cookies.theme }))
+    const res = await app.inject({ url: '/', headers: { cookie: `theme=dark; CF_Authorization=${access.signToken()}` } })
+    t.same(res.json(), { email: 'user@example.com', theme: 'dark' })
+  })
+})
+
+t.test('registration mistakes fail at boot with a clear error', async (t) => {
+  const access = await emulator(t)
+  const options = { teamDomain: access.teamDomain, audience: access.audience }
+
+  t.test('passing prefix to the plugin itself', async (t) => {
+    const app = Fastify()
+    t.teardown(() => app.close())
+    await t.rejects(async () => { await app.register(cloudflareAccess, { ...options, prefix: '/admin' } as never) }, /do not pass "prefix".*prefixed scope/)
+  })
+
+  t.test('registering twice in one scope', async (t) => {
+    const app = Fastify()
+    t.teardown(() => app.close())
+    app.register(cloudflareAccess, options)
+    app.register(cloudflareAccess, options)
+    await t.rejects(async () => { await app.ready() }, /already registered in this scope/)
+  })
+
+  t.test('registering in a child of a protected scope', async (t) => {
+    const app = Fastify()
+    t.teardown(() => app.close())
+    app.register(cloudflareAccess, options)
+    app.register(async (child) => { await child.register(cloudflareAccess, options) })
+    await t.rejects(async () => { await app.ready() }, /already registered in this scope or a parent scope/)
+  })
+
+  t.test('missing options', async (t) => {
+    const app = Fastify()
+    t.teardown(() => app.close())
+    await t.rejects(async () => { await app.register(cloudflareAccess, undefined as never) }, /option "teamDomain" must be/)
+  })
+})
+
+t.test('503 answers carry Retry-After', async (t) => {
+  const access = await emulator(t)
+  access.setOutage(true)
+  const { get } = await setup(t, {}, { access })
+  const res = await get(access.signToken())
+  t.equal(res.statusCode, 503)
+  t.equal(res.json.code, 'FST_CF_ACCESS_KEYS_UNAVAILABLE')
+  t.equal(res.headers['retry-after'], '5')
+})
+
+t.test('exports: the plugin, .default, the named export and the error constructors', async (t) => {
+  t.equal(cloudflareAccess.default, cloudflareAccess)
+  t.equal(cloudflareAccess.fastifyCloudflareAccess, cloudflareAccess)
+  t.equal(cloudflareAccess.errorCodes.TOKEN_MISSING, 'FST_CF_ACCESS_TOKEN_MISSING')
+  const error = new cloudflareAccess.TokenInvalidError('reason')
+  t.equal(error.code, 'FST_CF_ACCESS_TOKEN_INVALID')
+  t.equal(error.statusCode, 401)
+  t.equal(error.message, 'Invalid Cloudflare Access token: reason')
+  t.equal(new cloudflareAccess.KeysUnavailableError('x').statusCode, 503)
+  t.equal(new cloudflareAccess.TokenExpiredError('x').statusCode, 401)
+  t.equal(new cloudflareAccess.ClaimInvalidError('x').statusCode, 401)
+  t.equal(new cloudflareAccess.TokenMissingError().statusCode, 401)
+})
