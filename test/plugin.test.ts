@@ -2,7 +2,7 @@ import Fastify from 'fastify'
 import fastifyCookie from '@fastify/cookie'
 import t from 'tap'
 import cloudflareAccess from '../index'
-import { emulator, HEADER, setup } from './helpers'
+import { captureLogs, emulator, eventually, HEADER, setup } from './helpers'
 
 t.test('the tutorial shape: a prefix-scoped registration protects /admin and nothing else', async (t) => {
   const { access, get } = await setup(t)
@@ -275,4 +275,45 @@ t.test('exports: the plugin, .default, the named export and the error constructo
   t.equal(new cloudflareAccess.TokenExpiredError('x').statusCode, 401)
   t.equal(new cloudflareAccess.ClaimInvalidError('x').statusCode, 401)
   t.equal(new cloudflareAccess.TokenMissingError().statusCode, 401)
+})
+
+t.test('each rejection is logged once at info with its code, and no token appears in any log line', async (t) => {
+  const logs = captureLogs('trace')
+  const { access, app } = await setup(t, {}, { fastify: { logger: logs.logger } })
+  const tokens = [access.signToken({ exp: 1 }), access.signToken({ aud: ['0'.repeat(64)] }), access.signToken({}, { kid: 'f'.repeat(64) }), 'x.y.z']
+  for (const token of tokens) {
+    await app.inject({ url: '/admin/me', headers: { [HEADER]: token, cookie: `CF_Authorization=${token}` } })
+  }
+  const rejections = logs.lines.filter((line) => line.err?.code?.startsWith('FST_CF_ACCESS_'))
+  t.same(rejections.map((line) => [line.level, line.err.code]), [
+    [30, 'FST_CF_ACCESS_TOKEN_EXPIRED'],
+    [30, 'FST_CF_ACCESS_CLAIM_INVALID'],
+    [30, 'FST_CF_ACCESS_TOKEN_INVALID'],
+    [30, 'FST_CF_ACCESS_TOKEN_INVALID']
+  ])
+  const everything = JSON.stringify(logs.lines)
+  for (const token of tokens.slice(0, 3)) {
+    for (const part of token.split('.')) {
+      for (let i = 0; i + 20 <= part.length; i += 20) {
+        if (everything.includes(part.slice(i, i + 20))) t.fail('a 20-character piece of a token is in the logs')
+      }
+    }
+  }
+  t.notOk(everything.includes('originalError'), "fast-jwt's original error is never logged")
+})
+
+t.test('the key set is fetched in the background when the app is ready, before any request', async (t) => {
+  const { access } = await setup(t)
+  t.ok(await eventually(() => access.certsRequestCount === 1, 2000))
+})
+
+t.test('malformed tokens are rejected before the key lookup: 401 even while keys are unavailable', async (t) => {
+  const access = await emulator(t)
+  access.setOutage(true)
+  const { get } = await setup(t, {}, { access })
+  t.equal((await get(access.signToken())).statusCode, 503, 'a well-formed token needs the keys')
+  for (const token of ['garbage', 'a.b', access.signToken({}, { header: { alg: 'HS256' } }), access.signToken({}, { kid: null })]) {
+    t.equal((await get(token)).json.code, 'FST_CF_ACCESS_TOKEN_INVALID')
+  }
+  t.equal((await get()).json.code, 'FST_CF_ACCESS_TOKEN_MISSING')
 })
