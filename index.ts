@@ -2,6 +2,7 @@ import fp from 'fastify-plugin'
 import type { FastifyInstance } from 'fastify'
 import { cloudflareAccess } from './lib/plugin'
 import * as errors from './lib/errors'
+import * as claims from './lib/claims'
 import type * as types from './lib/types'
 import './lib/types'
 
@@ -13,7 +14,11 @@ fp(fastifyCloudflareAccess, { fastify: '5.x', name: 'fastify-cloudflare-access' 
 
 // The fastify-org export triple: require() returns the plugin, which also carries `default`, the named
 // export and the error constructors.
-const { errorCodes, TokenMissingError, TokenInvalidError, TokenExpiredError, ClaimInvalidError, KeysUnavailableError } = errors
+const {
+  errorCodes, TokenMissingError, TokenInvalidError, TokenExpiredError, ClaimInvalidError, KeysUnavailableError,
+  ForbiddenError, NoIdentityError, IdentityUnavailableError
+} = errors
+const { isServiceToken, isUserToken } = claims
 fastifyCloudflareAccess.default = fastifyCloudflareAccess
 fastifyCloudflareAccess.fastifyCloudflareAccess = fastifyCloudflareAccess
 fastifyCloudflareAccess.errorCodes = errorCodes
@@ -22,6 +27,11 @@ fastifyCloudflareAccess.TokenInvalidError = TokenInvalidError
 fastifyCloudflareAccess.TokenExpiredError = TokenExpiredError
 fastifyCloudflareAccess.ClaimInvalidError = ClaimInvalidError
 fastifyCloudflareAccess.KeysUnavailableError = KeysUnavailableError
+fastifyCloudflareAccess.ForbiddenError = ForbiddenError
+fastifyCloudflareAccess.NoIdentityError = NoIdentityError
+fastifyCloudflareAccess.IdentityUnavailableError = IdentityUnavailableError
+fastifyCloudflareAccess.isServiceToken = isServiceToken
+fastifyCloudflareAccess.isUserToken = isUserToken
 
 // Node's CommonJS-to-ESM bridge finds named exports by reading the source for this shape. It never runs
 // (`0 &&`); it only makes `import { fastifyCloudflareAccess } from 'fastify-cloudflare-access'` work.
@@ -34,11 +44,27 @@ fastifyCloudflareAccess.KeysUnavailableError = KeysUnavailableError
   TokenInvalidError,
   TokenExpiredError,
   ClaimInvalidError,
-  KeysUnavailableError
+  KeysUnavailableError,
+  ForbiddenError,
+  NoIdentityError,
+  IdentityUnavailableError,
+  isServiceToken,
+  isUserToken
 })
 /* c8 ignore stop */
 
 declare namespace fastifyCloudflareAccess {
+  /**
+   * Your identity provider's claims under `custom`: declare them by merging, and `request.cfAccess.custom`
+   * is typed in your app.
+   *
+   * ```ts
+   * declare module 'fastify-cloudflare-access' {
+   *   interface CloudflareAccessCustomClaims { department: string }
+   * }
+   * ```
+   */
+  export interface CloudflareAccessCustomClaims {}
   export type FastifyCloudflareAccessOptions = types.FastifyCloudflareAccessOptions
   export type CloudflareAccessClaims = types.CloudflareAccessClaims
   export type CloudflareAccessUserClaims = types.CloudflareAccessUserClaims
@@ -46,6 +72,13 @@ declare namespace fastifyCloudflareAccess {
   export type CloudflareAccessBaseClaims = types.CloudflareAccessBaseClaims
   export type CloudflareAccessDecorator = types.CloudflareAccessDecorator
   export type CloudflareAccessHook = types.CloudflareAccessHook
+  export type CloudflareAccessCustom = types.CloudflareAccessCustom
+  export type CloudflareAccessAllow = types.CloudflareAccessAllow
+  export type CloudflareAccessAuthorize = types.CloudflareAccessAuthorize
+  export type CloudflareAccessPolicy = types.CloudflareAccessPolicy
+  export type CloudflareAccessRouteConfig = types.CloudflareAccessRouteConfig
+  export type CloudflareAccessIdentity = types.CloudflareAccessIdentity
+  export type CloudflareAccessGroup = types.CloudflareAccessGroup
   export type CloudflareAccessError = errors.CloudflareAccessError
   export type CloudflareAccessErrorCode = errors.CloudflareAccessErrorCode
 }

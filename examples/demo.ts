@@ -34,6 +34,8 @@ export function buildApp (access: AccessEmulator): FastifyInstance {
     await admin.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience })
     admin.get('/', async () => ({ message: 'Hello World' }))
     admin.get('/me', async (request) => request.cfAccess)
+    // Authorization on top: only the finance group may see billing (groups come from the identity endpoint).
+    admin.get('/billing', { config: { cfAccess: { allow: { groups: ['finance'] } } } }, async (request) => ({ invoices: 3, for: request.cfAccess?.email }))
   }, { prefix: '/admin' })
   return app
 }
@@ -56,12 +58,13 @@ function shorten (value: string): string {
 export async function runDemo (options: DemoOptions): Promise<DemoResult> {
   const { print } = options
   const access = await createAccessEmulator({ email: 'alice@example.com' })
+  access.setIdentity('bob@example.com', { name: 'Bob', groups: [{ id: 'g-finance', name: 'finance' }] })
   const app = buildApp(access)
   const url = await app.listen({ host: '127.0.0.1', port: 0 })
   const close = async (): Promise<void> => { await app.close(); await access.close() }
 
   print(`Access emulator: team ${access.teamDomain}, AUD ${access.audience.slice(0, 8)}…, keys at ${access.certsUrl}`)
-  print(`App: ${url}  (/ public, /admin/* protected by a prefix-scoped registration)`)
+  print(`App: ${url}  (/ public, /admin/* protected by a prefix-scoped registration, /admin/billing for the finance group)`)
   print('')
 
   const header = (token: string): Record<string, string> => ({ 'cf-access-jwt-assertion': token })
@@ -75,6 +78,8 @@ export async function runDemo (options: DemoOptions): Promise<DemoResult> {
     { title: 'service token (machine client)', path: '/admin/me', headers: header(access.signServiceToken({ common_name: 'deploy-bot.access' })), status: 200, expect: (b) => b.common_name === 'deploy-bot.access' && b.sub === '' },
     { title: 'expired token', path: '/admin/me', headers: header(access.signToken({}, { now: now - 2 * hour, expiresIn: hour })), status: 401, expect: (b) => b.code === 'FST_CF_ACCESS_TOKEN_EXPIRED' },
     { title: 'token for another Access application of the same team', path: '/admin/me', headers: header(access.signToken({ aud: ['0'.repeat(64)] })), status: 401, expect: (b) => b.code === 'FST_CF_ACCESS_CLAIM_INVALID' },
+    { title: 'valid token, but not in the finance group: authenticated, not authorized', path: '/admin/billing', headers: header(access.signToken()), status: 403, expect: (b) => b.code === 'FST_CF_ACCESS_FORBIDDEN' },
+    { title: 'valid token of a finance group member', path: '/admin/billing', headers: header(access.signToken({ email: 'bob@example.com' })), status: 200, expect: (b) => b.for === 'bob@example.com' },
     { title: 'forged: Cf-Access-Authenticated-User-Email alone', path: '/admin/me', headers: { 'cf-access-authenticated-user-email': 'admin@example.com' }, status: 401, expect: (b) => b.code === 'FST_CF_ACCESS_TOKEN_MISSING' },
     {
       title: 'key endpoint down after warm-up: cached keys keep serving',

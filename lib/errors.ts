@@ -53,13 +53,46 @@ export const KeysUnavailableError = createError<'FST_CF_ACCESS_KEYS_UNAVAILABLE'
   false
 )
 
+/**
+ * A valid token that the policy does not admit (`allow`, `authorize`, or the route's `config.cfAccess`). 403.
+ * Instances carry `route` and `subject` (email or service token id) for the log line; neither is in the message.
+ */
+export const ForbiddenError = createError<'FST_CF_ACCESS_FORBIDDEN', 403, []>(
+  'FST_CF_ACCESS_FORBIDDEN',
+  'This Cloudflare Access identity is not allowed here',
+  403,
+  Error,
+  false
+)
+
+/** `request.cfAccessIdentity()` for a service token: only users have an identity. 403. */
+export const NoIdentityError = createError<'FST_CF_ACCESS_NO_IDENTITY', 403, []>(
+  'FST_CF_ACCESS_NO_IDENTITY',
+  'Service tokens have no Cloudflare Access user identity',
+  403,
+  Error,
+  false
+)
+
+/** The identity endpoint cannot be reached, times out, or answers garbage. 503. */
+export const IdentityUnavailableError = createError<'FST_CF_ACCESS_IDENTITY_UNAVAILABLE', 503, [reason: string]>(
+  'FST_CF_ACCESS_IDENTITY_UNAVAILABLE',
+  'Cloudflare Access identity is unavailable: %s',
+  503,
+  Error,
+  false
+)
+
 /** The stable error codes, for matching in error handlers and tests. */
 export const errorCodes = {
   TOKEN_MISSING: 'FST_CF_ACCESS_TOKEN_MISSING',
   TOKEN_INVALID: 'FST_CF_ACCESS_TOKEN_INVALID',
   TOKEN_EXPIRED: 'FST_CF_ACCESS_TOKEN_EXPIRED',
   CLAIM_INVALID: 'FST_CF_ACCESS_CLAIM_INVALID',
-  KEYS_UNAVAILABLE: 'FST_CF_ACCESS_KEYS_UNAVAILABLE'
+  KEYS_UNAVAILABLE: 'FST_CF_ACCESS_KEYS_UNAVAILABLE',
+  FORBIDDEN: 'FST_CF_ACCESS_FORBIDDEN',
+  NO_IDENTITY: 'FST_CF_ACCESS_NO_IDENTITY',
+  IDENTITY_UNAVAILABLE: 'FST_CF_ACCESS_IDENTITY_UNAVAILABLE'
 } as const
 
 /** One of the codes in {@link errorCodes}. */
@@ -68,5 +101,5 @@ export type CloudflareAccessErrorCode = typeof errorCodes[keyof typeof errorCode
 /** What every rejection carries: a stable `code`, an HTTP `statusCode` and a token-free `message`. */
 export interface CloudflareAccessError extends Error {
   code: CloudflareAccessErrorCode
-  statusCode: 401 | 503
+  statusCode: 401 | 403 | 503
 }

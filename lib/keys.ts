@@ -1,7 +1,6 @@
 import { createPublicKey, type KeyObject } from 'node:crypto'
-import http from 'node:http'
-import https from 'node:https'
 import { KeysUnavailableError } from './errors'
+import { FetchError, getJson } from './fetch'
 
 /** One ready verification key of the team. Replaced, never mutated, when the set changes. */
 export interface SigningKey {
@@ -36,8 +35,6 @@ const COLD_RETRY_MAX = 4_000
 const WARM_RETRY_MAX = 60_000
 const KID = /^[A-Za-z0-9._~:-]{1,128}$/
 const MIN_RSA_BITS = 2048
-
-class FetchError extends Error {}
 
 /**
  * The team's signing keys, fetched from one fixed URL and mapped by kid.
@@ -228,42 +225,5 @@ export function parseKeySet (jwks: unknown, previous: ReadonlyMap<string, Signin
 
 /** GET the key set: bounded in time and size, no redirects, status 200 and JSON required. */
 export function fetchKeySet (url: string, timeout: number, maxBytes: number): Promise<unknown> {
-  return new Promise((resolve, reject) => {
-    const get = url.startsWith('https:') ? https.get : http.get
-    const req = get(url, { headers: { accept: 'application/json', 'user-agent': 'fastify-cloudflare-access' } }, (res) => {
-      if (res.statusCode !== 200) {
-        res.resume()
-        return done(new FetchError(`key endpoint answered HTTP ${res.statusCode}`))
-      }
-      const chunks: Buffer[] = []
-      let size = 0
-      res.on('data', (chunk: Buffer) => {
-        size += chunk.length
-        if (size > maxBytes) {
-          done(new FetchError(`key endpoint response larger than ${maxBytes} bytes`))
-        } else {
-          chunks.push(chunk)
-        }
-      })
-      res.on('end', () => {
-        try {
-          done(null, JSON.parse(Buffer.concat(chunks).toString('utf8')))
-        } catch {
-          done(new FetchError('key endpoint response is not JSON'))
-        }
-      })
-      res.on('error', () => done(new FetchError('key endpoint connection failed')))
-    })
-    const timer = setTimeout(() => done(new FetchError(`key endpoint did not answer within ${timeout} ms`)), timeout)
-    req.on('error', () => done(new FetchError('key endpoint unreachable')))
-    let settled = false
-    function done (error: Error | null, value?: unknown): void {
-      if (settled) return
-      settled = true
-      clearTimeout(timer)
-      req.destroy()
-      if (error === null) resolve(value)
-      else reject(error)
-    }
-  })
+  return getJson(url, { timeout, maxBytes, name: 'key endpoint' })
 }

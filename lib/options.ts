@@ -1,3 +1,4 @@
+import { compilePolicy, type CompiledPolicy } from './policy'
 import type { CloudflareAccessHook, FastifyCloudflareAccessOptions } from './types'
 
 /** Options after validation: every field present, every value usable as is. */
@@ -13,6 +14,12 @@ export interface NormalizedOptions {
   refreshInterval: number
   unknownKidCooldown: number
   maxStaleAge: number
+  /** The plugin-level policy, or null when neither `allow` nor `authorize` was given. */
+  policy: CompiledPolicy | null
+  identityUrl: string
+  identityTimeout: number
+  identityCacheTtl: number
+  identityCacheSize: number
 }
 
 export const DEFAULTS = {
@@ -20,12 +27,16 @@ export const DEFAULTS = {
   fetchTimeout: 5_000,
   refreshInterval: 600_000,
   unknownKidCooldown: 5_000,
-  maxStaleAge: 6 * 3_600_000
+  maxStaleAge: 6 * 3_600_000,
+  identityTimeout: 5_000,
+  identityCacheTtl: 300_000,
+  identityCacheSize: 1_000
 } as const
 
 const KNOWN_OPTIONS = new Set([
   'teamDomain', 'audience', 'hook', 'clockTolerance',
-  'fetchTimeout', 'refreshInterval', 'unknownKidCooldown', 'maxStaleAge'
+  'fetchTimeout', 'refreshInterval', 'unknownKidCooldown', 'maxStaleAge',
+  'allow', 'authorize', 'identityTimeout', 'identityCacheTtl', 'identityCacheSize'
 ])
 
 const TEAM_NAME = /^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$/
@@ -136,6 +147,13 @@ export function normalizeOptions (raw: FastifyCloudflareAccessOptions | undefine
     fetchTimeout,
     refreshInterval: duration(options, 'refreshInterval', 1_000, 86_400_000, 'milliseconds'),
     unknownKidCooldown: duration(options, 'unknownKidCooldown', 0, 3_600_000, 'milliseconds'),
-    maxStaleAge: duration(options, 'maxStaleAge', 1_000, 7 * 86_400_000, 'milliseconds')
+    maxStaleAge: duration(options, 'maxStaleAge', 1_000, 7 * 86_400_000, 'milliseconds'),
+    policy: options.allow === undefined && options.authorize === undefined
+      ? null
+      : compilePolicy('options', options.allow, options.authorize),
+    identityUrl: `${issuer}/cdn-cgi/access/get-identity`,
+    identityTimeout: duration(options, 'identityTimeout', 1, 60_000, 'milliseconds'),
+    identityCacheTtl: duration(options, 'identityCacheTtl', 0, 86_400_000, 'milliseconds'),
+    identityCacheSize: duration(options, 'identityCacheSize', 0, 1_000_000, 'entries')
   })
 }

@@ -1,17 +1,25 @@
-import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
-import { errorCodes } from './errors'
+import type { FastifyInstance, FastifyReply, FastifyRequest, RouteOptions } from 'fastify'
+import { isServiceToken, subjectOf } from './claims'
+import { errorCodes, ForbiddenError, NoIdentityError, TokenMissingError } from './errors'
+import { IdentityClient } from './identity'
 import { KeyStore } from './keys'
 import { normalizeOptions } from './options'
+import { admits, compileRouteConfig, type CompiledPolicy } from './policy'
 import { readToken } from './token'
-import type { CloudflareAccessClaims, CloudflareAccessDecorator, FastifyCloudflareAccessOptions } from './types'
+import type { CloudflareAccessClaims, CloudflareAccessDecorator, CloudflareAccessIdentity, FastifyCloudflareAccessOptions } from './types'
 import { createTokenVerifier } from './verify'
 
 /** Seconds a client should wait before retrying a 503. */
 const RETRY_AFTER = '5'
 
+/** Where the verified token waits for `request.cfAccessIdentity()`: private, never serialised. */
+const kToken = Symbol('fastify-cloudflare-access.token')
+
+type RequestWithToken = FastifyRequest & { [kToken]: string | null }
+
 /**
- * The plugin body (wrapped by fastify-plugin in index.ts): validates the options, builds the key store
- * and the verifier once, decorates, and adds the hook.
+ * The plugin body (wrapped by fastify-plugin in index.ts): validates the options, builds the key store,
+ * the verifier and the identity client once, decorates, and adds the hooks.
  */
 export async function cloudflareAccess (fastify: FastifyInstance, rawOptions: FastifyCloudflareAccessOptions): Promise<void> {
   const options = normalizeOptions(rawOptions)
@@ -31,14 +39,54 @@ export async function cloudflareAccess (fastify: FastifyInstance, rawOptions: Fa
     log: fastify.log.child({ plugin: 'fastify-cloudflare-access' })
   })
   const verifyToken = createTokenVerifier(options, store)
+  const identities = new IdentityClient({
+    url: options.identityUrl,
+    timeout: options.identityTimeout,
+    ttl: options.identityCacheTtl,
+    size: options.identityCacheSize
+  })
+  // Route policies, compiled when the route is added (so that a bad one fails at boot), keyed by the
+  // route's own config.cfAccess object.
+  const routePolicies = new WeakMap<object, CompiledPolicy>()
+
+  function identityOf (request: FastifyRequest): Promise<CloudflareAccessIdentity> {
+    const claims = request.cfAccess
+    const token = (request as RequestWithToken)[kToken]
+    if (claims === null || token === null) return Promise.reject(new TokenMissingError())
+    if (isServiceToken(claims)) return Promise.reject(new NoIdentityError())
+    return identities.get(token, claims.exp)
+  }
+
+  async function enforce (policy: CompiledPolicy, claims: CloudflareAccessClaims, request: FastifyRequest): Promise<void> {
+    if (await admits(policy, claims, request, () => identityOf(request))) return
+    throw Object.assign(new ForbiddenError(), { route: request.routeOptions.url, subject: subjectOf(claims) })
+  }
+
+  function routePolicy (config: object): CompiledPolicy {
+    let policy = routePolicies.get(config)
+    if (policy === undefined) {
+      // A route added before this plugin in the same scope: compile (and validate) on first use.
+      policy = compileRouteConfig('a route', config)
+      routePolicies.set(config, policy)
+    }
+    return policy
+  }
 
   async function verify (request: FastifyRequest, reply: FastifyReply): Promise<void> {
+    const routeConfig = request.routeOptions.config.cfAccess
+    if (routeConfig === false) return
+    let claims: CloudflareAccessClaims
     try {
-      request.cfAccess = await verifyToken(readToken(request.headers))
+      const token = readToken(request.headers)
+      claims = await verifyToken(token)
+      ;(request as RequestWithToken)[kToken] = token as string
+      request.cfAccess = claims
     } catch (error) {
       if ((error as { code?: unknown }).code === errorCodes.KEYS_UNAVAILABLE) reply.header('retry-after', RETRY_AFTER)
       throw error
     }
+    if (options.policy !== null) await enforce(options.policy, claims, request)
+    if (routeConfig !== undefined) await enforce(routePolicy(routeConfig), claims, request)
   }
 
   const decorator: CloudflareAccessDecorator = {
@@ -47,8 +95,23 @@ export async function cloudflareAccess (fastify: FastifyInstance, rawOptions: Fa
   }
   fastify.decorate('cfAccess', decorator)
   fastify.decorateRequest('cfAccess', null)
+  fastify.decorateRequest(kToken, null)
+  fastify.decorateRequest('cfAccessIdentity', function (this: FastifyRequest) { return identityOf(this) })
   if (options.hook !== false) fastify.addHook(options.hook, verify)
 
+  fastify.addHook('onRoute', (route: RouteOptions) => {
+    const config = (route.config as { cfAccess?: unknown } | undefined)?.cfAccess
+    if (config === undefined) return
+    const where = `route ${String(route.method)} ${route.url}`
+    if (config === false) {
+      const hooks = [route.onRequest, route.preHandler].flat()
+      if (hooks.includes(verify)) {
+        throw new Error(`fastify-cloudflare-access: ${where}: config.cfAccess is false (no verification) but the route also runs fastify.cfAccess.verify; remove one of them`)
+      }
+      return
+    }
+    routePolicies.set(config as object, compileRouteConfig(where, config))
+  })
   fastify.addHook('onReady', async () => { store.start() })
   fastify.addHook('onClose', async () => { store.close() })
 }

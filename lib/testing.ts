@@ -1,6 +1,8 @@
-import { createPrivateKey, generateKeyPair, randomBytes, randomUUID, sign, type KeyObject } from 'node:crypto'
+import { createPrivateKey, generateKeyPair, randomBytes, randomUUID, sign, verify, type KeyObject } from 'node:crypto'
 import http from 'node:http'
 import type { AddressInfo } from 'node:net'
+import { readCookie } from './token'
+import type { CloudflareAccessIdentity } from './types'
 
 /**
  * A local stand-in for Cloudflare Access, for tests and demos: a real HTTP server on 127.0.0.1 that
@@ -15,8 +17,11 @@ import type { AddressInfo } from 'node:net'
  * ```
  */
 
-/** How the certs endpoint misbehaves: see {@link AccessEmulator.setOutage}. */
+/** How an endpoint misbehaves: see {@link AccessEmulator.setOutage}. */
 export type OutageMode = 'error' | 'html' | 'reset' | 'garbage' | 'empty' | 'redirect'
+
+/** The emulator's endpoints: `/cdn-cgi/access/certs` and `/cdn-cgi/access/get-identity`. */
+export type EmulatorEndpoint = 'certs' | 'identity'
 
 export interface AccessEmulatorOptions {
   /** AUD tag(s) of the emulated application; tokens carry the first. Default: a random 64-hex tag. */
@@ -61,6 +66,8 @@ export interface AccessEmulator {
   readonly requestCount: number
   /** Requests to the certs endpoint. */
   readonly certsRequestCount: number
+  /** Requests to the identity endpoint. */
+  readonly identityRequestCount: number
   /** Every request's path, in order. */
   readonly requests: readonly string[]
   /** A user's application token: `email`, `sub`, `identity_nonce`, `country`, `type: 'app'`, `aud`, `iss`, `iat`, `nbf`, `exp`. */
@@ -77,13 +84,19 @@ export interface AccessEmulator {
   /** The key set as the certs endpoint serves it now. */
   jwks: () => { keys: Array<Record<string, string>> }
   /**
-   * Makes the certs endpoint fail until `setOutage(false)`: `true` or `'error'` answers 503 with an HTML
-   * page, `'html'` answers 200 with an HTML page, `'reset'` drops the connection, `'garbage'` answers
-   * 200 with invalid JSON, `'empty'` a set without keys, `'redirect'` a 302 to another path.
+   * Makes an endpoint (default: certs) fail until `setOutage(false)`: `true` or `'error'` answers 503
+   * with an HTML page, `'html'` answers 200 with an HTML page, `'reset'` drops the connection,
+   * `'garbage'` answers 200 with invalid JSON, `'empty'` a key set without keys (an empty object for the
+   * identity endpoint), `'redirect'` a 302 to another path.
    */
-  setOutage: (mode: boolean | OutageMode) => void
-  /** Milliseconds the certs endpoint waits before answering; `Infinity` never answers. */
-  setLatency: (ms: number) => void
+  setOutage: (mode: boolean | OutageMode, endpoint?: EmulatorEndpoint) => void
+  /** Milliseconds an endpoint (default: certs) waits before answering; `Infinity` never answers. */
+  setLatency: (ms: number, endpoint?: EmulatorEndpoint) => void
+  /**
+   * What the identity endpoint answers for a user, merged over the default identity (built from the
+   * token: `email`, `id`/`user_uuid` = `sub`, `name`, `idp`, `geo`, no groups).
+   */
+  setIdentity: (email: string, identity: Partial<CloudflareAccessIdentity>) => void
   close: () => Promise<void>
 }
 
@@ -131,19 +144,63 @@ export async function createAccessEmulator (options: AccessEmulatorOptions = {})
   )
   const email = options.email ?? 'user@example.com'
   let keys: EmulatorKey[] = await Promise.all([newKey(), newKey()])
-  let latency = options.latency ?? 0
-  let outage: OutageMode | null = null
+  const endpoints: Record<EmulatorEndpoint, { latency: number, outage: OutageMode | null }> = {
+    certs: { latency: options.latency ?? 0, outage: null },
+    identity: { latency: 0, outage: null }
+  }
+  const identities = new Map<string, Partial<CloudflareAccessIdentity>>()
   const requests: string[] = []
-  let certsRequestCount = 0
+  const counts: Record<EmulatorEndpoint, number> = { certs: 0, identity: 0 }
 
-  function answer (req: http.IncomingMessage, res: http.ServerResponse): void {
-    if (req.url !== '/cdn-cgi/access/certs' || req.method !== 'GET') {
-      res.writeHead(404, { 'content-type': 'text/plain' }).end('not found')
-      return
+  function json (res: http.ServerResponse, status: number, body: unknown): void {
+    res.writeHead(status, { 'content-type': 'application/json' }).end(JSON.stringify(body))
+  }
+
+  /** The claims of a token this emulator signed (current or previous key), or undefined. */
+  function ownClaims (token: string | undefined): Record<string, unknown> | undefined {
+    const [header, payload, signature] = (token ?? '').split('.')
+    if (signature === undefined) return undefined
+    const input = Buffer.from(`${header}.${payload}`)
+    const signed = keys.some((key) => verify('sha256', input, key.privateKey, Buffer.from(signature, 'base64url')))
+    if (!signed) return undefined
+    try {
+      const claims = JSON.parse(Buffer.from(payload as string, 'base64url').toString()) as Record<string, unknown>
+      return typeof claims.exp === 'number' && claims.exp * 1000 > Date.now() ? claims : undefined
+    } catch {
+      return undefined // signRaw can sign anything
     }
-    switch (outage) {
+  }
+
+  function identityFor (req: http.IncomingMessage, res: http.ServerResponse): void {
+    const claims = ownClaims(readCookie(req.headers.cookie ?? ''))
+    if (claims === undefined) return json(res, 400, { err: 'invalid or missing CF_Authorization token' })
+    if (typeof claims.email !== 'string') return json(res, 400, { err: 'no identity for this token' })
+    const email = claims.email
+    json(res, 200, {
+      id: claims.sub,
+      name: email.slice(0, email.indexOf('@')),
+      email,
+      user_uuid: claims.sub,
+      account_id: 'emulator',
+      iat: claims.iat,
+      ip: '127.0.0.1',
+      idp: { id: 'emulator', type: 'onetimepin' },
+      geo: { country: claims.country ?? 'US' },
+      groups: [],
+      devicePosture: {},
+      is_warp: false,
+      is_gateway: false,
+      device_id: '',
+      custom: {},
+      ...identities.get(email.toLowerCase())
+    })
+  }
+
+  function answer (endpoint: EmulatorEndpoint, req: http.IncomingMessage, res: http.ServerResponse): void {
+    switch (endpoints[endpoint].outage) {
       case null:
-        res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(jwks()))
+        if (endpoint === 'certs') json(res, 200, jwks())
+        else identityFor(req, res)
         return
       case 'reset':
         req.socket.destroy()
@@ -155,7 +212,7 @@ export async function createAccessEmulator (options: AccessEmulatorOptions = {})
         res.writeHead(200, { 'content-type': 'application/json' }).end('{"keys": [')
         return
       case 'empty':
-        res.writeHead(200, { 'content-type': 'application/json' }).end('{"keys":[]}')
+        json(res, 200, endpoint === 'certs' ? { keys: [] } : {})
         return
       case 'redirect':
         res.writeHead(302, { location: '/elsewhere' }).end()
@@ -165,12 +222,19 @@ export async function createAccessEmulator (options: AccessEmulatorOptions = {})
     }
   }
 
+  const paths: Record<string, EmulatorEndpoint> = { '/cdn-cgi/access/certs': 'certs', '/cdn-cgi/access/get-identity': 'identity' }
   const server = http.createServer((req, res) => {
     requests.push(req.url as string)
-    if (req.url === '/cdn-cgi/access/certs') certsRequestCount++
+    const endpoint = req.method === 'GET' ? paths[req.url as string] : undefined
+    if (endpoint === undefined) {
+      res.writeHead(404, { 'content-type': 'text/plain' }).end('not found')
+      return
+    }
+    counts[endpoint]++
+    const { latency } = endpoints[endpoint]
     if (latency === Infinity) return // never answers; close() drops the connection
-    if (latency > 0) setTimeout(answer, latency, req, res)
-    else answer(req, res)
+    if (latency > 0) setTimeout(answer, latency, endpoint, req, res)
+    else answer(endpoint, req, res)
   })
   server.keepAliveTimeout = 1000
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
@@ -212,7 +276,8 @@ export async function createAccessEmulator (options: AccessEmulatorOptions = {})
     certsUrl: `${teamDomain}/cdn-cgi/access/certs`,
     get kids () { return keys.map((key) => key.kid) },
     get requestCount () { return requests.length },
-    get certsRequestCount () { return certsRequestCount },
+    get certsRequestCount () { return counts.certs },
+    get identityRequestCount () { return counts.identity },
     get requests () { return [...requests] },
     signToken: signer((now) => ({
       email,
@@ -234,11 +299,14 @@ export async function createAccessEmulator (options: AccessEmulatorOptions = {})
       return key.kid
     },
     jwks,
-    setOutage (mode) {
-      outage = mode === false ? null : mode === true ? 'error' : mode
+    setOutage (mode, endpoint = 'certs') {
+      endpoints[endpoint].outage = mode === false ? null : mode === true ? 'error' : mode
     },
-    setLatency (ms) {
-      latency = ms
+    setLatency (ms, endpoint = 'certs') {
+      endpoints[endpoint].latency = ms
+    },
+    setIdentity (email, identity) {
+      identities.set(email.toLowerCase(), identity)
     },
     async close () {
       server.closeAllConnections()

@@ -1,4 +1,43 @@
 import type { FastifyReply, FastifyRequest } from 'fastify'
+import type { CloudflareAccessCustomClaims } from '../index'
+
+/**
+ * Identity-provider claims under `custom`: `CloudflareAccessCustomClaims` as you declared it (see the
+ * README's TypeScript section), or `Record<string, unknown>` while it is empty.
+ */
+export type CloudflareAccessCustom = keyof CloudflareAccessCustomClaims extends never
+  ? Record<string, unknown>
+  : CloudflareAccessCustomClaims
+
+/**
+ * Who is admitted: a token passes when any one grant matches. User tokens match only `emails`,
+ * `emailDomains` and `groups`; service tokens match only `serviceTokens`.
+ */
+export interface CloudflareAccessAllow {
+  /** Exact email addresses, compared case-insensitively. */
+  emails?: readonly string[]
+  /** Exact domains after the `@`, case-insensitive: `'acme.com'` matches neither `evilacme.com` nor `eng.acme.com`. */
+  emailDomains?: readonly string[]
+  /** Access group names or ids, from the identity endpoint (fetched only when a route needs it). */
+  groups?: readonly string[]
+  /** Service token Client IDs (`common_name`, ending in `.access`), or `true` for every service token. */
+  serviceTokens?: readonly string[] | true
+}
+
+/**
+ * An extra rule that must also hold. Return `true` to admit; anything else answers 403. A throw goes to
+ * Fastify's error handler unchanged.
+ */
+export type CloudflareAccessAuthorize = (claims: CloudflareAccessClaims, request: FastifyRequest) => boolean | Promise<boolean>
+
+/** A policy: both parts, when present, must admit the token. */
+export interface CloudflareAccessPolicy {
+  allow?: CloudflareAccessAllow
+  authorize?: CloudflareAccessAuthorize
+}
+
+/** A route's `config.cfAccess`: `false` skips verification on that route; a policy narrows the plugin's. */
+export type CloudflareAccessRouteConfig = false | CloudflareAccessPolicy
 
 /** Which request hook runs verification: `'onRequest'` (default), `'preHandler'`, or `false` for none. */
 export type CloudflareAccessHook = 'onRequest' | 'preHandler' | false
@@ -26,6 +65,16 @@ export interface FastifyCloudflareAccessOptions {
   unknownKidCooldown?: number
   /** How long the last good key set keeps serving while the endpoint fails, in milliseconds. Default 21600000 (6 hours). */
   maxStaleAge?: number
+  /** Who is admitted. Absent: every valid token of the configured audiences. */
+  allow?: CloudflareAccessAllow
+  /** An extra rule every admitted token must also pass. */
+  authorize?: CloudflareAccessAuthorize
+  /** Time limit of one identity lookup, in milliseconds. Default 5000. */
+  identityTimeout?: number
+  /** How long an identity is cached, in milliseconds (never beyond the token's `exp`). Default 300000. */
+  identityCacheTtl?: number
+  /** How many identities are cached at most (least recently used go first). Default 1000. */
+  identityCacheSize?: number
 }
 
 /** Claims every verified Cloudflare Access application token has. */
@@ -53,8 +102,8 @@ export interface CloudflareAccessUserClaims extends CloudflareAccessBaseClaims {
   identity_nonce?: string
   /** Two-letter country code of the login. */
   country?: string
-  /** Identity-provider claims, best effort. */
-  custom?: Record<string, unknown>
+  /** Identity-provider claims, best effort (see `CloudflareAccessCustomClaims`). */
+  custom?: CloudflareAccessCustom
   common_name?: undefined
 }
 
@@ -65,10 +114,41 @@ export interface CloudflareAccessServiceClaims extends CloudflareAccessBaseClaim
   /** Empty for service tokens. */
   sub?: string
   email?: undefined
+  identity_nonce?: undefined
+  country?: undefined
+  custom?: undefined
 }
 
 /** The verified claims of a Cloudflare Access token: tell them apart by `email` or `common_name`. */
 export type CloudflareAccessClaims = CloudflareAccessUserClaims | CloudflareAccessServiceClaims
+
+/** A group of the user, as the identity endpoint reports it. */
+export interface CloudflareAccessGroup {
+  id: string
+  name: string
+  email?: string
+}
+
+/** The full identity of a user, from `<team>/cdn-cgi/access/get-identity`. */
+export interface CloudflareAccessIdentity {
+  email: string
+  name?: string
+  id?: string
+  user_uuid?: string
+  account_id?: string
+  iat?: number
+  ip?: string
+  idp?: { id: string, type: string }
+  geo?: { country: string }
+  groups: CloudflareAccessGroup[]
+  devicePosture?: Record<string, unknown>
+  is_warp?: boolean
+  is_gateway?: boolean
+  device_id?: string
+  custom?: CloudflareAccessCustom
+  /** Other fields Cloudflare adds. */
+  [field: string]: unknown
+}
 
 /** `fastify.cfAccess`: verification for route-level hooks and for tokens from elsewhere. */
 export interface CloudflareAccessDecorator {
@@ -85,6 +165,16 @@ declare module 'fastify' {
   interface FastifyRequest {
     /** The verified Cloudflare Access claims, or `null` where no verification ran. */
     cfAccess: CloudflareAccessClaims | null
+    /**
+     * The user's full identity from the identity endpoint (groups, name, device posture…), cached per
+     * token. Rejects for service tokens (403), without a verified token (401), or when the endpoint is
+     * down (503).
+     */
+    cfAccessIdentity: () => Promise<CloudflareAccessIdentity>
+  }
+  interface FastifyContextConfig {
+    /** `false`: no verification on this route. A policy: narrows the plugin's `allow`/`authorize`. */
+    cfAccess?: CloudflareAccessRouteConfig
   }
   interface FastifyInstance {
     /** Set by fastify-cloudflare-access. */

@@ -187,13 +187,13 @@ t.test('garbage answers from the endpoint are 503 on a cold store', async (t) =>
 
 t.test('fetchKeySet bounds every fetch', async (t) => {
   const big = await rawServer(t, (_req, res) => { res.end(JSON.stringify({ keys: [], pad: 'x'.repeat(300_000) })) })
-  await t.rejects(fetchKeySet(big.url, 1000, 256 * 1024), /larger than 262144 bytes/)
+  await t.rejects(fetchKeySet(big.url, 1000, 256 * 1024), /answered more than 262144 bytes/)
 
   const slowBody = await rawServer(t, (_req, res) => { res.writeHead(200); res.write('{"keys": [') })
   await t.rejects(fetchKeySet(slowBody.url, 300, 1024), /did not answer within 300 ms/, 'a body that never ends')
 
   const cut = await rawServer(t, (req, res) => { res.writeHead(200, { 'content-length': '100' }); res.write('{"ke'); setTimeout(() => req.socket.destroy(), 20) })
-  await t.rejects(fetchKeySet(cut.url, 2000, 1024), /connection failed|not JSON/, 'a connection cut mid-body')
+  await t.rejects(fetchKeySet(cut.url, 2000, 1024), /connection to key endpoint failed|not JSON/, 'a connection cut mid-body')
 
   const status = await rawServer(t, (_req, res) => { res.writeHead(301, { location: 'http://127.0.0.1:1/' }).end() })
   await t.rejects(fetchKeySet(status.url, 1000, 1024), /HTTP 301/)
@@ -250,4 +250,11 @@ t.test('KeyStore used directly: close stops timers, start is idempotent', async 
   store.start()
   await sleep(1200)
   t.equal(access.certsRequestCount, 2, 'no refresh after close')
+
+  const closing = new KeyStore({ certsUrl: access.certsUrl, fetchTimeout: 1000, refreshInterval: 1000, unknownKidCooldown: 0, maxStaleAge: 60_000, log: silent })
+  const pending = closing.resolve(access.kids[0] as string)
+  closing.close()
+  t.ok(await pending, 'a fetch under way when the store closes still completes')
+  await sleep(1200)
+  t.equal(closing.fetchCount, 1, 'and schedules nothing')
 })

@@ -1,16 +1,22 @@
-import Fastify, { type FastifyReply, type FastifyRequest } from 'fastify'
+import Fastify, { type FastifyContextConfig, type FastifyReply, type FastifyRequest } from 'fastify'
 import { expectAssignable, expectError, expectNotAssignable, expectType } from 'tsd'
 import cloudflareAccess, {
   fastifyCloudflareAccess,
   errorCodes,
   TokenInvalidError,
   KeysUnavailableError,
+  ForbiddenError,
+  isServiceToken,
+  type CloudflareAccessAllow,
+  type CloudflareAccessGroup,
+  type CloudflareAccessIdentity,
+  type CloudflareAccessRouteConfig,
   type CloudflareAccessClaims,
   type CloudflareAccessDecorator,
   type CloudflareAccessServiceClaims,
   type CloudflareAccessUserClaims,
   type FastifyCloudflareAccessOptions
-} from '..'
+} from 'fastify-cloudflare-access'
 import { createAccessEmulator, type AccessEmulator } from 'fastify-cloudflare-access/testing'
 
 const app = Fastify()
@@ -92,3 +98,51 @@ export async function kit (): Promise<void> {
   expectType<number>(access.requestCount)
   await access.close()
 }
+
+// authorization: allow, authorize, route config
+app.register(cloudflareAccess, {
+  teamDomain: 'acme',
+  audience: 'AUD',
+  allow: { emails: ['a@acme.com'], emailDomains: ['acme.com'], groups: ['admins'], serviceTokens: true },
+  authorize: async (claims, request) => {
+    expectType<CloudflareAccessClaims>(claims)
+    expectType<FastifyRequest>(request)
+    return claims.email !== undefined
+  },
+  identityTimeout: 1000,
+  identityCacheTtl: 60_000,
+  identityCacheSize: 100
+})
+app.register(cloudflareAccess, { teamDomain: 'acme', audience: 'AUD', allow: { serviceTokens: ['ci.access'] } })
+expectError(app.register(cloudflareAccess, { teamDomain: 'acme', audience: 'AUD', allow: { serviceTokens: false } }))
+expectError(app.register(cloudflareAccess, { teamDomain: 'acme', audience: 'AUD', allow: { emails: 'a@acme.com' } }))
+expectError(app.register(cloudflareAccess, { teamDomain: 'acme', audience: 'AUD', authorize: true }))
+app.get('/health', { config: { cfAccess: false } }, async () => 'ok')
+app.post('/billing', { config: { cfAccess: { allow: { groups: ['finance'] } } } }, async () => 'ok')
+app.post('/eu', { config: { cfAccess: { authorize: (claims) => claims.exp > 0 } } }, async () => 'ok')
+// Fastify infers a route's config type from the literal, so a wrong value there is caught at boot (a
+// test covers it); the augmented FastifyContextConfig itself is precise:
+expectType<CloudflareAccessRouteConfig | undefined>(({} as FastifyContextConfig).cfAccess)
+app.get('/cfg', async (request) => {
+  expectType<CloudflareAccessRouteConfig | undefined>(request.routeOptions.config.cfAccess)
+  return 'ok'
+})
+expectAssignable<CloudflareAccessRouteConfig>(false)
+expectNotAssignable<CloudflareAccessRouteConfig>(true)
+expectAssignable<CloudflareAccessAllow>({ emailDomains: ['acme.com'] as const })
+
+// type guards and identity
+app.get('/identity', async (request) => {
+  const claims = request.cfAccess
+  if (claims !== null && isServiceToken(claims)) expectType<CloudflareAccessServiceClaims>(claims)
+  if (claims !== null && cloudflareAccess.isUserToken(claims)) expectType<CloudflareAccessUserClaims>(claims)
+  const identity = await request.cfAccessIdentity()
+  expectType<CloudflareAccessIdentity>(identity)
+  expectType<string>(identity.email)
+  expectType<CloudflareAccessGroup[]>(identity.groups)
+  expectType<string>(identity.groups[0]!.name)
+  return identity
+})
+expectType<403>(new ForbiddenError().statusCode)
+expectType<'FST_CF_ACCESS_NO_IDENTITY'>(new cloudflareAccess.NoIdentityError().code)
+expectType<503>(new cloudflareAccess.IdentityUnavailableError('x').statusCode)

@@ -1,0 +1,69 @@
+import http from 'node:http'
+import https from 'node:https'
+
+/** A failed bounded fetch; the message is safe to show (it names no token). */
+export class FetchError extends Error {
+  /** The HTTP status, when the server answered. */
+  readonly status: number | undefined
+  constructor (message: string, status?: number) {
+    super(message)
+    this.status = status
+  }
+}
+
+export interface GetJsonOptions {
+  /** Time limit for the whole exchange, headers and body, in milliseconds. */
+  timeout: number
+  /** Largest accepted body, in bytes. */
+  maxBytes: number
+  /** What to call the endpoint in messages, e.g. 'key endpoint'. */
+  name: string
+  headers?: Record<string, string>
+}
+
+/**
+ * GET a JSON document, bounded: a timer of its own per call, no redirects followed, a size cap, status 200
+ * and valid JSON required. Rejects with a {@link FetchError}.
+ */
+export function getJson (url: string, options: GetJsonOptions): Promise<unknown> {
+  const { name } = options
+  return new Promise((resolve, reject) => {
+    const get = url.startsWith('https:') ? https.get : http.get
+    const headers = { accept: 'application/json', 'user-agent': 'fastify-cloudflare-access', ...options.headers }
+    const req = get(url, { headers }, (res) => {
+      if (res.statusCode !== 200) {
+        res.resume()
+        return done(new FetchError(`${name} answered HTTP ${res.statusCode}`, res.statusCode))
+      }
+      const chunks: Buffer[] = []
+      let size = 0
+      res.on('data', (chunk: Buffer) => {
+        size += chunk.length
+        if (size > options.maxBytes) {
+          done(new FetchError(`${name} answered more than ${options.maxBytes} bytes`))
+        } else {
+          chunks.push(chunk)
+        }
+      })
+      res.on('end', () => {
+        try {
+          done(null, JSON.parse(Buffer.concat(chunks).toString('utf8')))
+        } catch {
+          done(new FetchError(`${name} answered something that is not JSON`))
+        }
+      })
+      res.on('error', () => done(new FetchError(`connection to ${name} failed`)))
+    })
+    const timer = setTimeout(() => done(new FetchError(`${name} did not answer within ${options.timeout} ms`)), options.timeout)
+    req.on('error', () => done(new FetchError(`${name} unreachable`)))
+    let settled = false
+    function done (error: FetchError | null, value?: unknown): void {
+      if (settled) return
+      settled = true
+      clearTimeout(timer)
+      req.destroy()
+      if (error === null) resolve(value)
+      else reject(error)
+    }
+  })
+}

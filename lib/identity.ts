@@ -1,0 +1,93 @@
+import { IdentityUnavailableError, TokenInvalidError } from './errors'
+import { getJson, type FetchError } from './fetch'
+import type { CloudflareAccessIdentity } from './types'
+
+export interface IdentityClientOptions {
+  /** `<origin>/cdn-cgi/access/get-identity`, fixed at registration. */
+  url: string
+  timeout: number
+  /** Longest an identity is kept, in milliseconds; never beyond the token's `exp`. */
+  ttl: number
+  /** Most identities kept; the least recently used go first. */
+  size: number
+  /** Largest accepted answer, in bytes. */
+  maxBytes?: number
+}
+
+interface Entry {
+  identity: CloudflareAccessIdentity
+  expiresAt: number
+}
+
+/**
+ * Looks up users' identities at the team's identity endpoint: cached per token (bounded LRU, never beyond
+ * the token's `exp`; failures are not cached), one request at a time per token, every request bounded.
+ */
+export class IdentityClient {
+  readonly #opts: Required<IdentityClientOptions>
+  readonly #cache = new Map<string, Entry>()
+  readonly #inflight = new Map<string, Promise<CloudflareAccessIdentity>>()
+  /** Lookups sent to the endpoint, for tests and diagnostics. */
+  fetchCount = 0
+
+  constructor (options: IdentityClientOptions) {
+    this.#opts = { maxBytes: 1024 * 1024, ...options }
+  }
+
+  /** The identity for a verified user token whose `exp` (seconds) is given. */
+  get (token: string, exp: number): Promise<CloudflareAccessIdentity> {
+    const now = Date.now()
+    const cached = this.#cache.get(token)
+    if (cached !== undefined) {
+      this.#cache.delete(token)
+      if (now < cached.expiresAt) {
+        this.#cache.set(token, cached)
+        return Promise.resolve(cached.identity)
+      }
+    }
+    let pending = this.#inflight.get(token)
+    if (pending === undefined) {
+      pending = this.#fetch(token, exp).finally(() => this.#inflight.delete(token))
+      this.#inflight.set(token, pending)
+    }
+    return pending
+  }
+
+  async #fetch (token: string, exp: number): Promise<CloudflareAccessIdentity> {
+    this.fetchCount++
+    let body: unknown
+    try {
+      body = await getJson(this.#opts.url, {
+        timeout: this.#opts.timeout,
+        maxBytes: this.#opts.maxBytes,
+        name: 'identity endpoint',
+        headers: { cookie: `CF_Authorization=${token}` }
+      })
+    } catch (error) {
+      const { status, message } = error as FetchError
+      // A 4xx means Access itself no longer accepts this token (a revoked session, for example).
+      if (status !== undefined && status >= 400 && status < 500) throw new TokenInvalidError('the identity endpoint refused the token')
+      throw new IdentityUnavailableError(message)
+    }
+    const identity = body as CloudflareAccessIdentity
+    if (identity === null || typeof identity !== 'object' || typeof identity.email !== 'string') {
+      throw new IdentityUnavailableError('the identity endpoint answered an unexpected document')
+    }
+    if (!Array.isArray(identity.groups)) identity.groups = []
+    identity.groups = identity.groups.filter((group) => group !== null && typeof group === 'object' &&
+      typeof group.id === 'string' && typeof group.name === 'string')
+    deepFreeze(identity) // shared by every request of the token: nobody may change it
+    const expiresAt = Math.min(Date.now() + this.#opts.ttl, exp * 1000)
+    this.#cache.set(token, { identity, expiresAt })
+    if (this.#cache.size > this.#opts.size) {
+      this.#cache.delete(this.#cache.keys().next().value as string)
+    }
+    return identity
+  }
+}
+
+function deepFreeze (value: unknown): void {
+  if (value === null || typeof value !== 'object' || Object.isFrozen(value)) return
+  Object.freeze(value)
+  for (const child of Object.values(value)) deepFreeze(child)
+}

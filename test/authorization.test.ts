@@ -1,0 +1,253 @@
+import Fastify, { type FastifyInstance } from 'fastify'
+import t, { type Test } from 'tap'
+import cloudflareAccess from '../index'
+import type { AccessEmulator } from '../lib/testing'
+import type { FastifyCloudflareAccessOptions } from '../lib/types'
+import { captureLogs, emulator, HEADER } from './helpers'
+
+// Authorization on top of authentication: 401 (who are you?) and 403 (you may not) stay apart.
+
+async function app (t: Test, access: AccessEmulator, options: Partial<FastifyCloudflareAccessOptions>, routes?: (admin: FastifyInstance) => void, fastify = {}): Promise<FastifyInstance> {
+  const server = Fastify(fastify)
+  t.teardown(() => server.close())
+  server.register(async (admin) => {
+    await admin.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience, ...options })
+    admin.get('/', async (request) => ({ claims: request.cfAccess }))
+    routes?.(admin)
+  }, { prefix: '/admin' })
+  await server.ready()
+  return server
+}
+
+async function status (server: FastifyInstance, token?: string, url = '/admin', method: 'GET' | 'POST' = 'GET'): Promise<number> {
+  return (await server.inject({ method, url, headers: token === undefined ? {} : { [HEADER]: token } })).statusCode
+}
+
+t.test('allow.emails: exact addresses, case-insensitive', async (t) => {
+  const access = await emulator(t)
+  const server = await app(t, access, { allow: { emails: ['Alice@Acme.com'] } })
+  t.equal(await status(server, access.signToken({ email: 'alice@acme.com' })), 200)
+  t.equal(await status(server, access.signToken({ email: 'ALICE@ACME.COM' })), 200)
+  t.equal(await status(server, access.signToken({ email: 'alice@acme.co' })), 403)
+  t.equal(await status(server, access.signToken({ email: 'malice@acme.com' })), 403)
+  t.equal(await status(server, access.signToken({ email: 'alice@acme.com.evil.com' })), 403)
+  t.equal(await status(server), 401, 'no token is still 401, not 403')
+  t.equal(await status(server, access.signToken({ email: 'alice@acme.com', aud: ['0'.repeat(64)] })), 401, 'a bad token is 401 even for an allowed email')
+})
+
+t.test('allow.emailDomains: the exact domain after the @, case-insensitive', async (t) => {
+  const access = await emulator(t)
+  const server = await app(t, access, { allow: { emailDomains: ['Acme.com'] } })
+  const cases: Array<[string, number]> = [
+    ['alice@acme.com', 200],
+    ['BOB@ACME.COM', 200],
+    ['eve@evilacme.com', 403],
+    ['eve@eng.acme.com', 403],
+    ['eve@acme.com.evil.com', 403],
+    ['eve@acme.co', 403],
+    ['acme.com@evil.com', 403]
+  ]
+  for (const [email, expected] of cases) t.equal(await status(server, access.signToken({ email })), expected, email)
+  t.equal(await status(server, access.signServiceToken()), 403, 'service tokens are not admitted by user grants')
+})
+
+t.test('allow.groups: a group name or id from the identity endpoint, fetched only when needed', async (t) => {
+  const access = await emulator(t)
+  access.setIdentity('alice@acme.com', { groups: [{ id: 'g-admins', name: 'admins' }] })
+  access.setIdentity('bob@acme.com', { groups: [{ id: 'g-ops', name: 'ops' }, { id: 'g-x', name: 'x' }] })
+  access.setIdentity('carol@acme.com', { groups: [{ id: 'g-sales', name: 'sales' }] })
+  const server = await app(t, access, { allow: { emails: ['dave@acme.com'], groups: ['admins', 'g-ops'] } })
+  t.equal(await status(server, access.signToken({ email: 'alice@acme.com' })), 200, 'by name')
+  t.equal(await status(server, access.signToken({ email: 'bob@acme.com' })), 200, 'by id')
+  t.equal(await status(server, access.signToken({ email: 'carol@acme.com' })), 403, 'another group')
+  t.equal(await status(server, access.signToken({ email: 'nobody@acme.com' })), 403, 'no group')
+  const before = access.identityRequestCount
+  t.equal(await status(server, access.signToken({ email: 'dave@acme.com' })), 200, 'an email grant that matches needs no identity')
+  t.equal(access.identityRequestCount, before, 'no identity lookup for it')
+  t.equal(await status(server, access.signServiceToken()), 403, 'a service token never reaches the groups grant')
+  t.equal(access.identityRequestCount, before, 'and causes no identity lookup')
+})
+
+t.test('allow.serviceTokens: an allowlist of Client IDs, or true', async (t) => {
+  const access = await emulator(t)
+  const listed = await app(t, access, { allow: { serviceTokens: ['ci.access'] } })
+  t.equal(await status(listed, access.signServiceToken({ common_name: 'ci.access' })), 200)
+  t.equal(await status(listed, access.signServiceToken({ common_name: 'other.access' })), 403)
+  t.equal(await status(listed, access.signServiceToken({ common_name: 'CI.access' })), 403, 'Client IDs are exact')
+  t.equal(await status(listed, access.signToken()), 403, 'user tokens are not admitted by serviceTokens')
+  const any = await app(t, access, { allow: { serviceTokens: true } })
+  t.equal(await status(any, access.signServiceToken()), 200)
+  t.equal(await status(any, access.signToken()), 403)
+})
+
+t.test('without allow every valid token is admitted', async (t) => {
+  const access = await emulator(t)
+  const server = await app(t, access, {})
+  t.equal(await status(server, access.signToken()), 200)
+  t.equal(await status(server, access.signServiceToken()), 200)
+})
+
+t.test('authorize: must also hold, must return exactly true', async (t) => {
+  const access = await emulator(t)
+  const seen: string[] = []
+  const server = await app(t, access, {
+    allow: { emailDomains: ['acme.com'], serviceTokens: true },
+    authorize: async (claims, request) => {
+      seen.push(request.url)
+      if (claims.common_name !== undefined) return claims.common_name === 'ok.access'
+      if (claims.country === 'XX') return false
+      if (claims.country === 'YY') return 'yes' as unknown as boolean
+      if (claims.country === 'ZZ') return undefined as unknown as boolean
+      return true
+    }
+  })
+  t.equal(await status(server, access.signToken({ email: 'a@acme.com' })), 200)
+  t.equal(await status(server, access.signToken({ email: 'a@acme.com', country: 'XX' })), 403, 'false')
+  t.equal(await status(server, access.signToken({ email: 'a@acme.com', country: 'YY' })), 403, 'a truthy non-boolean')
+  t.equal(await status(server, access.signToken({ email: 'a@acme.com', country: 'ZZ' })), 403, 'undefined (a forgotten return)')
+  t.equal(await status(server, access.signToken({ email: 'a@evil.com' })), 403, 'allow is checked too')
+  t.equal(await status(server, access.signServiceToken({ common_name: 'ok.access' })), 200)
+  t.equal(await status(server, access.signServiceToken({ common_name: 'no.access' })), 403)
+  t.ok(seen.every((url) => url === '/admin'), 'authorize gets the request')
+  t.equal(seen.length, 6, 'authorize runs only for tokens that allow admitted')
+})
+
+t.test('authorize throwing: the error goes to Fastify’s error handler unchanged', async (t) => {
+  const access = await emulator(t)
+  const server = await app(t, access, {
+    authorize: () => { throw Object.assign(new Error('database down'), { statusCode: 502, code: 'APP_DB' }) }
+  })
+  const res = await server.inject({ url: '/admin', headers: { [HEADER]: access.signToken() } })
+  t.equal(res.statusCode, 502)
+  t.same(res.json(), { statusCode: 502, code: 'APP_DB', error: 'Bad Gateway', message: 'database down' })
+})
+
+t.test('403 answers name no secret, and are logged at info with the route and the subject', async (t) => {
+  const access = await emulator(t)
+  const logs = captureLogs()
+  const server = await app(t, access, { allow: { emails: ['alice@acme.com'] } }, undefined, { logger: logs.logger })
+  const token = access.signToken({ email: 'mallory@acme.com' })
+  const res = await server.inject({ url: '/admin', headers: { [HEADER]: token } })
+  t.same(res.json(), { statusCode: 403, code: 'FST_CF_ACCESS_FORBIDDEN', error: 'Forbidden', message: 'This Cloudflare Access identity is not allowed here' })
+  const line = logs.lines.find((entry) => entry.err?.code === 'FST_CF_ACCESS_FORBIDDEN')
+  t.match(line, { level: 30, err: { route: '/admin', subject: 'mallory@acme.com' } })
+  t.notOk(JSON.stringify(logs.lines).includes(token.slice(-40)), 'no token in the logs')
+  const service = access.signServiceToken({ common_name: 'bot.access' })
+  await server.inject({ url: '/admin', headers: { [HEADER]: service } })
+  t.ok(logs.lines.some((entry) => entry.err?.subject === 'bot.access'), 'a service token is logged by its Client ID')
+})
+
+t.test('route config: false opts out, a policy narrows the plugin-level one', async (t) => {
+  const access = await emulator(t)
+  access.setIdentity('fin@acme.com', { groups: [{ id: 'g-fin', name: 'finance' }] })
+  access.setIdentity('fin@other.com', { groups: [{ id: 'g-fin', name: 'finance' }] })
+  const server = await app(t, access, { allow: { emailDomains: ['acme.com'] } }, (admin) => {
+    admin.get('/health', { config: { cfAccess: false } }, async (request) => ({ claims: request.cfAccess }))
+    admin.post('/billing', { config: { cfAccess: { allow: { groups: ['finance'] } } } }, async (request) => ({ email: request.cfAccess?.email }))
+    admin.get('/eu', { config: { cfAccess: { authorize: (claims) => claims.country === 'PT' } } }, async () => 'ok')
+  })
+  const health = await server.inject({ url: '/admin/health', headers: { [HEADER]: 'garbage' } })
+  t.same(health.json(), { claims: null }, 'no verification at all on the opted-out route')
+  t.equal(await status(server, undefined, '/admin/billing', 'POST'), 401)
+  t.equal(await status(server, access.signToken({ email: 'fin@acme.com' }), '/admin/billing', 'POST'), 200, 'both policies admit')
+  t.equal(await status(server, access.signToken({ email: 'dev@acme.com' }), '/admin/billing', 'POST'), 403, 'the route policy refuses')
+  t.equal(await status(server, access.signToken({ email: 'fin@other.com' }), '/admin/billing', 'POST'), 403, 'the plugin policy refuses')
+  t.equal(await status(server, access.signToken({ email: 'dev@acme.com' }), '/admin'), 200, 'other routes keep the plugin policy only')
+  t.equal(await status(server, access.signToken({ email: 'dev@acme.com', country: 'PT' }), '/admin/eu'), 200)
+  t.equal(await status(server, access.signToken({ email: 'dev@acme.com', country: 'US' }), '/admin/eu'), 403)
+})
+
+t.test('route policies work with hook: false and with preHandler', async (t) => {
+  const access = await emulator(t)
+  for (const hook of [false, 'preHandler'] as const) {
+    const server = Fastify()
+    t.teardown(() => server.close())
+    await server.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience, hook })
+    const hooks = hook === false ? { onRequest: server.cfAccess.verify } : {}
+    server.get('/ops', { ...hooks, config: { cfAccess: { allow: { emails: ['ops@acme.com'] } } } }, async () => 'ok')
+    server.get('/open', { config: { cfAccess: false } }, async (request) => ({ claims: request.cfAccess }))
+    await server.ready()
+    t.equal(await status(server, access.signToken({ email: 'ops@acme.com' }), '/ops'), 200, `${hook}: admitted`)
+    t.equal(await status(server, access.signToken({ email: 'dev@acme.com' }), '/ops'), 403, `${hook}: refused`)
+    t.equal(await status(server, undefined, '/ops'), 401, `${hook}: unauthenticated`)
+    t.equal(await status(server, undefined, '/open'), 200, `${hook}: opted out`)
+  }
+})
+
+t.test('a route declared before the plugin in the same scope still has its policy enforced', async (t) => {
+  const access = await emulator(t)
+  const server = Fastify()
+  t.teardown(() => server.close())
+  server.get('/early', { config: { cfAccess: { allow: { emails: ['a@acme.com'] } } } }, async () => 'ok')
+  server.get('/bad', { config: { cfAccess: { allow: {} } } }, async () => 'ok')
+  await server.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience })
+  await server.ready()
+  t.equal(await status(server, access.signToken({ email: 'a@acme.com' }), '/early'), 200)
+  t.equal(await status(server, access.signToken({ email: 'b@acme.com' }), '/early'), 403)
+  const bad = await server.inject({ url: '/bad', headers: { [HEADER]: access.signToken() } })
+  t.equal(bad.statusCode, 500, 'an invalid policy the plugin could not see at boot fails closed')
+  t.match(bad.json().message, /"allow" needs at least one/)
+})
+
+t.test('policies are validated at registration', async (t) => {
+  const access = await emulator(t)
+  const base = { teamDomain: access.teamDomain, audience: access.audience }
+  const bad: Array<[string, unknown, RegExp]> = [
+    ['allow not an object', { allow: ['a@b.c'] }, /"allow" must be an object/],
+    ['allow null', { allow: null }, /"allow" must be an object/],
+    ['allow empty', { allow: {} }, /needs at least one of emails/],
+    ['unknown grant', { allow: { email: ['a@b.c'] } }, /unknown key "allow.email"/],
+    ['empty list', { allow: { emails: [] } }, /"allow.emails" must be a non-empty array/],
+    ['non-string', { allow: { groups: ['a', 1] } }, /"allow.groups" must be a non-empty array of group names or ids, got 1/],
+    ['blank group', { allow: { groups: [' '] } }, /allow.groups/],
+    ['undefined in a list', { allow: { groups: [undefined] } }, /allow.groups.*got undefined/],
+    ['not an email', { allow: { emails: ['alice'] } }, /allow.emails/],
+    ['domain with @', { allow: { emailDomains: ['@acme.com'] } }, /allow.emailDomains/],
+    ['domain without a dot', { allow: { emailDomains: ['acme'] } }, /allow.emailDomains/],
+    ['serviceTokens false', { allow: { serviceTokens: false } }, /allow.serviceTokens/],
+    ['serviceTokens with a space', { allow: { serviceTokens: ['a b'] } }, /allow.serviceTokens/],
+    ['authorize not a function', { authorize: true }, /"authorize" must be a function/]
+  ]
+  for (const [name, options, message] of bad) {
+    const server = Fastify()
+    t.teardown(() => server.close())
+    await t.rejects(async () => { await server.register(cloudflareAccess, { ...base, ...(options as object) } as never) }, message, name)
+  }
+})
+
+t.test('route configs are validated when the route is added: boot fails, not the first request', async (t) => {
+  const access = await emulator(t)
+  const bad: Array<[string, unknown, RegExp]> = [
+    ['true', true, /route GET \/x: config.cfAccess must be false or a policy/],
+    ['null', null, /must be false or a policy/],
+    ['empty policy', {}, /needs "allow" or "authorize"/],
+    ['unknown key', { allowed: {} }, /unknown key "config.cfAccess.allowed"/],
+    ['bad grant', { allow: { emails: 'a@b.c' } }, /"allow.emails" must be a non-empty array/]
+  ]
+  for (const [name, cfAccess, message] of bad) {
+    const server = Fastify()
+    t.teardown(() => server.close())
+    await server.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience })
+    t.throws(() => server.get('/x', { config: { cfAccess: cfAccess as never } }, async () => 'ok'), message, name)
+  }
+  const server = Fastify()
+  t.teardown(() => server.close())
+  await server.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience, hook: false })
+  t.throws(() => server.get('/x', { onRequest: [server.cfAccess.verify], config: { cfAccess: false } }, async () => 'ok'),
+    /config.cfAccess is false \(no verification\) but the route also runs fastify.cfAccess.verify/)
+})
+
+t.test('isUserToken and isServiceToken tell the two kinds of claims apart', async (t) => {
+  const access = await emulator(t)
+  const server = Fastify()
+  t.teardown(() => server.close())
+  await server.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience })
+  server.get('/', async (request) => {
+    const claims = request.cfAccess
+    if (claims === null) return 'none'
+    if (cloudflareAccess.isUserToken(claims)) return `user ${claims.email}`
+    return cloudflareAccess.isServiceToken(claims) ? `service ${claims.common_name}` : 'neither'
+  })
+  t.equal((await server.inject({ url: '/', headers: { [HEADER]: access.signToken({ email: 'a@b.co' }) } })).body, 'user a@b.co')
+  t.equal((await server.inject({ url: '/', headers: { [HEADER]: access.signServiceToken({ common_name: 'x.access' }) } })).body, 'service x.access')
+})

@@ -1,0 +1,136 @@
+import Fastify from 'fastify'
+import t from 'tap'
+import cloudflareAccess from '../index'
+import { IdentityClient } from '../lib/identity'
+import { emulator, HEADER, nowSeconds, setup, sleep } from './helpers'
+
+t.test('request.cfAccessIdentity(): the full identity, cached per token', async (t) => {
+  const access = await emulator(t)
+  access.setIdentity('alice@acme.com', { name: 'Alice', groups: [{ id: 'g1', name: 'admins' }], devicePosture: { firewall: true } })
+  const server = Fastify()
+  t.teardown(() => server.close())
+  await server.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience })
+  server.get('/me', async (request) => {
+    const identity = await request.cfAccessIdentity()
+    const again = await request.cfAccessIdentity()
+    return { same: identity === again, frozen: Object.isFrozen(identity) && Object.isFrozen(identity.groups), identity }
+  })
+  const token = access.signToken({ email: 'alice@acme.com' })
+  const first = (await server.inject({ url: '/me', headers: { [HEADER]: token } })).json()
+  t.match(first, { same: true, frozen: true, identity: { email: 'alice@acme.com', name: 'Alice', groups: [{ id: 'g1', name: 'admins' }], devicePosture: { firewall: true } } })
+  await server.inject({ url: '/me', headers: { [HEADER]: token } })
+  t.equal(access.identityRequestCount, 1, 'one lookup for the same token across requests')
+  await server.inject({ url: '/me', headers: { [HEADER]: access.signToken({ email: 'alice@acme.com' }) } })
+  t.equal(access.identityRequestCount, 2, 'a new token is a new lookup')
+})
+
+t.test('service tokens: a clear 403 without calling the network', async (t) => {
+  const access = await emulator(t)
+  const server = Fastify()
+  t.teardown(() => server.close())
+  await server.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience })
+  server.get('/me', async (request) => request.cfAccessIdentity())
+  const res = await server.inject({ url: '/me', headers: { [HEADER]: access.signServiceToken() } })
+  t.equal(res.statusCode, 403)
+  t.equal(res.json().code, 'FST_CF_ACCESS_NO_IDENTITY')
+  t.equal(access.identityRequestCount, 0)
+})
+
+t.test('without a verified token: 401', async (t) => {
+  const access = await emulator(t)
+  const server = Fastify()
+  t.teardown(() => server.close())
+  await server.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience })
+  server.get('/open', { config: { cfAccess: false } }, async (request) => request.cfAccessIdentity())
+  const res = await server.inject({ url: '/open', headers: { [HEADER]: access.signToken() } })
+  t.equal(res.statusCode, 401)
+  t.equal(res.json().code, 'FST_CF_ACCESS_TOKEN_MISSING')
+})
+
+t.test('single flight: concurrent lookups for one token share one request', async (t) => {
+  const access = await emulator(t)
+  access.setLatency(150, 'identity')
+  access.setIdentity('a@acme.com', { groups: [{ id: 'g', name: 'admins' }] })
+  const { app } = await setup(t, { allow: { groups: ['admins'] } }, { access })
+  const token = access.signToken({ email: 'a@acme.com' })
+  const responses = await Promise.all(Array.from({ length: 20 }, () => app.inject({ url: '/admin/me', headers: { [HEADER]: token } })))
+  t.ok(responses.every((res) => res.statusCode === 200))
+  t.equal(access.identityRequestCount, 1)
+})
+
+t.test('endpoint down: 503 FST_CF_ACCESS_IDENTITY_UNAVAILABLE, not cached, then recovery', async (t) => {
+  const access = await emulator(t)
+  access.setIdentity('a@acme.com', { groups: [{ id: 'g', name: 'admins' }] })
+  const { get } = await setup(t, { allow: { groups: ['admins'] } }, { access })
+  const token = access.signToken({ email: 'a@acme.com' })
+  for (const mode of ['error', 'reset', 'html', 'garbage', 'empty'] as const) {
+    access.setOutage(mode, 'identity')
+    const res = await get(token)
+    t.equal(res.statusCode, 503, mode)
+    t.equal(res.json.code, 'FST_CF_ACCESS_IDENTITY_UNAVAILABLE', mode)
+  }
+  access.setOutage(false, 'identity')
+  t.equal((await get(token)).statusCode, 200, 'a failed lookup was not cached')
+})
+
+t.test('a hanging identity endpoint fails within identityTimeout', async (t) => {
+  const access = await emulator(t)
+  access.setLatency(Infinity, 'identity')
+  const { get } = await setup(t, { allow: { groups: ['admins'] }, identityTimeout: 200 }, { access })
+  const started = Date.now()
+  const res = await get(access.signToken())
+  t.equal(res.statusCode, 503)
+  t.match(res.json.message, /identity endpoint did not answer within 200 ms/)
+  t.ok(Date.now() - started < 1500)
+})
+
+t.test('the identity endpoint refusing the token (a revoked session) is a 401', async (t) => {
+  const access = await emulator(t)
+  const { get } = await setup(t, { allow: { groups: ['admins'] } }, { access })
+  const token = access.signToken({}, { key: 'previous' })
+  t.equal((await get(access.signToken())).statusCode, 403, 'keys cached, no group')
+  await access.rotateKeys()
+  await access.rotateKeys() // the emulator no longer knows the key; the plugin still has it cached
+  const res = await get(token)
+  t.equal(res.statusCode, 401)
+  t.match(res.json.message, /identity endpoint refused the token/)
+})
+
+t.test('IdentityClient: cache expiry, never beyond exp, bounded size, odd groups dropped', async (t) => {
+  const access = await emulator(t)
+  access.setIdentity('a@acme.com', { groups: [{ id: 'g', name: 'ok' }, null, { id: 1, name: 'bad' }, 'x'] as never })
+  const url = `${access.teamDomain}/cdn-cgi/access/get-identity`
+  const short = new IdentityClient({ url, timeout: 1000, ttl: 150, size: 10 })
+  const token = access.signToken({ email: 'a@acme.com' })
+  const exp = nowSeconds() + 3600
+  const identity = await short.get(token, exp)
+  t.same(identity.groups, [{ id: 'g', name: 'ok' }])
+  await short.get(token, exp)
+  t.equal(short.fetchCount, 1, 'cached')
+  await sleep(200)
+  await short.get(token, exp)
+  t.equal(short.fetchCount, 2, 'refetched after the ttl')
+
+  const long = new IdentityClient({ url, timeout: 1000, ttl: 3_600_000, size: 10 })
+  const soon = nowSeconds() + 1
+  const expiring = access.signToken({ email: 'a@acme.com' }, { expiresIn: 2 })
+  await long.get(expiring, soon)
+  await long.get(expiring, soon)
+  t.equal(long.fetchCount, 1)
+  await sleep(1100)
+  await long.get(expiring, soon).catch(() => undefined)
+  t.equal(long.fetchCount, 2, 'an entry never outlives the token’s exp')
+
+  const tiny = new IdentityClient({ url, timeout: 1000, ttl: 60_000, size: 2 })
+  const tokens = [1, 2, 3].map(() => access.signToken({ email: 'a@acme.com' }))
+  for (const each of tokens) await tiny.get(each, exp)
+  await tiny.get(tokens[2] as string, exp)
+  await tiny.get(tokens[1] as string, exp)
+  t.equal(tiny.fetchCount, 3, 'the two most recent stay cached')
+  await tiny.get(tokens[0] as string, exp)
+  t.equal(tiny.fetchCount, 4, 'the least recently used was evicted')
+
+  access.setIdentity('b@acme.com', { groups: 'admins' as never })
+  const noGroups = await tiny.get(access.signToken({ email: 'b@acme.com' }), exp)
+  t.same(noGroups.groups, [], 'groups that are not an array count as none')
+})
