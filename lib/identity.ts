@@ -1,5 +1,6 @@
 import { IdentityUnavailableError, TokenInvalidError } from './errors'
 import { getJson, type FetchError } from './fetch'
+import { deepFreeze } from './freeze'
 import type { CloudflareAccessIdentity } from './types'
 
 export interface IdentityClientOptions {
@@ -84,10 +85,4 @@ export class IdentityClient {
     }
     return identity
   }
-}
-
-function deepFreeze (value: unknown): void {
-  if (value === null || typeof value !== 'object' || Object.isFrozen(value)) return
-  Object.freeze(value)
-  for (const child of Object.values(value)) deepFreeze(child)
 }

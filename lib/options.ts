@@ -20,6 +20,7 @@ export interface NormalizedOptions {
   identityTimeout: number
   identityCacheTtl: number
   identityCacheSize: number
+  cacheSize: number
 }
 
 export const DEFAULTS = {
@@ -30,13 +31,14 @@ export const DEFAULTS = {
   maxStaleAge: 6 * 3_600_000,
   identityTimeout: 5_000,
   identityCacheTtl: 300_000,
-  identityCacheSize: 1_000
+  identityCacheSize: 1_000,
+  cacheSize: 1_000
 } as const
 
 const KNOWN_OPTIONS = new Set([
   'teamDomain', 'audience', 'hook', 'clockTolerance',
   'fetchTimeout', 'refreshInterval', 'unknownKidCooldown', 'maxStaleAge',
-  'allow', 'authorize', 'identityTimeout', 'identityCacheTtl', 'identityCacheSize'
+  'allow', 'authorize', 'identityTimeout', 'identityCacheTtl', 'identityCacheSize', 'cacheSize'
 ])
 
 const TEAM_NAME = /^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$/
@@ -154,6 +156,7 @@ export function normalizeOptions (raw: FastifyCloudflareAccessOptions | undefine
     identityUrl: `${issuer}/cdn-cgi/access/get-identity`,
     identityTimeout: duration(options, 'identityTimeout', 1, 60_000, 'milliseconds'),
     identityCacheTtl: duration(options, 'identityCacheTtl', 0, 86_400_000, 'milliseconds'),
-    identityCacheSize: duration(options, 'identityCacheSize', 0, 1_000_000, 'entries')
+    identityCacheSize: duration(options, 'identityCacheSize', 0, 1_000_000, 'entries'),
+    cacheSize: duration(options, 'cacheSize', 0, 1_000_000, 'entries')
   })
 }

@@ -38,7 +38,7 @@ export async function cloudflareAccess (fastify: FastifyInstance, rawOptions: Fa
     maxStaleAge: options.maxStaleAge,
     log: fastify.log.child({ plugin: 'fastify-cloudflare-access' })
   })
-  const verifyToken = createTokenVerifier(options, store)
+  const verifier = createTokenVerifier(options, store)
   const identities = new IdentityClient({
     url: options.identityUrl,
     timeout: options.identityTimeout,
@@ -72,32 +72,81 @@ export async function cloudflareAccess (fastify: FastifyInstance, rawOptions: Fa
     return policy
   }
 
-  async function verify (request: FastifyRequest, reply: FastifyReply): Promise<void> {
-    const routeConfig = request.routeOptions.config.cfAccess
-    if (routeConfig === false) return
-    let claims: CloudflareAccessClaims
-    try {
-      const token = readToken(request.headers)
-      claims = await verifyToken(token)
-      ;(request as RequestWithToken)[kToken] = token as string
-      request.cfAccess = claims
-    } catch (error) {
-      if ((error as { code?: unknown }).code === errorCodes.KEYS_UNAVAILABLE) reply.header('retry-after', RETRY_AFTER)
-      throw error
-    }
+  /** A 503 tells the client when to come back; every error goes on to Fastify's error handler. */
+  function rejected (reply: FastifyReply, error: unknown): Error {
+    if ((error as { code?: unknown }).code === errorCodes.KEYS_UNAVAILABLE) reply.header('retry-after', RETRY_AFTER)
+    return error as Error
+  }
+
+  function accept (request: FastifyRequest, token: string, claims: CloudflareAccessClaims): void {
+    (request as RequestWithToken)[kToken] = token
+    request.cfAccess = claims
+  }
+
+  /** The policies that apply to this request (the plugin's, then the route's), or none. */
+  async function authorizeRequest (request: FastifyRequest, claims: CloudflareAccessClaims, routeConfig: object | undefined): Promise<void> {
     if (options.policy !== null) await enforce(options.policy, claims, request)
     if (routeConfig !== undefined) await enforce(routePolicy(routeConfig), claims, request)
   }
 
+  /** The slow path: a key to fetch, or policies to apply. */
+  async function authenticateAsync (request: FastifyRequest, reply: FastifyReply, token: string, pending: CloudflareAccessClaims | Promise<CloudflareAccessClaims>, routeConfig: object | undefined): Promise<void> {
+    let claims: CloudflareAccessClaims
+    try {
+      claims = await pending
+    } catch (error) {
+      throw rejected(reply, error)
+    }
+    accept(request, token, claims)
+    await authorizeRequest(request, claims, routeConfig)
+  }
+
+  /**
+   * Authenticates (and authorizes) one request. Synchronous when no I/O and no policy is involved — the
+   * common case — so the hook costs no promise; otherwise returns a promise.
+   */
+  function authenticate (request: FastifyRequest, reply: FastifyReply): void | Promise<void> {
+    const routeConfig = request.routeOptions.config.cfAccess
+    if (routeConfig === false) return
+    const token = readToken(request.headers)
+    let claims: CloudflareAccessClaims | Promise<CloudflareAccessClaims>
+    try {
+      claims = verifier.verify(token)
+    } catch (error) {
+      throw rejected(reply, error)
+    }
+    if (claims instanceof Promise || options.policy !== null || routeConfig !== undefined) {
+      return authenticateAsync(request, reply, token as string, claims, routeConfig)
+    }
+    accept(request, token as string, claims)
+  }
+
+  /** The scope hook, callback style: no promise on the synchronous path. */
+  function hook (request: FastifyRequest, reply: FastifyReply, done: (error?: Error) => void): void {
+    let pending: void | Promise<void>
+    try {
+      pending = authenticate(request, reply)
+    } catch (error) {
+      done(error as Error)
+      return
+    }
+    if (pending === undefined) done()
+    else pending.then(() => done(), done)
+  }
+
+  async function verify (request: FastifyRequest, reply: FastifyReply): Promise<void> {
+    await authenticate(request, reply)
+  }
+
   const decorator: CloudflareAccessDecorator = {
     verify,
-    verifyToken: verifyToken as (token: string) => Promise<CloudflareAccessClaims>
+    verifyToken: async (token: string) => await verifier.verify(token)
   }
   fastify.decorate('cfAccess', decorator)
   fastify.decorateRequest('cfAccess', null)
   fastify.decorateRequest(kToken, null)
   fastify.decorateRequest('cfAccessIdentity', function (this: FastifyRequest) { return identityOf(this) })
-  if (options.hook !== false) fastify.addHook(options.hook, verify)
+  if (options.hook !== false) fastify.addHook(options.hook, hook)
 
   fastify.addHook('onRoute', (route: RouteOptions) => {
     const config = (route.config as { cfAccess?: unknown } | undefined)?.cfAccess

@@ -2,19 +2,33 @@ import { createVerifier, type TokenError } from 'fast-jwt'
 import { ClaimInvalidError, TokenExpiredError, TokenInvalidError } from './errors'
 import type { KeyStore, SigningKey } from './keys'
 import type { NormalizedOptions } from './options'
-import { checkStructure } from './token'
+import { VerifiedCache } from './cache'
+import { deepFreeze } from './freeze'
+import { checkStructure, MAX_TOKEN_LENGTH } from './token'
 import type { CloudflareAccessClaims } from './types'
 
 type ClaimsVerifier = (token: string) => Record<string, unknown>
 
+/** Verifies tokens for one registration. */
+export interface TokenVerifier {
+  /**
+   * The verified claims — synchronously when no I/O is needed (a cached token, or a key already in the
+   * set), as a promise when the key must be fetched. Throws (or rejects with) one of the plugin's errors.
+   */
+  verify: (token: unknown) => CloudflareAccessClaims | Promise<CloudflareAccessClaims>
+}
+
 /**
- * Verification of one registration: structure → key by kid → fast-jwt (RS256, signature, aud, iss, exp,
- * nbf) → the checks fast-jwt does not make (iat, claim types, `type`, user or service token).
+ * Verification of one registration: verified-token cache → structure → key by kid → fast-jwt (RS256,
+ * signature, aud, iss, exp, nbf) → the checks fast-jwt does not make (iat, claim types, `type`, user or
+ * service token). Claims are frozen: one object may serve many requests.
  */
-export function createTokenVerifier (options: NormalizedOptions, store: KeyStore): (token: unknown) => Promise<CloudflareAccessClaims> {
+export function createTokenVerifier (options: NormalizedOptions, store: KeyStore): TokenVerifier {
   // One fast-jwt verifier per key, built the first time the key is used and dropped with the key.
   const verifiers = new WeakMap<SigningKey, ClaimsVerifier>()
+  const cache = new VerifiedCache(options.cacheSize)
   const { clockToleranceMs } = options
+  const currentKey = (kid: string): SigningKey | undefined => store.get(kid)
 
   function verifierFor (key: SigningKey): ClaimsVerifier {
     let verifier = verifiers.get(key)
@@ -35,20 +49,34 @@ export function createTokenVerifier (options: NormalizedOptions, store: KeyStore
   }
 
   function verifyWithKey (token: string, key: SigningKey): CloudflareAccessClaims {
-    let claims: Record<string, unknown>
+    let payload: Record<string, unknown>
     try {
-      claims = verifierFor(key)(token)
+      payload = verifierFor(key)(token)
     } catch (error) {
       throw translate(error as TokenError)
     }
-    return checkClaims(claims, Date.now(), clockToleranceMs)
+    const claims = checkClaims(payload, Date.now(), clockToleranceMs)
+    deepFreeze(claims)
+    cache.set(token, claims, key, claims.exp * 1000 + clockToleranceMs)
+    return claims
   }
 
-  return async function verifyToken (token: unknown): Promise<CloudflareAccessClaims> {
-    const kid = checkStructure(token)
-    const key = store.get(kid) ?? await store.resolve(kid)
+  function verifyWithResolvedKey (token: string, key: SigningKey | undefined): CloudflareAccessClaims {
     if (key === undefined) throw new TokenInvalidError('unknown key id (kid)')
-    return verifyWithKey(token as string, key)
+    return verifyWithKey(token, key)
+  }
+
+  return {
+    verify (token: unknown): CloudflareAccessClaims | Promise<CloudflareAccessClaims> {
+      if (typeof token === 'string' && token.length <= MAX_TOKEN_LENGTH) {
+        const cached = cache.get(token, Date.now(), currentKey)
+        if (cached !== undefined) return cached
+      }
+      const kid = checkStructure(token)
+      const key = store.get(kid)
+      if (key !== undefined) return verifyWithKey(token as string, key)
+      return store.resolve(kid).then((resolved) => verifyWithResolvedKey(token as string, resolved))
+    }
   }
 }
 
