@@ -70,6 +70,15 @@ export class KeyStore {
     return this.#keys.get(kid)
   }
 
+  /**
+   * Whether `kid` is unknown and asking would not fetch: a usable set without it, within the unknown-kid
+   * cooldown, no fetch under way. Such a kid is answered 401 at once, synchronously.
+   */
+  isKnownUnknown (kid: string): boolean {
+    return this.#inflight === null && this.ready && !this.#keys.has(kid) &&
+      Date.now() - this.#attemptedAt < this.#opts.unknownKidCooldown
+  }
+
   /** Whether the store holds a usable key set. */
   get ready (): boolean {
     return this.#keys.size > 0 && !this.#isTooStale()
@@ -91,7 +100,7 @@ export class KeyStore {
 
     if (this.ready) {
       // An unknown kid: a key rotated in, or an attacker's guess. Refetch, but at most once per cooldown.
-      if (this.#inflight === null && Date.now() - this.#attemptedAt < this.#opts.unknownKidCooldown) return undefined
+      if (this.isKnownUnknown(kid)) return undefined
       await this.#refresh().catch(noop)
       return this.get(kid)
     }

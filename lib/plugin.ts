@@ -102,45 +102,45 @@ export async function cloudflareAccess (fastify: FastifyInstance, rawOptions: Fa
   }
 
   /**
-   * Authenticates (and authorizes) one request. Synchronous when no I/O and no policy is involved — the
-   * common case — so the hook costs no promise; otherwise returns a promise.
+   * Authenticates (and authorizes) one request. Without I/O and without a policy — the common case — it
+   * works synchronously and returns nothing (accepted) or the error to answer; otherwise a promise.
    */
-  function authenticate (request: FastifyRequest, reply: FastifyReply): void | Promise<void> {
+  function authenticate (request: FastifyRequest, reply: FastifyReply): undefined | Error | Promise<void> {
     const routeConfig = request.routeOptions.config.cfAccess
-    if (routeConfig === false) return
+    if (routeConfig === false) return undefined
     const token = readToken(request.headers)
-    let claims: CloudflareAccessClaims | Promise<CloudflareAccessClaims>
-    try {
-      claims = verifier.verify(token)
-    } catch (error) {
-      throw rejected(reply, error)
-    }
+    const claims = verifier.verify(token)
+    if (claims instanceof Error) return rejected(reply, claims)
     if (claims instanceof Promise || options.policy !== null || routeConfig !== undefined) {
       return authenticateAsync(request, reply, token as string, claims, routeConfig)
     }
     accept(request, token as string, claims)
+    return undefined
   }
 
-  /** The scope hook, callback style: no promise on the synchronous path. */
+  /** The scope hook, callback style: no promise and no exception on the synchronous path. */
   function hook (request: FastifyRequest, reply: FastifyReply, done: (error?: Error) => void): void {
-    let pending: void | Promise<void>
-    try {
-      pending = authenticate(request, reply)
-    } catch (error) {
-      done(error as Error)
-      return
-    }
-    if (pending === undefined) done()
-    else pending.then(() => done(), done)
+    const outcome = authenticate(request, reply)
+    if (outcome === undefined) done()
+    else if (outcome instanceof Error) done(outcome)
+    else outcome.then(() => done(), done)
   }
 
   async function verify (request: FastifyRequest, reply: FastifyReply): Promise<void> {
-    await authenticate(request, reply)
+    const outcome = authenticate(request, reply)
+    if (outcome instanceof Error) throw outcome
+    await outcome
+  }
+
+  async function verifyToken (token: string): Promise<CloudflareAccessClaims> {
+    const claims = await verifier.verify(token)
+    if (claims instanceof Error) throw claims
+    return claims
   }
 
   const decorator: CloudflareAccessDecorator = {
     verify,
-    verifyToken: async (token: string) => await verifier.verify(token)
+    verifyToken
   }
   fastify.decorate('cfAccess', decorator)
   fastify.decorateRequest('cfAccess', null)

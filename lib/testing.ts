@@ -75,10 +75,11 @@ export interface AccessEmulator {
   /** A service token's application token: `common_name` (a Client ID ending in `.access`), `sub: ''`, no `email`, no `nbf`. */
   signServiceToken: (claims?: ClaimsInput, options?: SignOptions) => string
   /**
-   * Signs a header and payload given as exact JSON text (or objects) with RS256: for tokens no honest
-   * issuer makes, such as duplicate keys or numbers that parse to Infinity. `options.key` as in `signToken`.
+   * Signs a header and payload given as exact JSON text, exact bytes, or objects, with RS256: for tokens
+   * no honest issuer makes, such as duplicate keys, numbers that parse to Infinity, or invalid UTF-8.
+   * `options.key` as in `signToken`.
    */
-  signRaw: (header: string | Record<string, unknown>, payload: string | Record<string, unknown>, options?: Pick<SignOptions, 'key'>) => string
+  signRaw: (header: TokenPart, payload: TokenPart, options?: Pick<SignOptions, 'key'>) => string
   /** Publishes a new current key; the old current stays published as the previous key and the older one is dropped. Resolves the new kid. */
   rotateKeys: () => Promise<string>
   /** The key set as the certs endpoint serves it now. */
@@ -119,12 +120,18 @@ async function newKey (): Promise<EmulatorKey> {
   return { kid, privateKey, jwk: { kid, kty: 'RSA', alg: 'RS256', use: 'sig', e, n } }
 }
 
-function base64url (value: unknown): string {
-  return Buffer.from(typeof value === 'string' ? value : JSON.stringify(value)).toString('base64url')
+/** JSON text or exact bytes of a token part. */
+export type TokenPart = string | Buffer | Record<string, unknown>
+
+function base64url (value: TokenPart): string {
+  return (Buffer.isBuffer(value) ? value : Buffer.from(typeof value === 'string' ? value : JSON.stringify(value))).toString('base64url')
 }
 
-/** Signs `header.payload` with RS256: the compact JWS Cloudflare sends. Strings are taken as exact JSON text. */
-export function signJwt (header: string | Record<string, unknown>, payload: string | Record<string, unknown>, privateKey: KeyObject | string): string {
+/**
+ * Signs `header.payload` with RS256: the compact JWS Cloudflare sends. Strings are taken as exact JSON
+ * text, Buffers as exact bytes (even invalid UTF-8).
+ */
+export function signJwt (header: TokenPart, payload: TokenPart, privateKey: KeyObject | string): string {
   const input = `${base64url(header)}.${base64url(payload)}`
   const key = typeof privateKey === 'string' ? createPrivateKey(privateKey) : privateKey
   return `${input}.${sign('sha256', Buffer.from(input), key).toString('base64url')}`

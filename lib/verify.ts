@@ -1,5 +1,5 @@
 import { createVerifier, type TokenError } from 'fast-jwt'
-import { ClaimInvalidError, TokenExpiredError, TokenInvalidError } from './errors'
+import { ClaimInvalidError, errorCodes, TokenExpiredError, TokenInvalidError } from './errors'
 import type { KeyStore, SigningKey } from './keys'
 import type { NormalizedOptions } from './options'
 import { VerifiedCache } from './cache'
@@ -12,10 +12,11 @@ type ClaimsVerifier = (token: string) => Record<string, unknown>
 /** Verifies tokens for one registration. */
 export interface TokenVerifier {
   /**
-   * The verified claims — synchronously when no I/O is needed (a cached token, or a key already in the
-   * set), as a promise when the key must be fetched. Throws (or rejects with) one of the plugin's errors.
+   * The verified claims, or the error to answer — both synchronously when no I/O is needed (a cached
+   * token, or a key already in the set): rejections are returned, not thrown, because exceptions are slow
+   * and rejections are ordinary traffic. A promise (that rejects with the error) when the key must be fetched.
    */
-  verify: (token: unknown) => CloudflareAccessClaims | Promise<CloudflareAccessClaims>
+  verify: (token: unknown) => CloudflareAccessClaims | Error | Promise<CloudflareAccessClaims>
 }
 
 /**
@@ -48,61 +49,83 @@ export function createTokenVerifier (options: NormalizedOptions, store: KeyStore
     return verifier
   }
 
-  function verifyWithKey (token: string, key: SigningKey): CloudflareAccessClaims {
+  /** Until when a decision about a token with this `exp` may be reused: the verifier's own bound. */
+  function reusableUntil (exp: unknown): number {
+    return typeof exp === 'number' ? exp * 1000 + clockToleranceMs : Infinity
+  }
+
+  function verifyWithKey (token: string, key: SigningKey): CloudflareAccessClaims | Error {
     let payload: Record<string, unknown>
     try {
       payload = verifierFor(key)(token)
     } catch (error) {
-      throw translate(error as TokenError)
+      const rejection = translate(error as TokenError)
+      // A signed token for another application stays wrong: remember that, so that replaying it costs no RSA.
+      if (rejection.code === errorCodes.CLAIM_INVALID) cache.reject(token, rejection, key, reusableUntil(payloadOf(token).exp))
+      return rejection
     }
     const claims = checkClaims(payload, Date.now(), clockToleranceMs)
+    if (claims instanceof Error) {
+      if (claims.code === errorCodes.CLAIM_INVALID) cache.reject(token, claims, key, reusableUntil(payload.exp))
+      return claims
+    }
     deepFreeze(claims)
-    cache.set(token, claims, key, claims.exp * 1000 + clockToleranceMs)
+    cache.set(token, claims, key, reusableUntil(claims.exp))
     return claims
   }
 
   function verifyWithResolvedKey (token: string, key: SigningKey | undefined): CloudflareAccessClaims {
-    if (key === undefined) throw new TokenInvalidError('unknown key id (kid)')
-    return verifyWithKey(token, key)
+    const result = key === undefined ? new TokenInvalidError('unknown key id (kid)') : verifyWithKey(token, key)
+    if (result instanceof Error) throw result
+    return result
   }
 
   return {
-    verify (token: unknown): CloudflareAccessClaims | Promise<CloudflareAccessClaims> {
+    verify (token: unknown): CloudflareAccessClaims | Error | Promise<CloudflareAccessClaims> {
       if (typeof token === 'string' && token.length <= MAX_TOKEN_LENGTH) {
         const cached = cache.get(token, Date.now(), currentKey)
         if (cached !== undefined) return cached
       }
       const kid = checkStructure(token)
+      if (typeof kid !== 'string') return kid
       const key = store.get(kid)
       if (key !== undefined) return verifyWithKey(token as string, key)
+      if (store.isKnownUnknown(kid)) return new TokenInvalidError('unknown key id (kid)')
       return store.resolve(kid).then((resolved) => verifyWithResolvedKey(token as string, resolved))
     }
   }
 }
 
+/** The payload of a token fast-jwt has already decoded without error. */
+function payloadOf (token: string): Record<string, unknown> {
+  return JSON.parse(Buffer.from(token.slice(token.indexOf('.') + 1, token.lastIndexOf('.')), 'base64url').toString('utf8'))
+}
+
 const NUMERIC_DATES = ['exp', 'nbf', 'iat'] as const
 
+type Rejection = Error & { code: string }
+
 /** The checks beyond fast-jwt's, on claims whose signature, aud, iss, exp and nbf already passed. */
-export function checkClaims (claims: Record<string, unknown>, now: number, toleranceMs: number): CloudflareAccessClaims {
+export function checkClaims (claims: Record<string, unknown>, now: number, toleranceMs: number): CloudflareAccessClaims | Rejection {
   for (const name of NUMERIC_DATES) {
     const value = claims[name]
     if (value !== undefined && (typeof value !== 'number' || !Number.isFinite(value))) {
-      throw new ClaimInvalidError(`${name} is not a finite number`)
+      return new ClaimInvalidError(`${name} is not a finite number`)
     }
   }
   if (typeof claims.iat === 'number' && claims.iat * 1000 > now + toleranceMs) {
-    throw new TokenExpiredError('issued in the future (iat)')
+    return new TokenExpiredError('issued in the future (iat)')
   }
   if (claims.type !== undefined && claims.type !== 'app') {
-    throw new ClaimInvalidError('type is not "app"')
+    return new ClaimInvalidError('type is not "app"')
   }
   if (claims.sub !== undefined && typeof claims.sub !== 'string') {
-    throw new ClaimInvalidError('sub is not a string')
+    return new ClaimInvalidError('sub is not a string')
   }
   const isUser = typeof claims.email === 'string'
   const isService = typeof claims.common_name === 'string'
   if (isUser === isService || (!isUser && claims.email !== undefined) || (!isService && claims.common_name !== undefined)) {
-    throw new ClaimInvalidError('neither a user token (email) nor a service token (common_name)')
+    return new ClaimInvalidError('neither a user token (email) nor a service token (common_name)')
   }
   return claims as unknown as CloudflareAccessClaims
 }
@@ -110,7 +133,10 @@ export function checkClaims (claims: Record<string, unknown>, now: number, toler
 const CLAIM_IN_MESSAGE = /\b(aud|iss|exp|nbf|iat)\b/
 
 /** Maps a fast-jwt error to one of ours, keeping only the claim name: no token text ever leaves. */
-function translate (error: TokenError): Error {
+function translate (error: TokenError): Rejection {
+  // fast-jwt formats the failing time into its message; a date beyond what Date can hold (an nbf far in
+  // the future, an exp far in the past) makes that throw a RangeError instead.
+  if (error instanceof RangeError) return new TokenExpiredError('a time claim is out of range')
   const claim = CLAIM_IN_MESSAGE.exec(String(error.message))?.[1] ?? 'a claim'
   switch (error.code) {
     case 'FAST_JWT_EXPIRED':

@@ -63,8 +63,15 @@ t.test('hook, clockTolerance and the key-store durations', async (t) => {
     fetchTimeout: 5000,
     refreshInterval: 600_000,
     unknownKidCooldown: 5000,
-    maxStaleAge: 21_600_000
+    maxStaleAge: 21_600_000,
+    cacheSize: 1000,
+    identityTimeout: 5000,
+    identityCacheTtl: 300_000,
+    identityCacheSize: 1000,
+    identityUrl: 'https://acme.cloudflareaccess.com/cdn-cgi/access/get-identity',
+    policy: null
   })
+  t.equal(normalizeOptions({ teamDomain: 'acme', audience: AUD, cacheSize: 0 }).cacheSize, 0, '0 turns the cache off')
   t.ok(Object.isFrozen(defaults))
   t.equal(normalizeOptions({ teamDomain: 'acme', audience: AUD, hook: 'preHandler' }).hook, 'preHandler')
   t.equal(normalizeOptions({ teamDomain: 'acme', audience: AUD, hook: false }).hook, false)
@@ -76,7 +83,8 @@ t.test('hook, clockTolerance and the key-store durations', async (t) => {
   const bad: Array<[string, unknown]> = [
     ['clockTolerance', -1], ['clockTolerance', '30'], ['clockTolerance', NaN], ['clockTolerance', 601],
     ['fetchTimeout', 0], ['fetchTimeout', Infinity], ['fetchTimeout', 60_001],
-    ['refreshInterval', 999], ['unknownKidCooldown', -5], ['maxStaleAge', 0]
+    ['refreshInterval', 999], ['unknownKidCooldown', -5], ['maxStaleAge', 0],
+    ['cacheSize', -1], ['cacheSize', '1000'], ['identityCacheSize', 1_000_001], ['identityTimeout', 0], ['identityCacheTtl', -1]
   ]
   for (const [name, value] of bad) {
     t.throws(() => normalizeOptions({ teamDomain: 'acme', audience: AUD, [name]: value }), new RegExp(`option "${name}" must be a number of`), `${name}: ${String(value)}`)

@@ -317,3 +317,11 @@ t.test('malformed tokens are rejected before the key lookup: 401 even while keys
   }
   t.equal((await get()).json.code, 'FST_CF_ACCESS_TOKEN_MISSING')
 })
+
+t.test('a header given several values is no single token: 401 invalid', async (t) => {
+  const { access, app } = await setup(t)
+  const token = access.signToken()
+  const res = await app.inject({ url: '/admin/me', headers: { [HEADER]: [token, token] as unknown as string } })
+  t.equal(res.statusCode, 401)
+  t.equal(res.json().code, 'FST_CF_ACCESS_TOKEN_INVALID')
+})

@@ -1,12 +1,7 @@
-import { createHmac } from 'node:crypto'
 import t from 'tap'
-import { attackerKey, decode, nowSeconds, rawToken, setup } from './helpers'
+import { decode, nowSeconds, setup } from './helpers'
 
 // Every test here drives real HTTP-shaped requests through the plugin against the emulator's real keys.
-
-function expect (code: string) {
-  return (res: { statusCode: number, json: Record<string, any> }) => res.statusCode === 401 && res.json.code === code
-}
 
 t.test('a valid user token passes and request.cfAccess holds its claims', async (t) => {
   const { access, get } = await setup(t)
@@ -90,72 +85,6 @@ t.test('audience and issuer look-alikes are rejected with FST_CF_ACCESS_CLAIM_IN
   t.equal((await get(access.signToken({ type: undefined }))).statusCode, 200, 'a token without type passes')
 })
 
-t.test('attacks on the algorithm and the key are rejected with FST_CF_ACCESS_TOKEN_INVALID', async (t) => {
-  const { access, get } = await setup(t)
-  const kid = access.kids[0] as string
-  const claims = decode(access.signToken()).payload
-  const publicPem = access.jwks().keys[0] as Record<string, string>
-
-  const none = rawToken({ alg: 'none', kid }, claims, '')
-  t.ok(expect('FST_CF_ACCESS_TOKEN_INVALID')(await get(none + 'x')), 'alg none with a junk signature')
-  t.ok(expect('FST_CF_ACCESS_TOKEN_INVALID')(await get(none.slice(0, -1))), 'alg none, two segments')
-
-  const { createPublicKey } = await import('node:crypto')
-  const pem = createPublicKey({ key: publicPem, format: 'jwk' }).export({ type: 'spki', format: 'pem' }) as string
-  for (const secret of [pem, publicPem.n as string]) {
-    const input = rawToken({ alg: 'HS256', kid }, claims).split('.').slice(0, 2).join('.')
-    const hs = `${input}.${createHmac('sha256', secret).update(input).digest('base64url')}`
-    t.ok(expect('FST_CF_ACCESS_TOKEN_INVALID')(await get(hs)), 'HS256 signed with the public key')
-    const input2 = rawToken({ alg: 'RS256', kid }, claims).split('.').slice(0, 2).join('.')
-    const hsAsRs = `${input2}.${createHmac('sha256', secret).update(input2).digest('base64url')}`
-    t.ok(expect('FST_CF_ACCESS_TOKEN_INVALID')(await get(hsAsRs)), 'an HMAC signature under an RS256 header')
-  }
-  for (const alg of ['RS384', 'RS512', 'PS256', 'ES256', 'EdDSA', 'rs256', ['RS256'], { RS256: true }, undefined]) {
-    const res = await get(rawToken({ alg, kid }, claims, decode(access.signToken()).signature))
-    t.ok(expect('FST_CF_ACCESS_TOKEN_INVALID')(res), `alg ${JSON.stringify(alg)}`)
-  }
-
-  t.ok(expect('FST_CF_ACCESS_TOKEN_INVALID')(await get(access.signToken({}, { key: attackerKey() }))), "an attacker's key under a published kid")
-  t.ok(expect('FST_CF_ACCESS_TOKEN_INVALID')(await get(access.signToken({}, { key: attackerKey(), kid: 'a'.repeat(64) }))), "an attacker's key under an unknown kid")
-  t.ok(expect('FST_CF_ACCESS_TOKEN_INVALID')(await get(access.signToken({}, { kid: access.kids[1] }))), "the current key's signature under the previous kid")
-
-  for (const badKid of [null, '', 5, { a: 1 }, ['x'], 'k'.repeat(129), '../../etc/passwd', "1' OR '1'='1", '__proto__', 'constructor', 'toString']) {
-    const token = access.signToken({}, { kid: null, header: { kid: badKid } })
-    t.ok(expect('FST_CF_ACCESS_TOKEN_INVALID')(await get(token)), `kid ${JSON.stringify(badKid)}`)
-  }
-  const noKid = access.signToken({}, { kid: null })
-  t.match((await get(noKid)).json.message, /no key id/, 'a missing kid is named in the message')
-
-  const valid = access.signToken()
-  const [h, p, s] = valid.split('.') as [string, string, string]
-  const tampered = Buffer.from(JSON.stringify({ ...decode(valid).payload, email: 'admin@acme.com' })).toString('base64url')
-  t.ok(expect('FST_CF_ACCESS_TOKEN_INVALID')(await get(`${h}.${tampered}.${s}`)), 'a tampered payload')
-  t.ok(expect('FST_CF_ACCESS_TOKEN_INVALID')(await get(`${h}.${p}.${s.slice(0, -2)}`)), 'a truncated signature')
-  t.equal((await get(valid)).statusCode, 200, 'the untouched token still passes')
-})
-
-t.test('embedded jwk, jku, x5u and x5c are ignored and never fetched', async (t) => {
-  const { access, get } = await setup(t)
-  await get(access.signToken()) // warm
-  const before = access.requestCount
-  const evil = attackerKey()
-  const { createPublicKey } = await import('node:crypto')
-  const jwk = createPublicKey(evil).export({ format: 'jwk' })
-  for (const header of [{ jwk }, { jku: `${access.teamDomain}/evil-jwks` }, { x5u: `${access.teamDomain}/evil-cert` }, { x5c: ['MIIB'] }]) {
-    const forged = access.signToken({}, { key: evil, kid: 'e'.repeat(64), header })
-    t.ok(expect('FST_CF_ACCESS_TOKEN_INVALID')(await get(forged)), `forged with ${Object.keys(header)[0]}`)
-    const honest = access.signToken({}, { header })
-    t.equal((await get(honest)).statusCode, 200, `a genuine token with ${Object.keys(header)[0]} passes: the field is ignored`)
-  }
-  t.same(access.requests.slice(before).filter((path) => path !== '/cdn-cgi/access/certs'), [], 'no request went anywhere but the certs endpoint')
-})
-
-t.test('crit headers are not understood and are rejected', async (t) => {
-  const { access, get } = await setup(t)
-  const res = await get(access.signToken({}, { header: { crit: ['exp'], exp: 1 } }))
-  t.ok(expect('FST_CF_ACCESS_TOKEN_INVALID')(res))
-})
-
 t.test('malformed and oversized tokens are rejected before any key lookup', async (t) => {
   const { access, get, app } = await setup(t)
   const valid = access.signToken()
@@ -172,9 +101,11 @@ t.test('malformed and oversized tokens are rejected before any key lookup', asyn
     ['header not JSON', `${Buffer.from('nope').toString('base64url')}.${p}.${s}`],
     ['header a JSON array', `${Buffer.from('["RS256"]').toString('base64url')}.${p}.${s}`],
     ['header JSON null', `${Buffer.from('null').toString('base64url')}.${p}.${s}`],
+    ['header broken JSON object', `${Buffer.from('{"alg":"RS256",').toString('base64url')}.${p}.${s}`],
     ['payload not JSON', `${h}.${Buffer.from('nope').toString('base64url')}.${s}`],
     ['payload a JSON array', `${h}.${Buffer.from('[1]').toString('base64url')}.${s}`],
-    ['8 KiB + 1', `${h}.${'A'.repeat(8193 - h.length - s.length - 2)}.${s}`]
+    ['8 KiB + 1', `${h}.${'A'.repeat(8193 - h.length - s.length - 2)}.${s}`],
+    ['one-character segment', `${h}.${p}.${s}A`.replace(/\.[^.]*$/, '.A')]
   ]
   t.equal((await get(valid)).statusCode, 200, 'keys loaded')
   const fetchesBefore = access.certsRequestCount
@@ -213,21 +144,30 @@ t.test('the size cap is exactly 8 KiB: 8192 characters pass, 8193 do not', async
   }
 })
 
-t.test('duplicate JSON keys: the last one wins for both the plugin and the signature check', async (t) => {
-  const { access, get } = await setup(t)
-  const now = nowSeconds()
-  const base = `"iss":"${access.teamDomain}","exp":${now + 600},"iat":${now},"email":"a@b.c","type":"app"`
-  const wrongThenRight = `{${base},"aud":["${'f'.repeat(64)}"],"aud":["${access.audience}"]}`
-  const rightThenWrong = `{${base},"aud":["${access.audience}"],"aud":["${'f'.repeat(64)}"]}`
-  const header = `{"alg":"HS256","alg":"RS256","kid":"${access.kids[0]}"}`
-  t.equal((await get(access.signRaw(header, wrongThenRight))).statusCode, 200, 'the last aud is the one checked')
-  t.equal((await get(access.signRaw(header, rightThenWrong))).json.code, 'FST_CF_ACCESS_CLAIM_INVALID', 'an earlier right aud does not rescue a later wrong one')
-  const algLast = `{"alg":"RS256","kid":"${access.kids[0]}","alg":"none"}`
-  t.equal((await get(access.signRaw(algLast, wrongThenRight))).json.code, 'FST_CF_ACCESS_TOKEN_INVALID', 'a later alg none wins and is rejected')
-})
-
 t.test('fast-jwt errors never leak token text', async (t) => {
   const { access, get } = await setup(t)
   const res = await get(access.signToken({ exp: nowSeconds() - 3600 }))
   t.equal(res.json.message, 'Cloudflare Access token is not valid now: expired (exp)', 'no date from the token either')
+})
+
+t.test('non-canonical base64url is rejected: the same bytes spelt differently are not the same token', async (t) => {
+  const { access, get } = await setup(t)
+  const valid = access.signToken()
+  t.equal((await get(valid)).statusCode, 200)
+  const [h, p, s] = valid.split('.') as [string, string, string]
+  // 342 signature characters carry 4 unused bits: the last character can change without changing the bytes
+  const last = s.slice(-1)
+  const sameBytes = 'AQgw'.includes(last) ? String.fromCharCode(last.charCodeAt(0) + 1) : 'B'
+  const respelt = `${h}.${p}.${s.slice(0, -1)}${sameBytes}`
+  t.same(Buffer.from(respelt.split('.')[2] as string, 'base64url'), Buffer.from(s, 'base64url'), 'the bytes are the same')
+  const res = await get(respelt)
+  t.equal(res.statusCode, 401)
+  t.match(res.json.message, /not canonical base64url/)
+  for (const segment of [0, 1]) {
+    const parts = [h, p, s]
+    const text = parts[segment] as string
+    if (text.length % 4 === 0) continue
+    parts[segment] = text.slice(0, -1) + (text.length % 4 === 2 ? 'B' : 'B')
+    t.equal((await get(parts.join('.'))).statusCode, 401, `segment ${segment} respelt`)
+  }
 })
