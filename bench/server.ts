@@ -2,7 +2,9 @@
  * One benchmark server, in its own process: `node dist/bench/server.js <kind> <config.json>`.
  * Every kind answers `GET /admin` with `{ email }` from a token in `Cf-Access-Jwt-Assertion`, verifying
  * RS256, `iss`, `aud` and `exp` against the emulator's keys (except `bare`, the ceiling), and
- * `GET /__stats` with the process's CPU time and the number of /admin requests served.
+ * `GET /__stats` with the process's CPU time, the number of /admin requests served, and its memory
+ * (`?gc` first collects garbage when the process runs with --expose-gc).
+ * `ours` reads BENCH_CACHE_SIZE and BENCH_REFRESH_INTERVAL from the environment, for experiments and the soak.
  */
 import { createPublicKey, verify as rsaVerify, type KeyObject } from 'node:crypto'
 import { readFileSync } from 'node:fs'
@@ -20,6 +22,11 @@ export interface BenchConfig {
 
 const HEADER = 'cf-access-jwt-assertion'
 
+function numberFromEnv (name: string): number | undefined {
+  const value = process.env[name]
+  return value === undefined ? undefined : Number(value)
+}
+
 function unauthorized (reply: FastifyReply): FastifyReply {
   return reply.code(401).send({ statusCode: 401, error: 'Unauthorized', message: 'invalid token' })
 }
@@ -32,7 +39,12 @@ async function build (kind: ServerKind, config: BenchConfig): Promise<FastifyIns
       break
     case 'ours':
       app.register(async (admin) => {
-        await admin.register(cloudflareAccess, { teamDomain: config.teamDomain, audience: config.audience, cacheSize: process.env.BENCH_CACHE_SIZE === undefined ? undefined : Number(process.env.BENCH_CACHE_SIZE) })
+        await admin.register(cloudflareAccess, {
+          teamDomain: config.teamDomain,
+          audience: config.audience,
+          cacheSize: numberFromEnv('BENCH_CACHE_SIZE'),
+          refreshInterval: numberFromEnv('BENCH_REFRESH_INTERVAL')
+        })
         admin.get('/', async (request) => ({ email: request.cfAccess?.email }))
       }, { prefix: '/admin' })
       break
@@ -108,9 +120,11 @@ async function main (): Promise<void> {
   const config = JSON.parse(readFileSync(configPath, 'utf8')) as BenchConfig
   const app = await build(kind, config)
   let served = 0
-  app.get('/__stats', async () => {
+  app.get('/__stats', async (request) => {
+    if ((request.query as { gc?: string }).gc !== undefined) (globalThis as { gc?: () => void }).gc?.()
     const cpu = process.cpuUsage()
-    return { cpu: cpu.user + cpu.system, served, heap: process.memoryUsage().heapUsed }
+    const memory = process.memoryUsage()
+    return { cpu: cpu.user + cpu.system, served, heap: memory.heapUsed, rss: memory.rss }
   })
   await app.listen({ host: '127.0.0.1', port: 0 })
   app.server.on('request', (req) => { if (req.url !== '/__stats') served++ })

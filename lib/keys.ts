@@ -50,8 +50,8 @@ export class KeyStore {
   #keys = new Map<string, SigningKey>()
   /** When the current set was fetched (0: never). */
   #fetchedAt = 0
-  /** When the last fetch started (-Infinity: never). */
-  #attemptedAt = -Infinity
+  /** When the last fetch caused by an unknown kid started (-Infinity: never). */
+  #unknownKidFetchAt = -Infinity
   #inflight: Promise<void> | null = null
   #lastError = ''
   #failures = 0
@@ -76,7 +76,7 @@ export class KeyStore {
    */
   isKnownUnknown (kid: string): boolean {
     return this.#inflight === null && this.ready && !this.#keys.has(kid) &&
-      Date.now() - this.#attemptedAt < this.#opts.unknownKidCooldown
+      Date.now() - this.#unknownKidFetchAt < this.#opts.unknownKidCooldown
   }
 
   /** Whether the store holds a usable key set. */
@@ -99,8 +99,10 @@ export class KeyStore {
     if (known !== undefined) return known
 
     if (this.ready) {
-      // An unknown kid: a key rotated in, or an attacker's guess. Refetch, but at most once per cooldown.
+      // An unknown kid: a key rotated in, or an attacker's guess. Refetch, but at most once per cooldown
+      // (counted from the last such refetch only: a periodic refresh does not delay a rotated-in key).
       if (this.isKnownUnknown(kid)) return undefined
+      if (this.#inflight === null) this.#unknownKidFetchAt = Date.now()
       await this.#refresh().catch(noop)
       return this.get(kid)
     }
@@ -141,7 +143,6 @@ export class KeyStore {
   #refresh (): Promise<void> {
     if (this.#inflight !== null) return this.#inflight
     this.#clearTimer()
-    this.#attemptedAt = Date.now()
     this.fetchCount++
     const run = fetchKeySet(this.#opts.certsUrl, this.#opts.fetchTimeout, this.#opts.maxResponseBytes)
       .then((jwks) => this.#install(parseKeySet(jwks, this.#keys)))
