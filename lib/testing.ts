@@ -30,6 +30,8 @@ export interface AccessEmulatorOptions {
   email?: string
   /** Milliseconds the certs endpoint waits before answering. Default 0. */
   latency?: number
+  /** The port to listen on (127.0.0.1). Default: any free port. */
+  port?: number
 }
 
 export interface SignOptions {
@@ -244,7 +246,10 @@ export async function createAccessEmulator (options: AccessEmulatorOptions = {})
     else answer(endpoint, req, res)
   })
   server.keepAliveTimeout = 1000
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject)
+    server.listen(options.port ?? 0, '127.0.0.1', resolve)
+  })
   const { port } = server.address() as AddressInfo
   const teamDomain = `http://127.0.0.1:${port}`
 

@@ -24,7 +24,14 @@ export interface TokenVerifier {
  * signature, aud, iss, exp, nbf) → the checks fast-jwt does not make (iat, claim types, `type`, user or
  * service token). Claims are frozen: one object may serve many requests.
  */
-export function createTokenVerifier (options: NormalizedOptions, store: KeyStore): TokenVerifier {
+/** Where keys come from: the plugin's KeyStore, or a fixed set (the CLI's `--certs`). */
+export type KeySource = Pick<KeyStore, 'get' | 'isKnownUnknown' | 'resolve'>
+
+/**
+ * `at`: verify as of this time (milliseconds), instead of now — for the CLI's `--at`; the plugin never
+ * sets it.
+ */
+export function createTokenVerifier (options: NormalizedOptions, store: KeySource, at?: number): TokenVerifier {
   // One fast-jwt verifier per key, built the first time the key is used and dropped with the key.
   const verifiers = new WeakMap<SigningKey, ClaimsVerifier>()
   const cache = new VerifiedCache(options.cacheSize)
@@ -42,6 +49,7 @@ export function createTokenVerifier (options: NormalizedOptions, store: KeyStore
         allowedIss: [options.issuer],
         requiredClaims: ['exp', 'iss', 'aud'],
         clockTolerance: clockToleranceMs,
+        clockTimestamp: at,
         cache: false
       }) as ClaimsVerifier
       verifiers.set(key, verifier)
@@ -64,7 +72,7 @@ export function createTokenVerifier (options: NormalizedOptions, store: KeyStore
       if (rejection.code === errorCodes.CLAIM_INVALID) cache.reject(token, rejection, key, reusableUntil(payloadOf(token).exp))
       return rejection
     }
-    const claims = checkClaims(payload, Date.now(), clockToleranceMs)
+    const claims = checkClaims(payload, at ?? Date.now(), clockToleranceMs)
     if (claims instanceof Error) {
       if (claims.code === errorCodes.CLAIM_INVALID) cache.reject(token, claims, key, reusableUntil(payload.exp))
       return claims
@@ -83,7 +91,7 @@ export function createTokenVerifier (options: NormalizedOptions, store: KeyStore
   return {
     verify (token: unknown): CloudflareAccessClaims | Error | Promise<CloudflareAccessClaims> {
       if (typeof token === 'string' && token.length <= MAX_TOKEN_LENGTH) {
-        const cached = cache.get(token, Date.now(), currentKey)
+        const cached = cache.get(token, at ?? Date.now(), currentKey)
         if (cached !== undefined) return cached
       }
       const kid = checkStructure(token)

@@ -1,0 +1,302 @@
+#!/usr/bin/env node
+/**
+ * `fastify-cloudflare-access inspect`: why is this token rejected? Runs the plugin's own verification
+ * (createTokenVerifier, the same code the hook runs) against the team's live keys or a saved certs file,
+ * and explains the result. `fastify-cloudflare-access emulator`: the test kit's Access emulator, standalone.
+ */
+import { readFileSync } from 'node:fs'
+import { parseArgs } from 'node:util'
+import { KeyStore, parseKeySet, type SigningKey } from './keys'
+import { normalizeOptions } from './options'
+import { createAccessEmulator } from './testing'
+import { createTokenVerifier, type KeySource } from './verify'
+
+const USAGE = `Usage: fastify-cloudflare-access <command> [options]
+
+Commands:
+  inspect    explain why a Cloudflare Access token is accepted or rejected
+  emulator   run a local Access emulator and print fresh tokens
+
+Run 'fastify-cloudflare-access <command> --help' for a command's options.`
+
+const INSPECT_USAGE = `Usage: fastify-cloudflare-access inspect <token | -> --team <team> --aud <tag> [options]
+
+Verifies the token exactly as the plugin does and prints every check.
+
+  <token | ->        the token, or - to read it from standard input (keeps it out of shell history)
+  --team <team>      team name, team domain or https origin (as the plugin's teamDomain)
+  --aud <tag>        the application's AUD tag; repeat for several applications
+  --at <ISO time>    verify as of this time instead of now (for old tokens, with --certs)
+  --certs <file>     a saved copy of <team>/cdn-cgi/access/certs instead of the live keys
+  --json             print a machine-readable result
+  --help             this text
+
+Exit status: 0 valid, 1 rejected, 2 usage or network error.`
+
+const EMULATOR_USAGE = `Usage: fastify-cloudflare-access emulator [--port <n>] [--aud <tag>]
+
+Runs the test kit's Access emulator on 127.0.0.1 until Ctrl-C, and prints its team domain, its
+audience, a user token, a service token, and a curl command for an app on port 3000.
+
+  --port <n>    port to listen on (default: any free port)
+  --aud <tag>   the AUD tag to issue tokens for (default: a random one)
+  --help        this text`
+
+class UsageError extends Error {}
+
+interface Output {
+  out: (text: string) => void
+  err: (text: string) => void
+}
+
+/** Reads all of standard input. */
+function readStdin (): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = []
+    process.stdin.on('data', (chunk: Buffer) => chunks.push(chunk))
+    process.stdin.on('end', () => resolve(Buffer.concat(chunks).toString('utf8').trim()))
+    process.stdin.on('error', reject)
+  })
+}
+
+/** A fixed key set, from a saved certs document: the verifier's key source for --certs. */
+function staticKeys (document: unknown): KeySource {
+  const keys = parseKeySet(document, new Map())
+  return {
+    get: (kid: string): SigningKey | undefined => keys.get(kid),
+    isKnownUnknown: (kid: string): boolean => !keys.has(kid),
+    resolve: async (kid: string): Promise<SigningKey | undefined> => keys.get(kid)
+  }
+}
+
+interface Check { name: string, status: 'pass' | 'fail' | 'not reached', detail: string }
+
+/** The order in which the plugin checks: the first failure ends verification. */
+const ORDER = ['token', 'structure', 'alg', 'kid', 'signature', 'nbf', 'exp', 'aud', 'iss', 'iat', 'type', 'subject'] as const
+type CheckName = typeof ORDER[number]
+
+/** Which check a rejection of the plugin is about, from its code and reason. */
+export function failedCheck (code: string, reason: string): CheckName {
+  if (code === 'FST_CF_ACCESS_TOKEN_MISSING') return 'token'
+  if (code === 'FST_CF_ACCESS_KEYS_UNAVAILABLE') return 'kid'
+  const rules: Array<[RegExp, CheckName]> = [
+    [/algorithm/, 'alg'], [/key id/, 'kid'], [/signature|not a valid RS256 JWT/, 'signature'],
+    [/\(nbf\)|nbf /, 'nbf'], [/\(exp\)|exp |time claim/, 'exp'], [/\(iat\)|iat /, 'iat'],
+    [/^aud /, 'aud'], [/^iss /, 'iss'], [/^type /, 'type'], [/sub |email|common_name/, 'subject']
+  ]
+  for (const [pattern, check] of rules) if (pattern.test(reason)) return check
+  return 'structure'
+}
+
+function short (value: string): string {
+  return value.length > 12 ? `${value.slice(0, 4)}…${value.slice(-4)}` : value
+}
+
+function ago (seconds: number, now: number): string {
+  const delta = Math.round(now / 1000 - seconds)
+  const abs = Math.abs(delta)
+  const text = abs < 90 ? `${abs} s` : abs < 5400 ? `${Math.round(abs / 60)} min` : abs < 172_800 ? `${Math.round(abs / 3600)} h` : `${Math.round(abs / 86_400)} d`
+  return delta >= 0 ? `${text} ago` : `in ${text}`
+}
+
+function decodePart (part: string | undefined): Record<string, unknown> | undefined {
+  try {
+    const value = JSON.parse(Buffer.from(part ?? '', 'base64url').toString('utf8')) as unknown
+    return value !== null && typeof value === 'object' && !Array.isArray(value) ? value as Record<string, unknown> : undefined
+  } catch {
+    return undefined
+  }
+}
+
+/** What each check looked at, in words, whatever the verdict: for the report only. */
+function details (claims: Record<string, unknown> | undefined, header: Record<string, unknown> | undefined, issuer: string, audience: readonly string[], now: number): Record<CheckName, string> {
+  const time = (name: string): string => {
+    const value = claims?.[name]
+    return typeof value === 'number' ? `${new Date(value * 1000).toISOString()} (${ago(value, now)})` : value === undefined ? 'absent' : `not a number (${typeof value})`
+  }
+  const aud = claims?.aud
+  const tokenAud = (Array.isArray(aud) ? aud : [aud]).map((tag) => typeof tag === 'string' ? short(tag) : String(tag)).join(', ')
+  const audMatches = (Array.isArray(aud) ? aud : [aud]).some((tag) => typeof tag === 'string' && audience.includes(tag))
+  return {
+    token: 'present',
+    structure: 'three base64url segments, canonical, UTF-8 JSON header, at most 8192 characters',
+    alg: `header alg ${JSON.stringify(header?.alg)} (only RS256 is accepted)`,
+    kid: `header kid ${typeof header?.kid === 'string' ? short(header.kid) : JSON.stringify(header?.kid)}`,
+    signature: 'RS256 over header.payload with the key of that kid',
+    nbf: `not before ${time('nbf')}`,
+    exp: `expires ${time('exp')}`,
+    aud: audMatches
+      ? `token is for ${tokenAud}`
+      : `expected ${audience.map(short).join(' or ')}, token has ${tokenAud || 'none'} — a token for another Access application?`,
+    iss: claims?.iss === issuer ? `issued by ${issuer}` : `expected ${issuer}, token has ${JSON.stringify(claims?.iss)} — a token of another team?`,
+    iat: `issued ${time('iat')}`,
+    type: `type ${JSON.stringify(claims?.type)} (app, or absent)`,
+    subject: typeof claims?.email === 'string' ? `user ${claims.email}` : typeof claims?.common_name === 'string' ? `service token ${claims.common_name}` : 'neither email nor common_name'
+  }
+}
+
+async function inspect (argv: string[], io: Output): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args: argv,
+    allowPositionals: true,
+    options: {
+      team: { type: 'string' },
+      aud: { type: 'string', multiple: true },
+      at: { type: 'string' },
+      certs: { type: 'string' },
+      json: { type: 'boolean' },
+      help: { type: 'boolean' }
+    }
+  })
+  if (values.help === true) {
+    io.out(INSPECT_USAGE)
+    return 0
+  }
+  if (positionals.length !== 1) throw new UsageError('inspect takes one token, or - to read it from standard input')
+  if (values.team === undefined) throw new UsageError('--team is required')
+  if (values.aud === undefined) throw new UsageError('--aud is required (repeat it for several applications)')
+  let at: number | undefined
+  if (values.at !== undefined) {
+    at = Date.parse(values.at)
+    if (Number.isNaN(at)) throw new UsageError(`--at must be an ISO time such as 2026-01-31T12:00:00Z, got ${JSON.stringify(values.at)}`)
+  }
+  let options
+  try {
+    options = normalizeOptions({ teamDomain: values.team, audience: values.aud, cacheSize: 0 })
+  } catch (error) {
+    throw new UsageError((error as Error).message.replace('fastify-cloudflare-access: option "teamDomain"', '--team').replace('option "audience"', '--aud'))
+  }
+  const token = positionals[0] === '-' ? await readStdin() : positionals[0] as string
+
+  let keys: KeySource
+  let store: KeyStore | undefined
+  if (values.certs !== undefined) {
+    let document: unknown
+    try {
+      document = JSON.parse(readFileSync(values.certs, 'utf8'))
+      keys = staticKeys(document)
+    } catch (error) {
+      throw new UsageError(`--certs ${values.certs}: ${(error as Error).message}`)
+    }
+  } else {
+    store = new KeyStore({ ...options, log: { info () {}, warn () {}, error () {} } })
+    keys = store
+  }
+
+  const now = at ?? Date.now()
+  const verifier = createTokenVerifier(options, keys, at)
+  let verdict: Record<string, unknown> | Error
+  try {
+    const result = await verifier.verify(token)
+    verdict = result as Record<string, unknown> | Error
+  } catch (error) {
+    verdict = error as Error
+  } finally {
+    store?.close()
+  }
+
+  const [headerPart, payloadPart] = token.split('.')
+  const header = decodePart(headerPart)
+  const claims = decodePart(payloadPart)
+  const said = details(claims, header, options.issuer, options.audience, now)
+  const error = verdict instanceof Error ? verdict as Error & { code: string } : undefined
+  const reason = error?.message.slice(error.message.indexOf(': ') + 2) ?? ''
+  const failed = error === undefined ? undefined : failedCheck(error.code, reason)
+  const failedAt = failed === undefined ? ORDER.length : ORDER.indexOf(failed)
+  const checks: Check[] = ORDER.map((name, index) => ({
+    name,
+    status: index < failedAt ? 'pass' : index === failedAt ? 'fail' : 'not reached',
+    detail: index === failedAt ? `${reason} — ${said[name]}` : said[name]
+  }))
+  const networkError = error?.code === 'FST_CF_ACCESS_KEYS_UNAVAILABLE'
+
+  if (values.json === true) {
+    io.out(JSON.stringify({
+      valid: error === undefined,
+      code: error?.code ?? null,
+      reason: error === undefined ? null : reason,
+      at: new Date(now).toISOString(),
+      header: header ?? null,
+      claims: claims ?? null,
+      checks
+    }, null, 2))
+  } else {
+    io.out(`Token (${token.length} characters; the signature is not shown)`)
+    if (header !== undefined) io.out(`  header  ${JSON.stringify(header)}`)
+    if (claims !== undefined) {
+      for (const [name, value] of Object.entries(claims)) {
+        const readable = ['exp', 'nbf', 'iat'].includes(name) && typeof value === 'number' ? `  (${new Date(value * 1000).toISOString()}, ${ago(value, now)})` : ''
+        io.out(`  ${name.padEnd(15)} ${JSON.stringify(value)}${readable}`)
+      }
+    }
+    io.out('')
+    io.out(`Checks (as of ${new Date(now).toISOString()}, team ${options.issuer}):`)
+    for (const check of checks) {
+      const mark = check.status === 'pass' ? '✓' : check.status === 'fail' ? '✗' : '·'
+      io.out(`  ${mark} ${check.name.padEnd(9)} ${check.status === 'not reached' ? '(not reached) ' : ''}${check.detail}`)
+    }
+    io.out('')
+    io.out(error === undefined ? 'VALID: the plugin accepts this token.' : `REJECTED: ${error.code} (${reason})`)
+  }
+  if (error === undefined) return 0
+  return networkError ? 2 : 1
+}
+
+async function emulator (argv: string[], io: Output): Promise<number> {
+  const { values } = parseArgs({ args: argv, options: { port: { type: 'string' }, aud: { type: 'string' }, help: { type: 'boolean' } } })
+  if (values.help === true) {
+    io.out(EMULATOR_USAGE)
+    return 0
+  }
+  const port = values.port === undefined ? undefined : Number(values.port)
+  if (port !== undefined && (!Number.isInteger(port) || port < 0 || port > 65535)) throw new UsageError(`--port must be a port number, got ${JSON.stringify(values.port)}`)
+  const access = await createAccessEmulator({ port, audience: values.aud })
+  const token = access.signToken()
+  io.out(`Access emulator listening: ${access.teamDomain}`)
+  io.out(`  teamDomain  ${access.teamDomain}`)
+  io.out(`  audience    ${access.audience}`)
+  io.out(`  certs       ${access.certsUrl}`)
+  io.out('')
+  io.out(`User token (user@example.com, 24 h):\n${token}`)
+  io.out(`\nService token:\n${access.signServiceToken()}`)
+  io.out(`\nTry an app on port 3000 registered with the values above:\n  curl -s http://127.0.0.1:3000/ -H 'Cf-Access-Jwt-Assertion: ${token}'`)
+  io.out('\nCtrl-C to stop.')
+  await new Promise<void>((resolve) => {
+    process.once('SIGINT', resolve)
+    process.once('SIGTERM', resolve)
+  })
+  await access.close()
+  return 0
+}
+
+export async function main (argv: string[], io: Output): Promise<number> {
+  const [command, ...rest] = argv
+  try {
+    if (command === 'inspect') return await inspect(rest, io)
+    if (command === 'emulator') return await emulator(rest, io)
+    if (command === undefined) {
+      io.err(USAGE)
+      return 2
+    }
+    if (command === '--help' || command === 'help') {
+      io.out(USAGE)
+      return 0
+    }
+    throw new UsageError(`unknown command ${JSON.stringify(command)}`)
+  } catch (error) {
+    // parseArgs reports unknown or malformed flags with ERR_PARSE_ARGS_* codes
+    if (error instanceof UsageError || String((error as { code?: unknown }).code).startsWith('ERR_PARSE_ARGS')) {
+      io.err(`fastify-cloudflare-access: ${(error as Error).message}\n\n${command === 'inspect' ? INSPECT_USAGE : command === 'emulator' ? EMULATOR_USAGE : USAGE}`)
+      return 2
+    }
+    throw error
+  }
+}
+
+if (require.main === module) {
+  main(process.argv.slice(2), { out: (text) => console.log(text), err: (text) => console.error(text) })
+    .then((code) => { process.exitCode = code }, (error: unknown) => {
+      console.error(error)
+      process.exitCode = 2
+    })
+}

@@ -1,0 +1,149 @@
+import { spawn } from 'node:child_process'
+import { existsSync, mkdtempSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import t from 'tap'
+import { attackerKey, emulator, nowSeconds } from './helpers'
+
+// End to end: the built CLI, spawned as users run it (npm test builds first).
+const CLI = join(__dirname, '..', 'dist', 'lib', 'cli.js')
+
+interface Run { code: number | null, out: string, err: string }
+
+function cli (args: string[], stdin?: string): Promise<Run> {
+  // without NODE_V8_COVERAGE: the child runs built JavaScript, which the coverage report does not cover
+  const { NODE_V8_COVERAGE: _coverage, ...env } = process.env
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, [CLI, ...args], { env, stdio: ['pipe', 'pipe', 'pipe'] })
+    let out = ''
+    let err = ''
+    child.stdout.on('data', (chunk: Buffer) => { out += chunk.toString() })
+    child.stderr.on('data', (chunk: Buffer) => { err += chunk.toString() })
+    child.on('close', (code) => resolve({ code, out, err }))
+    child.stdin.end(stdin ?? '')
+  })
+}
+
+t.before(() => {
+  if (!existsSync(CLI)) throw new Error('dist/lib/cli.js is missing: run npm run build first (npm test does)')
+})
+
+t.test('inspect: a valid token, from stdin, against the live keys', async (t) => {
+  const access = await emulator(t)
+  const token = access.signToken({ email: 'alice@acme.com' })
+  const run = await cli(['inspect', '-', '--team', access.teamDomain, '--aud', access.audience], token)
+  t.equal(run.code, 0)
+  t.match(run.out, /✓ signature/)
+  t.match(run.out, /✓ aud/)
+  t.match(run.out, /✓ subject\s+user alice@acme.com/)
+  t.match(run.out, /VALID: the plugin accepts this token/)
+  t.notOk(run.out.includes(token.split('.')[2] as string), 'the signature is never printed')
+  t.match(run.out, /exp\s+\d+\s+\(.*in 24 h\)/, 'times made readable')
+})
+
+t.test('inspect: each failure names its check and its reason, exit 1', async (t) => {
+  const access = await emulator(t)
+  const certs = join(mkdtempSync(join(tmpdir(), 'cf-cli-')), 'certs.json')
+  writeFileSync(certs, JSON.stringify(access.jwks()))
+  const now = nowSeconds()
+  const cases: Array<[string, string, RegExp]> = [
+    ['expired', access.signToken({ exp: now - 3 * 3600, iat: now - 4 * 3600, nbf: now - 4 * 3600 }), /✗ exp\s+expired \(exp\) — expires .*\(3 h ago\)/],
+    ['another application', access.signToken({ aud: ['f'.repeat(64)] }), /✗ aud\s+aud does not name this application — expected .*, token has ffff…ffff — a token for another Access application\?/],
+    ['another team', access.signToken({ iss: 'https://other.cloudflareaccess.com' }), /✗ iss .*expected http:\/\/127\.0\.0\.1:\d+, token has "https:\/\/other\.cloudflareaccess\.com" — a token of another team\?/],
+    ['forged', access.signToken({}, { key: attackerKey() }), /✗ signature\s+signature does not verify/],
+    ['unknown kid', access.signToken({}, { key: attackerKey(), kid: 'a'.repeat(64) }), /✗ kid\s+unknown key id/],
+    ['not yet valid', access.signToken({ nbf: now + 3600 }), /✗ nbf\s+not valid yet/],
+    ['org token', access.signToken({ type: 'org' }), /✗ type/],
+    ['HS256', access.signToken({}, { header: { alg: 'HS256' } }), /✗ alg\s+algorithm is not RS256/],
+    ['garbage', 'garbage', /✗ structure\s+not a compact JWS/]
+  ]
+  for (const [name, token, expected] of cases) {
+    const run = await cli(['inspect', token, '--team', access.teamDomain, '--aud', access.audience, '--certs', certs])
+    t.equal(run.code, 1, `${name}: exit 1`)
+    t.match(run.out, expected, name)
+    t.match(run.out, /REJECTED: FST_CF_ACCESS_/, `${name}: verdict`)
+  }
+  t.equal(access.certsRequestCount, 0, 'with --certs nothing is fetched')
+})
+
+t.test('inspect --at verifies an old token offline against saved keys', async (t) => {
+  const access = await emulator(t)
+  const dir = mkdtempSync(join(tmpdir(), 'cf-cli-'))
+  writeFileSync(join(dir, 'certs.json'), JSON.stringify(access.jwks()))
+  const then = Date.parse('2026-01-15T12:00:00Z') / 1000
+  const old = access.signToken({}, { now: then, expiresIn: 3600 })
+  const args = ['inspect', old, '--team', access.teamDomain, '--aud', access.audience, '--certs', join(dir, 'certs.json')]
+  t.equal((await cli(args)).code, 1, 'expired now')
+  const run = await cli([...args, '--at', '2026-01-15T12:30:00Z'])
+  t.equal(run.code, 0, 'valid as of half an hour after it was issued')
+  t.match(run.out, /as of 2026-01-15T12:30:00\.000Z/)
+})
+
+t.test('inspect --json prints a machine-readable result', async (t) => {
+  const access = await emulator(t)
+  const run = await cli(['inspect', '-', '--team', access.teamDomain, '--aud', access.audience, '--json'], access.signToken({ aud: ['0'.repeat(64)] }))
+  t.equal(run.code, 1)
+  const result = JSON.parse(run.out)
+  t.match(result, { valid: false, code: 'FST_CF_ACCESS_CLAIM_INVALID', reason: 'aud does not name this application', header: { alg: 'RS256' }, claims: { email: 'user@example.com' } })
+  t.same(result.checks.map((check: { name: string, status: string }) => `${check.name}:${check.status}`).slice(4, 9), ['signature:pass', 'nbf:pass', 'exp:pass', 'aud:fail', 'iss:not reached'])
+  t.notOk('signature' in result, 'no signature in the output')
+})
+
+t.test('inspect: keys unreachable is a network error, exit 2', async (t) => {
+  const access = await emulator(t)
+  const token = access.signToken()
+  const { teamDomain, audience } = access
+  await access.close()
+  const run = await cli(['inspect', token, '--team', teamDomain, '--aud', audience])
+  t.equal(run.code, 2)
+  t.match(run.out, /REJECTED: FST_CF_ACCESS_KEYS_UNAVAILABLE/)
+})
+
+t.test('usage errors: clear messages, exit 2', async (t) => {
+  const cases: Array<[string[], RegExp]> = [
+    [[], /Usage: fastify-cloudflare-access <command>/],
+    [['frobnicate'], /unknown command "frobnicate"/],
+    [['inspect'], /inspect takes one token/],
+    [['inspect', 'x'], /--team is required/],
+    [['inspect', 'x', '--team', 'acme'], /--aud is required/],
+    [['inspect', 'x', '--team', 'evil.com', '--aud', 'a'], /--team must be a team name/],
+    [['inspect', 'x', '--team', 'acme', '--aud', 'a', '--at', 'yesterday'], /--at must be an ISO time/],
+    [['inspect', 'x', '--team', 'acme', '--aud', 'a', '--certs', '/nonexistent/certs.json'], /--certs \/nonexistent\/certs.json: ENOENT/],
+    [['inspect', 'x', '--team', 'acme', '--aud', 'a', '--colour'], /Unknown option '--colour'/],
+    [['emulator', '--port', 'many'], /--port must be a port number/]
+  ]
+  for (const [args, message] of cases) {
+    const run = await cli(args)
+    t.equal(run.code, 2, args.join(' ') || '(no arguments)')
+    t.match(run.err, message, args.join(' ') || '(no arguments)')
+  }
+})
+
+t.test('--help for each command, exit 0', async (t) => {
+  for (const [args, text] of [[['--help'], /Commands:/], [['inspect', '--help'], /Exit status: 0 valid, 1 rejected, 2 usage or network error/], [['emulator', '--help'], /Runs the test kit's Access emulator/]] as const) {
+    const run = await cli([...args])
+    t.equal(run.code, 0)
+    t.match(run.out, text)
+  }
+})
+
+t.test('emulator: runs standalone, prints a token that verifies, stops on SIGTERM', async (t) => {
+  const { NODE_V8_COVERAGE: _coverage, ...env } = process.env
+  const child = spawn(process.execPath, [CLI, 'emulator', '--aud', 'a'.repeat(64)], { env })
+  let out = ''
+  await new Promise<void>((resolve) => {
+    child.stdout.on('data', (chunk: Buffer) => {
+      out += chunk.toString()
+      if (out.includes('Ctrl-C to stop.')) resolve()
+    })
+  })
+  const teamDomain = /teamDomain\s+(\S+)/.exec(out)?.[1] as string
+  const token = /User token[^\n]*\n(\S+)/.exec(out)?.[1] as string
+  t.match(out, /audience\s+a{64}/)
+  t.match(out, /curl -s http:\/\/127\.0\.0\.1:3000\/ -H 'Cf-Access-Jwt-Assertion: eyJ/)
+  const run = await cli(['inspect', token, '--team', teamDomain, '--aud', 'a'.repeat(64)])
+  t.equal(run.code, 0, 'the printed token verifies against the running emulator')
+  const exited = new Promise((resolve) => child.on('exit', resolve))
+  child.kill('SIGTERM')
+  t.equal(await exited, 0)
+})
