@@ -1,4 +1,4 @@
-import { createPrivateKey, generateKeyPair, randomBytes, randomUUID, sign, verify, type KeyObject } from 'node:crypto'
+import { createPrivateKey, createPublicKey, generateKeyPair, randomBytes, randomUUID, sign, verify, type KeyObject } from 'node:crypto'
 import http from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { readCookie } from './token'
@@ -32,6 +32,12 @@ export interface AccessEmulatorOptions {
   latency?: number
   /** The port to listen on (127.0.0.1). Default: any free port. */
   port?: number
+  /**
+   * The current and previous signing keys (RSA private keys, at least 2048 bits), published under new
+   * random kids. Default: two freshly generated keys. Passing the same pair to many emulators saves
+   * RSA key generation (about 0.2 s a key) in a large test suite; each emulator's kids stay its own.
+   */
+  privateKeys?: [KeyObject, KeyObject]
 }
 
 export interface SignOptions {
@@ -110,15 +116,20 @@ interface EmulatorKey {
 }
 
 async function newKey (): Promise<EmulatorKey> {
-  const { privateKey, publicKey } = await new Promise<{ privateKey: KeyObject, publicKey: KeyObject }>((resolve, reject) => {
-    generateKeyPair('rsa', { modulusLength: 2048 }, (error, publicKey, privateKey) => {
+  const privateKey = await new Promise<KeyObject>((resolve, reject) => {
+    generateKeyPair('rsa', { modulusLength: 2048 }, (error, _publicKey, privateKey) => {
       /* c8 ignore next */
       if (error) reject(error)
-      else resolve({ publicKey, privateKey })
+      else resolve(privateKey)
     })
   })
+  return emulatorKey(privateKey)
+}
+
+/** A signing key published under a new random kid, as Cloudflare publishes it. */
+function emulatorKey (privateKey: KeyObject): EmulatorKey {
   const kid = randomBytes(32).toString('hex')
-  const { n, e } = publicKey.export({ format: 'jwk' }) as { n: string, e: string }
+  const { n, e } = createPublicKey(privateKey).export({ format: 'jwk' }) as { n: string, e: string }
   return { kid, privateKey, jwk: { kid, kty: 'RSA', alg: 'RS256', use: 'sig', e, n } }
 }
 
@@ -152,7 +163,9 @@ export async function createAccessEmulator (options: AccessEmulatorOptions = {})
     options.audience === undefined ? [randomBytes(32).toString('hex')] : [options.audience].flat()
   )
   const email = options.email ?? 'user@example.com'
-  let keys: EmulatorKey[] = await Promise.all([newKey(), newKey()])
+  let keys: EmulatorKey[] = options.privateKeys === undefined
+    ? await Promise.all([newKey(), newKey()])
+    : options.privateKeys.map(emulatorKey)
   const endpoints: Record<EmulatorEndpoint, { latency: number, outage: OutageMode | null }> = {
     certs: { latency: options.latency ?? 0, outage: null },
     identity: { latency: 0, outage: null }

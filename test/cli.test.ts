@@ -11,8 +11,7 @@ const CLI = join(__dirname, '..', 'dist', 'lib', 'cli.js')
 interface Run { code: number | null, out: string, err: string }
 
 function cli (args: string[], stdin?: string): Promise<Run> {
-  // without NODE_V8_COVERAGE: the child runs built JavaScript, which the coverage report does not cover
-  const { NODE_V8_COVERAGE: _coverage, ...env } = process.env
+  const env = process.env
   return new Promise((resolve) => {
     const child = spawn(process.execPath, [CLI, ...args], { env, stdio: ['pipe', 'pipe', 'pipe'] })
     let out = ''
@@ -57,12 +56,13 @@ t.test('inspect: each failure names its check and its reason, exit 1', async (t)
     ['HS256', access.signToken({}, { header: { alg: 'HS256' } }), /✗ alg\s+algorithm is not RS256/],
     ['garbage', 'garbage', /✗ structure\s+not a compact JWS/]
   ]
-  for (const [name, token, expected] of cases) {
-    const run = await cli(['inspect', token, '--team', access.teamDomain, '--aud', access.audience, '--certs', certs])
+  const runs = await Promise.all(cases.map(([, token]) => cli(['inspect', token, '--team', access.teamDomain, '--aud', access.audience, '--certs', certs])))
+  cases.forEach(([name, , expected], index) => {
+    const run = runs[index] as Run
     t.equal(run.code, 1, `${name}: exit 1`)
     t.match(run.out, expected, name)
     t.match(run.out, /REJECTED: FST_CF_ACCESS_/, `${name}: verdict`)
-  }
+  })
   t.equal(access.certsRequestCount, 0, 'with --certs nothing is fetched')
 })
 
@@ -112,11 +112,12 @@ t.test('usage errors: clear messages, exit 2', async (t) => {
     [['inspect', 'x', '--team', 'acme', '--aud', 'a', '--colour'], /Unknown option '--colour'/],
     [['emulator', '--port', 'many'], /--port must be a port number/]
   ]
-  for (const [args, message] of cases) {
-    const run = await cli(args)
+  const runs = await Promise.all(cases.map(([args]) => cli(args)))
+  cases.forEach(([args, message], index) => {
+    const run = runs[index] as Run
     t.equal(run.code, 2, args.join(' ') || '(no arguments)')
     t.match(run.err, message, args.join(' ') || '(no arguments)')
-  }
+  })
 })
 
 t.test('--help for each command, exit 0', async (t) => {
@@ -128,7 +129,7 @@ t.test('--help for each command, exit 0', async (t) => {
 })
 
 t.test('emulator: runs standalone, prints a token that verifies, stops on SIGTERM', async (t) => {
-  const { NODE_V8_COVERAGE: _coverage, ...env } = process.env
+  const env = process.env
   const child = spawn(process.execPath, [CLI, 'emulator', '--aud', 'a'.repeat(64)], { env })
   let out = ''
   await new Promise<void>((resolve) => {

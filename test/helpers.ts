@@ -7,9 +7,14 @@ import type { FastifyCloudflareAccessOptions } from '../lib/types'
 
 export const HEADER = 'cf-access-jwt-assertion'
 
-/** Starts an emulator that the test closes when it ends. */
+let keyPair: [KeyObject, KeyObject] | undefined
+/**
+ * Starts an emulator that the test closes when it ends. Emulators of one test file share one pair of
+ * RSA keys (published under kids of their own), which keeps key generation out of most tests.
+ */
 export async function emulator (t: Test, options?: AccessEmulatorOptions): Promise<AccessEmulator> {
-  const access = await createAccessEmulator(options)
+  keyPair ??= [generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey, generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey]
+  const access = await createAccessEmulator({ privateKeys: keyPair, ...options })
   t.teardown(() => access.close())
   return access
 }
