@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
 import t from 'tap'
+import { createAccessEmulator } from '../lib/testing'
 
 // The package as users get it: `npm pack`, then installed into a scratch project offline (from npm's
 // cache, filled by `npm ci`), required, imported, compiled by a strict TypeScript consumer under three
@@ -101,6 +102,14 @@ t.test('a strict TypeScript consumer compiles under module node16, nodenext and 
 t.test('the CLI runs from the installed package', async (t) => {
   const bin = join(scratch, 'node_modules', '.bin')
   t.ok(readdirSync(bin).includes('fastify-cloudflare-access'))
-  const { stdout } = await run(join(bin, 'fastify-cloudflare-access'), ['inspect', '--help'], { cwd: scratch, env })
-  t.match(stdout, /Usage: fastify-cloudflare-access inspect/)
+  const cli = join(bin, 'fastify-cloudflare-access')
+  t.match((await run(cli, ['inspect', '--help'], { cwd: scratch, env })).stdout, /Usage: fastify-cloudflare-access inspect/)
+  const access = await createAccessEmulator()
+  t.teardown(() => access.close())
+  writeFileSync(join(scratch, 'certs.json'), JSON.stringify(access.jwks()))
+  const args = ['--team', access.teamDomain, '--aud', access.audience, '--certs', 'certs.json']
+  t.match((await run(cli, ['inspect', access.signToken(), ...args], { cwd: scratch, env })).stdout, /VALID: the plugin accepts this token/)
+  const rejected = await run(cli, ['inspect', access.signToken({ aud: ['0'.repeat(64)] }), ...args], { cwd: scratch, env }).then(() => null, (error: { code: number, stdout: string }) => error)
+  t.equal(rejected?.code, 1)
+  t.match(rejected?.stdout, /✗ aud/)
 })
