@@ -50,15 +50,18 @@ function mutation (): fc.Arbitrary<(token: string) => string> {
       (token: string) => token + '.',
       (token: string) => ` ${token}`,
       (token: string) => token.toUpperCase(),
-      (token: string) => Buffer.from(token.split('.')[1] as string, 'base64url').toString('base64') + token
+      (token: string) => Buffer.from(token.split('.')[1] ?? '', 'base64url').toString('base64') + token
     ),
     fc.tuple(fc.nat(2), at).map(([segment, bit]) => (token: string) => {
-      // flip one bit of one segment's bytes and re-encode it canonically
+      // flip one bit of one segment's bytes and re-encode it canonically (an earlier change may have
+      // removed a dot: then the last segment there is)
       const parts = token.split('.')
-      const bytes = Buffer.from(parts[segment] as string, 'base64url')
+      const index = Math.min(segment, parts.length - 1)
+      const bytes = Buffer.from(parts[index] as string, 'base64url')
+      if (bytes.length === 0) return token + 'A'
       const i = bit % (bytes.length * 8)
       bytes[i >> 3] = (bytes[i >> 3] as number) ^ (1 << (i & 7))
-      parts[segment] = bytes.toString('base64url')
+      parts[index] = bytes.toString('base64url')
       return parts.join('.')
     })
   )
