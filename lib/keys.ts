@@ -1,6 +1,7 @@
 import { createPublicKey, type KeyObject } from 'node:crypto'
 import { KeysUnavailableError } from './errors'
 import { FetchError, getJson } from './fetch'
+import { KID } from './token'
 
 /** One ready verification key of the team. Replaced, never mutated, when the set changes. */
 export interface SigningKey {
@@ -33,7 +34,6 @@ export interface KeyStoreOptions {
 const COLD_RETRY_MAX = 4_000
 /** ... and at most this long while a good set is still serving. */
 const WARM_RETRY_MAX = 60_000
-const KID = /^[A-Za-z0-9._~:-]{1,128}$/
 const MIN_RSA_BITS = 2048
 
 /**

@@ -10,8 +10,8 @@ export const COOKIE_NAME = 'CF_Authorization'
 
 // Three non-empty base64url segments. Linear: no nested quantifiers.
 const COMPACT_JWS = /^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$/
-// Cloudflare's kids are 64 hex characters; allow any short id of URL-safe characters.
-const KID = /^[A-Za-z0-9._~:-]{1,128}$/
+/** Cloudflare's kids are 64 hex characters; any short id of URL-safe characters is accepted. */
+export const KID = /^[A-Za-z0-9._~:-]{1,128}$/
 
 /**
  * The token of a request: the `Cf-Access-Jwt-Assertion` header, else the `CF_Authorization` cookie,
