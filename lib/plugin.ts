@@ -74,7 +74,8 @@ export async function cloudflareAccess (fastify: FastifyInstance, rawOptions: Fa
 
   /** A 503 tells the client when to come back; every error goes on to Fastify's error handler. */
   function rejected (reply: FastifyReply, error: unknown): Error {
-    if ((error as { code?: unknown }).code === errorCodes.KEYS_UNAVAILABLE) reply.header('retry-after', RETRY_AFTER)
+    const { code } = error as { code?: unknown }
+    if (code === errorCodes.KEYS_UNAVAILABLE || code === errorCodes.IDENTITY_UNAVAILABLE) reply.header('retry-after', RETRY_AFTER)
     return error as Error
   }
 
@@ -98,7 +99,11 @@ export async function cloudflareAccess (fastify: FastifyInstance, rawOptions: Fa
       throw rejected(reply, error)
     }
     accept(request, token, claims)
-    await authorizeRequest(request, claims, routeConfig)
+    try {
+      await authorizeRequest(request, claims, routeConfig)
+    } catch (error) {
+      throw rejected(reply, error) // unchanged: an error of `authorize` goes on as it is
+    }
   }
 
   /**

@@ -68,6 +68,7 @@ t.test('endpoint down: 503 FST_CF_ACCESS_IDENTITY_UNAVAILABLE, not cached, then 
     const res = await get(token)
     t.equal(res.statusCode, 503, mode)
     t.equal(res.json.code, 'FST_CF_ACCESS_IDENTITY_UNAVAILABLE', mode)
+    t.equal(res.headers['retry-after'], '5', `${mode}: Retry-After`)
   }
   access.setOutage(false, 'identity')
   t.equal((await get(token)).statusCode, 200, 'a failed lookup was not cached')
