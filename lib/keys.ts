@@ -66,8 +66,7 @@ export class KeyStore {
 
   /** The key for `kid` if the current set has it and is not too stale. Synchronous: no I/O. */
   get (kid: string): SigningKey | undefined {
-    if (this.#keys.size === 0 || this.#isTooStale()) return undefined
-    return this.#keys.get(kid)
+    return this.ready ? this.#keys.get(kid) : undefined
   }
 
   /**
