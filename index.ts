@@ -16,7 +16,7 @@ fp(fastifyCloudflareAccess, { fastify: '5.x', name: 'fastify-cloudflare-access' 
 // export and the error constructors.
 const {
   errorCodes, TokenMissingError, TokenInvalidError, TokenExpiredError, ClaimInvalidError, KeysUnavailableError,
-  ForbiddenError, NoIdentityError, IdentityUnavailableError
+  ForbiddenError, NoIdentityError, IdentityUnavailableError, AuthorizeFailedError, AuthorizeTimeoutError
 } = errors
 const { isServiceToken, isUserToken } = claims
 fastifyCloudflareAccess.default = fastifyCloudflareAccess
@@ -30,6 +30,8 @@ fastifyCloudflareAccess.KeysUnavailableError = KeysUnavailableError
 fastifyCloudflareAccess.ForbiddenError = ForbiddenError
 fastifyCloudflareAccess.NoIdentityError = NoIdentityError
 fastifyCloudflareAccess.IdentityUnavailableError = IdentityUnavailableError
+fastifyCloudflareAccess.AuthorizeFailedError = AuthorizeFailedError
+fastifyCloudflareAccess.AuthorizeTimeoutError = AuthorizeTimeoutError
 fastifyCloudflareAccess.isServiceToken = isServiceToken
 fastifyCloudflareAccess.isUserToken = isUserToken
 
@@ -48,6 +50,8 @@ fastifyCloudflareAccess.isUserToken = isUserToken
   ForbiddenError,
   NoIdentityError,
   IdentityUnavailableError,
+  AuthorizeFailedError,
+  AuthorizeTimeoutError,
   isServiceToken,
   isUserToken
 })

@@ -44,6 +44,8 @@ audience, a user token, a service token, and a curl command for an app on port 3
 
 class UsageError extends Error {}
 
+const ISO_DATE = /^\d{4}-\d{2}-\d{2}(?:T\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:\d{2})?)?$/
+
 interface Output {
   out: (text: string) => void
   err: (text: string) => void
@@ -92,6 +94,33 @@ function short (value: string): string {
   return value.length > 12 ? `${value.slice(0, 4)}…${value.slice(-4)}` : value
 }
 
+// Characters a token may carry that a terminal would act on rather than show: C0 controls (ESC starts
+// escape sequences), DEL, C1 controls (U+009B is a one-character CSI), and the invisible format
+// characters that reorder or hide text (bidi overrides and isolates, zero-width characters).
+// eslint-disable-next-line no-control-regex
+const UNSAFE = /[\u0000-\u001f\u007f-\u009f\u00ad\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]/g
+
+/** A line for the terminal: every character a token could use to write escapes is shown as \uXXXX. */
+export function printable (text: string): string {
+  return text.replace(UNSAFE, escapeChar)
+}
+
+/** JSON for the terminal: the same, but its own line breaks kept (inside strings JSON.stringify escaped C0 already). */
+const UNSAFE_IN_JSON = /[\u007f-\u009f\u00ad\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]/g
+function printableJson (value: unknown): string {
+  return JSON.stringify(value, null, 2).replace(UNSAFE_IN_JSON, escapeChar)
+}
+
+function escapeChar (char: string): string {
+  return `\\u${char.charCodeAt(0).toString(16).padStart(4, '0')}`
+}
+
+/** A claim time (seconds) as an ISO date, or a plain note when Date cannot hold it. */
+function isoTime (seconds: number): string {
+  const date = new Date(seconds * 1000)
+  return Number.isNaN(date.getTime()) ? `${seconds} (out of range)` : date.toISOString()
+}
+
 function ago (seconds: number, now: number): string {
   const delta = Math.round(now / 1000 - seconds)
   const abs = Math.abs(delta)
@@ -112,7 +141,7 @@ function decodePart (part: string | undefined): Record<string, unknown> | undefi
 function details (claims: Record<string, unknown> | undefined, header: Record<string, unknown> | undefined, issuer: string, audience: readonly string[], now: number): Record<CheckName, string> {
   const time = (name: string): string => {
     const value = claims?.[name]
-    return typeof value === 'number' ? `${new Date(value * 1000).toISOString()} (${ago(value, now)})` : value === undefined ? 'absent' : `not a number (${typeof value})`
+    return typeof value === 'number' ? `${isoTime(value)} (${ago(value, now)})` : value === undefined ? 'absent' : `not a number (${typeof value})`
   }
   const aud = claims?.aud
   const tokenAud = (Array.isArray(aud) ? aud : [aud]).map((tag) => typeof tag === 'string' ? short(tag) : String(tag)).join(', ')
@@ -157,8 +186,10 @@ async function inspect (argv: string[], io: Output): Promise<number> {
   if (values.aud === undefined) throw new UsageError('--aud is required (repeat it for several applications)')
   let at: number | undefined
   if (values.at !== undefined) {
-    at = Date.parse(values.at)
-    if (Number.isNaN(at)) throw new UsageError(`--at must be an ISO time such as 2026-01-31T12:00:00Z, got ${JSON.stringify(values.at)}`)
+    // ISO only: Date.parse reads '0' as the year 2000. Token times are seconds after 1970, and fast-jwt
+    // reads a clock of 0 as "now".
+    at = ISO_DATE.test(values.at) ? Date.parse(values.at) : Number.NaN
+    if (Number.isNaN(at) || at < 1000) throw new UsageError(`--at must be an ISO time after 1970 such as 2026-01-31T12:00:00Z, got ${JSON.stringify(values.at)}`)
   }
   let options
   try {
@@ -211,7 +242,8 @@ async function inspect (argv: string[], io: Output): Promise<number> {
   const networkError = error?.code === 'FST_CF_ACCESS_KEYS_UNAVAILABLE'
 
   if (values.json === true) {
-    io.out(JSON.stringify({
+    // JSON.stringify escapes C0 controls already; the rest of UNSAFE is escaped the same JSON way.
+    io.out(printableJson({
       valid: error === undefined,
       code: error?.code ?? null,
       reason: error === undefined ? null : reason,
@@ -219,13 +251,15 @@ async function inspect (argv: string[], io: Output): Promise<number> {
       header: header ?? null,
       claims: claims ?? null,
       checks
-    }, null, 2))
+    }))
   } else {
+    const out = io.out
+    io = { ...io, out: (text: string) => out(printable(text)) }
     io.out(`Token (${token.length} characters; the signature is not shown)`)
     if (header !== undefined) io.out(`  header  ${JSON.stringify(header)}`)
     if (claims !== undefined) {
       for (const [name, value] of Object.entries(claims)) {
-        const readable = ['exp', 'nbf', 'iat'].includes(name) && typeof value === 'number' ? `  (${new Date(value * 1000).toISOString()}, ${ago(value, now)})` : ''
+        const readable = ['exp', 'nbf', 'iat'].includes(name) && typeof value === 'number' ? `  (${isoTime(value)}, ${ago(value, now)})` : ''
         io.out(`  ${name.padEnd(15)} ${JSON.stringify(value)}${readable}`)
       }
     }

@@ -1,4 +1,5 @@
 import createError from '@fastify/error'
+import { types } from 'node:util'
 
 /**
  * Every error the plugin raises. Each is a `@fastify/error` constructor: instances carry `code` and
@@ -83,6 +84,49 @@ export const IdentityUnavailableError = createError<'FST_CF_ACCESS_IDENTITY_UNAV
   false
 )
 
+/**
+ * `authorize` failed as code: it threw or rejected with something that is not an Error (`throw false`,
+ * `null`, a string…), or `verifyToken` was asked to apply an `authorize` without the request it needs.
+ * An application error, like any handler that throws: 500. Never an admission.
+ */
+export const AuthorizeFailedError = createError<'FST_CF_ACCESS_AUTHORIZE_FAILED', 500, [reason: string]>(
+  'FST_CF_ACCESS_AUTHORIZE_FAILED',
+  'Cloudflare Access authorize failed: %s',
+  500,
+  Error,
+  false
+)
+
+/** `authorize` did not settle within `authorizeTimeout`: the request is refused, and may be retried. 503. */
+export const AuthorizeTimeoutError = createError<'FST_CF_ACCESS_AUTHORIZE_TIMEOUT', 503, [timeout: number]>(
+  'FST_CF_ACCESS_AUTHORIZE_TIMEOUT',
+  'Cloudflare Access authorize did not settle within %d ms',
+  503,
+  Error,
+  false
+)
+
+/** Seconds a client should wait before retrying a 503. */
+export const RETRY_AFTER_SECONDS = 5
+
+// Every 503 tells the client when to come back, wherever it surfaces (a hook, or a handler awaiting
+// request.cfAccessIdentity()): Fastify's error handler sends an error's `headers`.
+for (const Unavailable of [KeysUnavailableError, IdentityUnavailableError, AuthorizeTimeoutError]) {
+  Object.defineProperty(Unavailable.prototype, 'headers', {
+    value: Object.freeze({ 'retry-after': String(RETRY_AFTER_SECONDS) }),
+    enumerable: false
+  })
+}
+
+/** Any thrown value as an Error: an Error goes on unchanged, anything else is wrapped (never "no error"). */
+export function toError (value: unknown): Error {
+  if (value instanceof Error || types.isNativeError(value)) return value
+  let kind: string = typeof value
+  if (value === null) kind = 'null'
+  else if (Array.isArray(value)) kind = 'an array'
+  return new AuthorizeFailedError(`authorize threw a non-Error value (${kind})`)
+}
+
 /** The stable error codes, for matching in error handlers and tests. */
 export const errorCodes = {
   TOKEN_MISSING: 'FST_CF_ACCESS_TOKEN_MISSING',
@@ -92,7 +136,9 @@ export const errorCodes = {
   KEYS_UNAVAILABLE: 'FST_CF_ACCESS_KEYS_UNAVAILABLE',
   FORBIDDEN: 'FST_CF_ACCESS_FORBIDDEN',
   NO_IDENTITY: 'FST_CF_ACCESS_NO_IDENTITY',
-  IDENTITY_UNAVAILABLE: 'FST_CF_ACCESS_IDENTITY_UNAVAILABLE'
+  IDENTITY_UNAVAILABLE: 'FST_CF_ACCESS_IDENTITY_UNAVAILABLE',
+  AUTHORIZE_FAILED: 'FST_CF_ACCESS_AUTHORIZE_FAILED',
+  AUTHORIZE_TIMEOUT: 'FST_CF_ACCESS_AUTHORIZE_TIMEOUT'
 } as const
 
 /** One of the codes in {@link errorCodes}. */
@@ -101,5 +147,5 @@ export type CloudflareAccessErrorCode = typeof errorCodes[keyof typeof errorCode
 /** What every rejection carries: a stable `code`, an HTTP `statusCode` and a token-free `message`. */
 export interface CloudflareAccessError extends Error {
   code: CloudflareAccessErrorCode
-  statusCode: 401 | 403 | 503
+  statusCode: 401 | 403 | 500 | 503
 }

@@ -19,6 +19,8 @@ export interface GetJsonOptions {
   /** What to call the endpoint in messages, e.g. 'key endpoint'. */
   name: string
   headers?: Record<string, string>
+  /** Ends the exchange at once (the app is closing): rejects, and leaves no socket or timer behind. */
+  signal?: AbortSignal
 }
 
 /**
@@ -56,14 +58,19 @@ export function getJson (url: string, options: GetJsonOptions): Promise<unknown>
     })
     const timer = setTimeout(() => done(new FetchError(`${name} did not answer within ${options.timeout} ms`)), options.timeout)
     req.on('error', () => done(new FetchError(`${name} unreachable`)))
+    const { signal } = options
+    const abort = (): void => done(new FetchError(`${name} request aborted: the app is closing`))
+    signal?.addEventListener('abort', abort)
     let settled = false
     function done (error: FetchError | null, value?: unknown): void {
       if (settled) return
       settled = true
       clearTimeout(timer)
+      signal?.removeEventListener('abort', abort)
       req.destroy()
       if (error === null) resolve(value)
       else reject(error)
     }
+    if (signal?.aborted === true) abort()
   })
 }

@@ -7,3 +7,17 @@ export function deepFreeze (value: object): void {
     if (typeof child === 'object' && child !== null && !Object.isFrozen(child)) deepFreeze(child)
   }
 }
+
+/**
+ * Like {@link deepFreeze}, for documents from elsewhere: gives up (returning false, the value partly frozen)
+ * past `maxDepth` levels, so that a deeply nested answer cannot overflow the stack.
+ */
+export function deepFreezeBounded (value: object, maxDepth: number): boolean {
+  if (maxDepth < 0) return false
+  Object.freeze(value)
+  for (const name in value) {
+    const child = (value as Record<string, unknown>)[name]
+    if (typeof child === 'object' && child !== null && !deepFreezeBounded(child, maxDepth - 1)) return false
+  }
+  return true
+}

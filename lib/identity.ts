@@ -1,6 +1,6 @@
 import { IdentityUnavailableError, TokenInvalidError } from './errors'
 import { getJson, type FetchError } from './fetch'
-import { deepFreeze } from './freeze'
+import { deepFreezeBounded } from './freeze'
 import type { CloudflareAccessIdentity } from './types'
 
 export interface IdentityClientOptions {
@@ -11,9 +11,14 @@ export interface IdentityClientOptions {
   ttl: number
   /** Most identities kept; the least recently used go first. */
   size: number
-  /** Largest accepted answer, in bytes. */
+  /** Largest accepted answer, in bytes. Default 64 KiB. */
   maxBytes?: number
 }
+
+/** Nesting deeper than this in an identity document is refused (Cloudflare's is about 4 levels deep). */
+const MAX_DEPTH = 32
+/** The statuses by which Access says it refuses the session itself (revoked, expired): the client must log in again. */
+const REFUSED = new Set([400, 401, 403])
 
 interface Entry {
   identity: CloudflareAccessIdentity
@@ -28,11 +33,18 @@ export class IdentityClient {
   readonly #opts: Required<IdentityClientOptions>
   readonly #cache = new Map<string, Entry>()
   readonly #inflight = new Map<string, Promise<CloudflareAccessIdentity>>()
+  /** Aborted when the app closes: ends every lookup under way. */
+  readonly #closing = new AbortController()
   /** Lookups sent to the endpoint, for tests and diagnostics. */
   fetchCount = 0
 
   constructor (options: IdentityClientOptions) {
-    this.#opts = { maxBytes: 1024 * 1024, ...options }
+    this.#opts = { maxBytes: 64 * 1024, ...options }
+  }
+
+  /** Ends every lookup under way (each rejects with a 503 error): the app is closing. */
+  close (): void {
+    this.#closing.abort()
   }
 
   /** The identity for a verified user token whose `exp` (seconds) is given. */
@@ -62,12 +74,14 @@ export class IdentityClient {
         timeout: this.#opts.timeout,
         maxBytes: this.#opts.maxBytes,
         name: 'identity endpoint',
-        headers: { cookie: `CF_Authorization=${token}` }
+        headers: { cookie: `CF_Authorization=${token}` },
+        signal: this.#closing.signal
       })
     } catch (error) {
       const { status, message } = error as FetchError
-      // A 4xx means Access itself no longer accepts this token (a revoked session, for example).
-      if (status !== undefined && status >= 400 && status < 500) throw new TokenInvalidError('the identity endpoint refused the token')
+      // Only these mean that Access itself no longer accepts this token (a revoked session, for example);
+      // 404, 408, 429, 5xx, redirects and garbage are outages: the client should retry, not log in again.
+      if (status !== undefined && REFUSED.has(status)) throw new TokenInvalidError('the identity endpoint refused the token')
       throw new IdentityUnavailableError(message)
     }
     const identity = body as CloudflareAccessIdentity
@@ -77,7 +91,10 @@ export class IdentityClient {
     if (!Array.isArray(identity.groups)) identity.groups = []
     identity.groups = identity.groups.filter((group) => group !== null && typeof group === 'object' &&
       typeof group.id === 'string' && typeof group.name === 'string')
-    deepFreeze(identity) // shared by every request of the token: nobody may change it
+    // Shared by every request of the token: nobody may change it.
+    if (!deepFreezeBounded(identity, MAX_DEPTH)) {
+      throw new IdentityUnavailableError(`the identity endpoint answered a document nested deeper than ${MAX_DEPTH} levels`)
+    }
     const expiresAt = Math.min(Date.now() + this.#opts.ttl, exp * 1000)
     this.#cache.set(token, { identity, expiresAt })
     if (this.#cache.size > this.#opts.size) {

@@ -34,7 +34,10 @@ export interface KeyStoreOptions {
 const COLD_RETRY_MAX = 4_000
 /** ... and at most this long while a good set is still serving. */
 const WARM_RETRY_MAX = 60_000
+/** What Cloudflare publishes: RSA with a 2048-bit modulus, e = 65537. Anything else is ignored (a huge exponent or modulus would make every forged token's verify expensive). */
 const MIN_RSA_BITS = 2048
+const MAX_RSA_BITS = 4096
+const RSA_EXPONENT = 65537n
 
 /**
  * The team's signing keys, fetched from one fixed URL and mapped by kid.
@@ -57,6 +60,8 @@ export class KeyStore {
   #failures = 0
   #timer: NodeJS.Timeout | null = null
   #closed = false
+  /** Aborted by close(): ends a fetch under way. */
+  readonly #closing = new AbortController()
   /** Number of fetches started, for tests and diagnostics. */
   fetchCount = 0
 
@@ -71,7 +76,8 @@ export class KeyStore {
 
   /**
    * Whether `kid` is unknown and asking would not fetch: a usable set without it, within the unknown-kid
-   * cooldown, no fetch under way. Such a kid is answered 401 at once, synchronously.
+   * cooldown (armed only by a successful refetch), no fetch under way. Such a kid is answered 401 at once,
+   * synchronously.
    */
   isKnownUnknown (kid: string): boolean {
     return this.#inflight === null && this.ready && !this.#keys.has(kid) &&
@@ -99,10 +105,20 @@ export class KeyStore {
 
     if (this.ready) {
       // An unknown kid: a key rotated in, or an attacker's guess. Refetch, but at most once per cooldown
-      // (counted from the last such refetch only: a periodic refresh does not delay a rotated-in key).
+      // (counted from the last successful such refetch only: a periodic refresh does not delay a
+      // rotated-in key, and a failed one proves nothing about the kid).
       if (this.isKnownUnknown(kid)) return undefined
-      if (this.#inflight === null) this.#unknownKidFetchAt = Date.now()
-      await this.#refresh().catch(noop)
+      const joining = this.#inflight !== null
+      // While the endpoint fails and a retry is scheduled, do not fetch per request (any kid may be sent).
+      if (!joining && this.#failures > 0 && this.#timer !== null) throw new KeysUnavailableError(this.#lastError)
+      const startedAt = Date.now()
+      try {
+        await this.#refresh()
+      } catch {
+        // The kid may well be a key rotated in during the outage: "try again later", not "log in again".
+        throw new KeysUnavailableError(this.#lastError)
+      }
+      if (!joining) this.#unknownKidFetchAt = startedAt
       return this.get(kid)
     }
 
@@ -124,10 +140,11 @@ export class KeyStore {
     this.#refresh().catch(noop)
   }
 
-  /** Stops every timer; an in-flight fetch finishes but schedules nothing. */
+  /** Stops every timer and aborts a fetch under way: nothing of the store keeps the process alive. */
   close (): void {
     this.#closed = true
     this.#clearTimer()
+    this.#closing.abort()
   }
 
   #isTooStale (): boolean {
@@ -143,7 +160,7 @@ export class KeyStore {
     if (this.#inflight !== null) return this.#inflight
     this.#clearTimer()
     this.fetchCount++
-    const run = fetchKeySet(this.#opts.certsUrl, this.#opts.fetchTimeout, this.#opts.maxResponseBytes)
+    const run = fetchKeySet(this.#opts.certsUrl, this.#opts.fetchTimeout, this.#opts.maxResponseBytes, this.#closing.signal)
       .then((jwks) => this.#install(parseKeySet(jwks, this.#keys)))
       .catch((error: unknown) => this.#fail(error))
       .finally(() => {
@@ -174,8 +191,9 @@ export class KeyStore {
   }
 
   #fail (error: unknown): never {
-    this.#failures++
     this.#lastError = (error as Error).message
+    if (this.#closed) throw error // aborted by close(): nothing to report
+    this.#failures++
     const level = this.ready ? 'warn' : 'error'
     this.#opts.log[level]({ certsUrl: this.#opts.certsUrl, failures: this.#failures, reason: this.#lastError },
       this.ready
@@ -224,7 +242,7 @@ export function parseKeySet (jwks: unknown, previous: ReadonlyMap<string, Signin
     // Node accepts any base64 here; a junk n or e shows as a short modulus or a tiny exponent.
     const key = createPublicKey({ key: { kty, n, e }, format: 'jwk' })
     const { modulusLength, publicExponent } = key.asymmetricKeyDetails as { modulusLength: number, publicExponent: bigint }
-    if (modulusLength < MIN_RSA_BITS || publicExponent < 3n) continue
+    if (modulusLength < MIN_RSA_BITS || modulusLength > MAX_RSA_BITS || publicExponent !== RSA_EXPONENT) continue
     const pem = key.export({ type: 'spki', format: 'pem' }) as string
     const old = previous.get(kid)
     keys.set(kid, old?.pem === pem ? old : Object.freeze({ kid, pem, key }))
@@ -233,6 +251,6 @@ export function parseKeySet (jwks: unknown, previous: ReadonlyMap<string, Signin
 }
 
 /** GET the key set: bounded in time and size, no redirects, status 200 and JSON required. */
-export function fetchKeySet (url: string, timeout: number, maxBytes: number): Promise<unknown> {
-  return getJson(url, { timeout, maxBytes, name: 'key endpoint' })
+export function fetchKeySet (url: string, timeout: number, maxBytes: number, signal?: AbortSignal): Promise<unknown> {
+  return getJson(url, { timeout, maxBytes, name: 'key endpoint', signal })
 }

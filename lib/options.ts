@@ -16,6 +16,7 @@ export interface NormalizedOptions {
   maxStaleAge: number
   /** The plugin-level policy, or null when neither `allow` nor `authorize` was given. */
   policy: CompiledPolicy | null
+  authorizeTimeout: number
   identityUrl: string
   identityTimeout: number
   identityCacheTtl: number
@@ -30,6 +31,7 @@ export const DEFAULTS = {
   unknownKidCooldown: 5_000,
   maxStaleAge: 6 * 3_600_000,
   identityTimeout: 5_000,
+  authorizeTimeout: 10_000,
   identityCacheTtl: 300_000,
   identityCacheSize: 1_000,
   cacheSize: 1_000
@@ -38,7 +40,7 @@ export const DEFAULTS = {
 const KNOWN_OPTIONS = new Set([
   'teamDomain', 'audience', 'hook', 'clockTolerance',
   'fetchTimeout', 'refreshInterval', 'unknownKidCooldown', 'maxStaleAge',
-  'allow', 'authorize', 'identityTimeout', 'identityCacheTtl', 'identityCacheSize', 'cacheSize'
+  'allow', 'authorize', 'authorizeTimeout', 'identityTimeout', 'identityCacheTtl', 'identityCacheSize', 'cacheSize'
 ])
 
 const TEAM_NAME = /^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$/
@@ -153,6 +155,7 @@ export function normalizeOptions (raw: FastifyCloudflareAccessOptions | undefine
     policy: options.allow === undefined && options.authorize === undefined
       ? null
       : compilePolicy('options', options.allow, options.authorize),
+    authorizeTimeout: duration(options, 'authorizeTimeout', 1, 600_000, 'milliseconds'),
     identityUrl: `${issuer}/cdn-cgi/access/get-identity`,
     identityTimeout: duration(options, 'identityTimeout', 1, 60_000, 'milliseconds'),
     identityCacheTtl: duration(options, 'identityCacheTtl', 0, 86_400_000, 'milliseconds'),

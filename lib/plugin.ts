@@ -1,34 +1,37 @@
-import type { FastifyInstance, FastifyReply, FastifyRequest, RouteOptions } from 'fastify'
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import { isServiceToken, subjectOf } from './claims'
-import { errorCodes, ForbiddenError, NoIdentityError, TokenMissingError } from './errors'
+import { AuthorizeFailedError, errorCodes, ForbiddenError, NoIdentityError, RETRY_AFTER_SECONDS, TokenMissingError, toError } from './errors'
 import { IdentityClient } from './identity'
 import { KeyStore } from './keys'
 import { normalizeOptions } from './options'
-import { admits, compileRouteConfig, type CompiledPolicy } from './policy'
+import { admits, type CompiledPolicy } from './policy'
+import { watchRoutes } from './routes'
+import { claimScope } from './scopes'
 import { readToken } from './token'
 import type { CloudflareAccessClaims, CloudflareAccessDecorator, CloudflareAccessIdentity, FastifyCloudflareAccessOptions } from './types'
 import { createTokenVerifier } from './verify'
 
-/** Seconds a client should wait before retrying a 503. */
-const RETRY_AFTER = '5'
+const RETRY_AFTER = String(RETRY_AFTER_SECONDS)
 
 /** Where the verified token waits for `request.cfAccessIdentity()`: private, never serialised. */
 const kToken = Symbol('fastify-cloudflare-access.token')
+/** The route `config.cfAccess` (or `true` for none) whose policies admitted the request: private. */
+const kAdmitted = Symbol('fastify-cloudflare-access.admitted')
 
-type RequestWithToken = FastifyRequest & { [kToken]: string | null }
+type Request = FastifyRequest & { [kToken]: string | null, [kAdmitted]: object | true | null }
+type Done = (error?: Error) => void
 
 /**
  * The plugin body (wrapped by fastify-plugin in index.ts): validates the options, builds the key store,
  * the verifier and the identity client once, decorates, and adds the hooks.
+ *
+ * A request is admitted only when its token verifies and every policy that applies (the plugin's, then the
+ * route's) admits it; only then are `request.cfAccess` and the token for identity lookups set. Any refusal
+ * clears them, so code after a swallowed rejection never sees a refused user's claims.
  */
 export async function cloudflareAccess (fastify: FastifyInstance, rawOptions: FastifyCloudflareAccessOptions): Promise<void> {
   const options = normalizeOptions(rawOptions)
-  if (fastify.hasDecorator('cfAccess')) {
-    throw new Error(
-      'fastify-cloudflare-access is already registered in this scope or a parent scope. Register it once per ' +
-      'protected scope; give one registration several audiences with audience: [...] instead of registering twice.'
-    )
-  }
+  claimScope(fastify)
 
   const store = new KeyStore({
     certsUrl: options.certsUrl,
@@ -45,127 +48,146 @@ export async function cloudflareAccess (fastify: FastifyInstance, rawOptions: Fa
     ttl: options.identityCacheTtl,
     size: options.identityCacheSize
   })
-  // Route policies, compiled when the route is added (so that a bad one fails at boot), keyed by the
-  // route's own config.cfAccess object.
-  const routePolicies = new WeakMap<object, CompiledPolicy>()
 
-  function identityOf (request: FastifyRequest): Promise<CloudflareAccessIdentity> {
-    const claims = request.cfAccess
-    const token = (request as RequestWithToken)[kToken]
-    if (claims === null || token === null) return Promise.reject(new TokenMissingError())
+  function identityFor (token: string, claims: CloudflareAccessClaims): Promise<CloudflareAccessIdentity> {
     if (isServiceToken(claims)) return Promise.reject(new NoIdentityError())
     return identities.get(token, claims.exp)
   }
 
-  async function enforce (policy: CompiledPolicy, claims: CloudflareAccessClaims, request: FastifyRequest): Promise<void> {
-    if (await admits(policy, claims, request, () => identityOf(request))) return
-    throw Object.assign(new ForbiddenError(), { route: request.routeOptions.url, subject: subjectOf(claims) })
+  /** Resolves when `policy` admits the claims; rejects with a 403 (or whatever `authorize` failed with). */
+  // `request` is undefined only for verifyToken(token) without a request, which refuses a policy with
+  // `authorize` before getting here.
+  async function enforce (policy: CompiledPolicy, claims: CloudflareAccessClaims, token: string, request: FastifyRequest | undefined): Promise<void> {
+    const context = { request: request as FastifyRequest, identity: () => identityFor(token, claims), authorizeTimeout: options.authorizeTimeout }
+    if (await admits(policy, claims, context)) return
+    throw Object.assign(new ForbiddenError(), { route: request?.routeOptions.url, subject: subjectOf(claims), grants: grantsOf(policy) })
   }
 
-  function routePolicy (config: object): CompiledPolicy {
-    let policy = routePolicies.get(config)
-    if (policy === undefined) {
-      // A route added before this plugin in the same scope: compile (and validate) on first use.
-      policy = compileRouteConfig('a route', config)
-      routePolicies.set(config, policy)
+  /** Every policy that applies: the plugin's, then the route's (`routeConfig` undefined: none). */
+  async function enforceAll (claims: CloudflareAccessClaims, token: string, request: FastifyRequest, routeConfig: object | undefined): Promise<void> {
+    if (options.policy !== null) await enforce(options.policy, claims, token, request)
+    if (routeConfig !== undefined) await enforce(routes.policyOf(routeConfig), claims, token, request)
+  }
+
+  /** Clears what an earlier admission set, tells a 503's client when to come back, and hands the error on. */
+  function rejected (request: FastifyRequest, reply: FastifyReply, error: Error): Error {
+    const req = request as Request
+    if (req[kAdmitted] !== null) {
+      req.cfAccess = null
+      req[kToken] = null
+      req[kAdmitted] = null
     }
-    return policy
-  }
-
-  /** A 503 tells the client when to come back; every error goes on to Fastify's error handler. */
-  function rejected (reply: FastifyReply, error: unknown): Error {
     const { code } = error as { code?: unknown }
-    if (code === errorCodes.KEYS_UNAVAILABLE || code === errorCodes.IDENTITY_UNAVAILABLE) reply.header('retry-after', RETRY_AFTER)
-    return error as Error
-  }
-
-  function accept (request: FastifyRequest, token: string, claims: CloudflareAccessClaims): void {
-    (request as RequestWithToken)[kToken] = token
-    request.cfAccess = claims
-  }
-
-  /** The policies that apply to this request (the plugin's, then the route's), or none. */
-  async function authorizeRequest (request: FastifyRequest, claims: CloudflareAccessClaims, routeConfig: object | undefined): Promise<void> {
-    if (options.policy !== null) await enforce(options.policy, claims, request)
-    if (routeConfig !== undefined) await enforce(routePolicy(routeConfig), claims, request)
-  }
-
-  /** The slow path: a key to fetch, or policies to apply. */
-  async function authenticateAsync (request: FastifyRequest, reply: FastifyReply, token: string, pending: CloudflareAccessClaims | Promise<CloudflareAccessClaims>, routeConfig: object | undefined): Promise<void> {
-    let claims: CloudflareAccessClaims
-    try {
-      claims = await pending
-    } catch (error) {
-      throw rejected(reply, error)
+    if (code === errorCodes.KEYS_UNAVAILABLE || code === errorCodes.IDENTITY_UNAVAILABLE || code === errorCodes.AUTHORIZE_TIMEOUT) {
+      reply.header('retry-after', RETRY_AFTER)
     }
-    accept(request, token, claims)
+    return error
+  }
+
+  function accept (request: FastifyRequest, token: string, claims: CloudflareAccessClaims, routeConfig: object | undefined): void {
+    const req = request as Request
+    req[kToken] = token
+    req[kAdmitted] = routeConfig ?? true
+    req.cfAccess = claims
+  }
+
+  /** The slow path: a key to fetch, or policies to apply. Rejects with an Error, always. */
+  async function authenticateAsync (request: FastifyRequest, reply: FastifyReply, token: string, pending: CloudflareAccessClaims | Promise<CloudflareAccessClaims>, routeConfig: object | undefined): Promise<void> {
     try {
-      await authorizeRequest(request, claims, routeConfig)
+      const claims = await pending
+      await enforceAll(claims, token, request, routeConfig)
+      accept(request, token, claims, routeConfig)
     } catch (error) {
-      throw rejected(reply, error) // unchanged: an error of `authorize` goes on as it is
+      throw rejected(request, reply, toError(error)) // an Error of `authorize` goes on unchanged
     }
   }
 
   /**
-   * Authenticates (and authorizes) one request. Without I/O and without a policy — the common case — it
-   * works synchronously and returns nothing (accepted) or the error to answer; otherwise a promise.
+   * Authenticates and authorizes one request. Without I/O and without a policy — the common case — it works
+   * synchronously and returns nothing (admitted) or the error to answer; otherwise a promise.
+   * `ownHook`: called as the plugin's scope hook, the only caller that honours `config.cfAccess: false`.
    */
-  function authenticate (request: FastifyRequest, reply: FastifyReply): undefined | Error | Promise<void> {
-    const routeConfig = request.routeOptions.config.cfAccess
-    if (routeConfig === false) return undefined
+  function authenticate (request: FastifyRequest, reply: FastifyReply, ownHook: boolean): undefined | Error | Promise<void> {
+    let routeConfig = request.routeOptions.config.cfAccess as object | false | undefined
+    if (routeConfig === false) {
+      if (ownHook) return undefined
+      routeConfig = undefined
+    }
     const token = readToken(request.headers)
     const claims = verifier.verify(token)
-    if (claims instanceof Error) return rejected(reply, claims)
+    if (claims instanceof Error) return rejected(request, reply, claims)
     if (claims instanceof Promise || options.policy !== null || routeConfig !== undefined) {
       return authenticateAsync(request, reply, token as string, claims, routeConfig)
     }
-    accept(request, token as string, claims)
+    accept(request, token as string, claims, undefined)
     return undefined
   }
 
   /** The scope hook, callback style: no promise and no exception on the synchronous path. */
-  function hook (request: FastifyRequest, reply: FastifyReply, done: (error?: Error) => void): void {
-    const outcome = authenticate(request, reply)
+  function hook (request: FastifyRequest, reply: FastifyReply, done: Done): void {
+    const outcome = authenticate(request, reply, true)
     if (outcome === undefined) done()
     else if (outcome instanceof Error) done(outcome)
     else outcome.then(() => done(), done)
   }
 
+  /** `fastify.cfAccess.verify`: always verifies, wherever and however it is called. */
   async function verify (request: FastifyRequest, reply: FastifyReply): Promise<void> {
-    const outcome = authenticate(request, reply)
+    const outcome = authenticate(request, reply, false)
     if (outcome instanceof Error) throw outcome
     await outcome
   }
 
-  async function verifyToken (token: string): Promise<CloudflareAccessClaims> {
+  async function verifyToken (token: string, request?: FastifyRequest): Promise<CloudflareAccessClaims> {
     const claims = await verifier.verify(token)
     if (claims instanceof Error) throw claims
+    const routeConfig = request?.routeOptions.config.cfAccess
+    const policies = [options.policy, typeof routeConfig === 'object' && routeConfig !== null ? routes.policyOf(routeConfig) : null]
+    for (const policy of policies) {
+      if (policy === null) continue
+      if (request === undefined && policy.authorize !== null) {
+        throw new AuthorizeFailedError('this registration has an authorize rule, which needs the request: call verifyToken(token, request)')
+      }
+      await enforce(policy, claims, token, request)
+    }
     return claims
   }
 
-  const decorator: CloudflareAccessDecorator = {
-    verify,
-    verifyToken
+  function isAdmitted (request: FastifyRequest, config: object): boolean {
+    return (request as Request)[kAdmitted] === config
   }
+
+  const routes = watchRoutes(fastify, verify, isAdmitted, verify)
+
+  const decorator: CloudflareAccessDecorator = { verify, verifyToken }
   fastify.decorate('cfAccess', decorator)
   fastify.decorateRequest('cfAccess', null)
   fastify.decorateRequest(kToken, null)
-  fastify.decorateRequest('cfAccessIdentity', function (this: FastifyRequest) { return identityOf(this) })
-  if (options.hook !== false) fastify.addHook(options.hook, hook)
-
-  fastify.addHook('onRoute', (route: RouteOptions) => {
-    const config = (route.config as { cfAccess?: unknown } | undefined)?.cfAccess
-    if (config === undefined) return
-    const where = `route ${String(route.method)} ${route.url}`
-    if (config === false) {
-      const hooks = [route.onRequest, route.preHandler].flat()
-      if (hooks.includes(verify)) {
-        throw new Error(`fastify-cloudflare-access: ${where}: config.cfAccess is false (no verification) but the route also runs fastify.cfAccess.verify; remove one of them`)
-      }
-      return
-    }
-    routePolicies.set(config as object, compileRouteConfig(where, config))
+  fastify.decorateRequest(kAdmitted, null)
+  fastify.decorateRequest('cfAccessIdentity', function (this: FastifyRequest) {
+    const claims = this.cfAccess
+    const token = (this as Request)[kToken]
+    if (claims === null || token === null) return Promise.reject(new TokenMissingError())
+    return identityFor(token, claims)
   })
+  if (options.hook !== false) {
+    fastify.addHook(options.hook, hook)
+  } else {
+    // A route with a policy added before the plugin is not guarded by watchRoutes: enforce it up front.
+    fastify.addHook('onRequest', function cfAccessEarlyRoutePolicy (request: FastifyRequest, reply: FastifyReply, done: Done) {
+      const config = request.routeOptions.config.cfAccess
+      if (typeof config !== 'object' || config === null || routes.guards(config)) return done()
+      verify(request, reply).then(() => done(), done)
+    })
+  }
   fastify.addHook('onReady', async () => { store.start() })
-  fastify.addHook('onClose', async () => { store.close() })
+  fastify.addHook('onClose', async () => {
+    store.close()
+    identities.close()
+  })
+}
+
+/** The grant kinds a policy tried, for the 403 log line: "why was I denied", without the user's data. */
+function grantsOf (policy: CompiledPolicy): string[] {
+  return policy.authorize === null ? [...policy.grantKinds] : [...policy.grantKinds, 'authorize']
 }

@@ -1,22 +1,43 @@
 import type { FastifyRequest } from 'fastify'
 import { isServiceToken } from './claims'
+import { AuthorizeTimeoutError, toError } from './errors'
 import type { CloudflareAccessAuthorize, CloudflareAccessClaims, CloudflareAccessIdentity } from './types'
 
 /** A policy after validation: sets for the lists, nothing left to check at request time but membership. */
 export interface CompiledPolicy {
+  /** ASCII-lowercased. */
   readonly emails: ReadonlySet<string> | null
+  /** ASCII-lowercased. */
   readonly emailDomains: ReadonlySet<string> | null
+  /** Group names, exact. */
   readonly groups: ReadonlySet<string> | null
+  /** Group ids, exact. */
+  readonly groupIds: ReadonlySet<string> | null
   readonly serviceTokens: ReadonlySet<string> | true | null
   /** Whether `allow` was given: without it every valid token passes the allow step. */
   readonly hasAllow: boolean
   readonly authorize: CloudflareAccessAuthorize | null
+  /** Which grant kinds `allow` has, for the 403 log line ("why was I denied"). */
+  readonly grantKinds: readonly string[]
 }
 
-const ALLOW_KEYS = new Set(['emails', 'emailDomains', 'groups', 'serviceTokens'])
+const ALLOW_KEYS = new Set(['emails', 'emailDomains', 'groups', 'groupIds', 'serviceTokens'])
 const POLICY_KEYS = new Set(['allow', 'authorize'])
 const NO_SPACE = /^[^\s]+$/
 const DOMAIN = /^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)+$/
+const ASCII_UPPER = /[A-Z]/g
+
+/**
+ * Lowercases A–Z only. `toLowerCase()` folds far more (U+212A KELVIN SIGN becomes `k`, so
+ * `user@\u212Araken.io` would pass `kraken.io`): email addresses and domains compare by ASCII case only.
+ */
+export function asciiLower (value: string): string {
+  return value.replace(ASCII_UPPER, lowerChar)
+}
+
+function lowerChar (char: string): string {
+  return String.fromCharCode(char.charCodeAt(0) | 0x20)
+}
 
 function fail (where: string, message: string): never {
   throw new Error(`fastify-cloudflare-access: ${where}: ${message}`)
@@ -31,8 +52,10 @@ function list (where: string, name: string, value: unknown, check: (entry: strin
 }
 
 function lowerList (where: string, name: string, value: unknown, check: (entry: string) => boolean, form: string): Set<string> {
-  return new Set([...list(where, name, value, (entry) => check(entry.toLowerCase()), form)].map((entry) => entry.toLowerCase()))
+  return new Set([...list(where, name, value, (entry) => check(asciiLower(entry)), form)].map(asciiLower))
 }
+
+const nonBlank = (entry: string): boolean => entry.trim() !== ''
 
 /**
  * Validates `{ allow, authorize }` (the plugin's options or a route's `config.cfAccess`) and compiles it.
@@ -42,25 +65,28 @@ export function compilePolicy (where: string, allow: unknown, authorize: unknown
   if (authorize !== undefined && typeof authorize !== 'function') fail(where, '"authorize" must be a function (claims, request) => boolean | Promise<boolean>')
   const check = (authorize as CloudflareAccessAuthorize | undefined) ?? null
   if (allow === undefined) {
-    return { emails: null, emailDomains: null, groups: null, serviceTokens: null, hasAllow: false, authorize: check }
+    return { emails: null, emailDomains: null, groups: null, groupIds: null, serviceTokens: null, hasAllow: false, authorize: check, grantKinds: [] }
   }
-  if (allow === null || typeof allow !== 'object' || Array.isArray(allow)) fail(where, '"allow" must be an object { emails, emailDomains, groups, serviceTokens }')
+  if (allow === null || typeof allow !== 'object' || Array.isArray(allow)) fail(where, '"allow" must be an object { emails, emailDomains, groups, groupIds, serviceTokens }')
   const grants = allow as Record<string, unknown>
   const keys = Object.keys(grants)
   for (const key of keys) {
     if (!ALLOW_KEYS.has(key)) fail(where, `unknown key "allow.${key}"; known: ${[...ALLOW_KEYS].join(', ')}`)
   }
-  if (keys.every((key) => grants[key] === undefined)) fail(where, '"allow" needs at least one of emails, emailDomains, groups, serviceTokens')
+  const grantKinds = Object.freeze(keys.filter((key) => grants[key] !== undefined))
+  if (grantKinds.length === 0) fail(where, '"allow" needs at least one of emails, emailDomains, groups, groupIds, serviceTokens')
   const serviceTokens = grants.serviceTokens
   return {
     emails: grants.emails === undefined ? null : lowerList(where, 'allow.emails', grants.emails, (e) => NO_SPACE.test(e) && e.indexOf('@') > 0, 'email addresses'),
     emailDomains: grants.emailDomains === undefined ? null : lowerList(where, 'allow.emailDomains', grants.emailDomains, (d) => DOMAIN.test(d), "domains such as 'acme.com' (no '@')"),
-    groups: grants.groups === undefined ? null : list(where, 'allow.groups', grants.groups, (g) => g.trim() !== '', 'group names or ids'),
+    groups: grants.groups === undefined ? null : list(where, 'allow.groups', grants.groups, nonBlank, 'group names'),
+    groupIds: grants.groupIds === undefined ? null : list(where, 'allow.groupIds', grants.groupIds, nonBlank, 'group ids'),
     serviceTokens: serviceTokens === undefined
       ? null
       : serviceTokens === true ? true : list(where, 'allow.serviceTokens', serviceTokens, (id) => NO_SPACE.test(id), "service token Client IDs ('….access'), or true"),
     hasAllow: true,
-    authorize: check
+    authorize: check,
+    grantKinds
   }
 }
 
@@ -77,31 +103,64 @@ export function compileRouteConfig (where: string, value: unknown): CompiledPoli
   return compilePolicy(where, policy.allow, policy.authorize)
 }
 
+/** What a policy check needs besides the claims. */
+export interface PolicyContext {
+  request: FastifyRequest
+  /** The user's identity, looked up at most once and only when a `groups`/`groupIds` grant is reached. */
+  identity: () => Promise<CloudflareAccessIdentity>
+  /** Longest `authorize` may take, in milliseconds. */
+  authorizeTimeout: number
+}
+
 /**
  * Whether the policy admits the verified claims. The identity endpoint is asked only when a user token
- * reaches the `groups` grant; `authorize` runs last and must return exactly `true`.
+ * reaches a group grant; `authorize` runs last and must return exactly `true`. Rejects with an Error
+ * only: whatever `authorize` throws (or never settling) never reads as "admitted" or "no error".
  */
-export async function admits (
-  policy: CompiledPolicy,
-  claims: CloudflareAccessClaims,
-  request: FastifyRequest,
-  identity: () => Promise<CloudflareAccessIdentity>
-): Promise<boolean> {
-  if (policy.hasAllow && !await allowed(policy, claims, identity)) return false
-  return policy.authorize === null || await policy.authorize(claims, request) === true
+export async function admits (policy: CompiledPolicy, claims: CloudflareAccessClaims, context: PolicyContext): Promise<boolean> {
+  if (policy.hasAllow && !await allowed(policy, claims, context.identity)) return false
+  return policy.authorize === null || await runAuthorize(policy.authorize, claims, context) === true
+}
+
+/**
+ * Runs `authorize` with every thrown value turned into an Error; a promise it returns is bounded by
+ * `authorizeTimeout` (a synchronous answer needs no timer).
+ */
+function runAuthorize (authorize: CloudflareAccessAuthorize, claims: CloudflareAccessClaims, context: PolicyContext): Promise<unknown> {
+  let result: unknown
+  try {
+    result = authorize(claims, context.request)
+    if (!isThenable(result)) return Promise.resolve(result)
+  } catch (error) {
+    return Promise.reject(toError(error))
+  }
+  const pending = result
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new AuthorizeTimeoutError(context.authorizeTimeout)), context.authorizeTimeout)
+    timer.unref()
+    Promise.resolve(pending).then(
+      (value) => { clearTimeout(timer); resolve(value) },
+      (error: unknown) => { clearTimeout(timer); reject(toError(error)) }
+    )
+  })
+}
+
+function isThenable (value: unknown): value is PromiseLike<unknown> {
+  return (typeof value === 'object' || typeof value === 'function') && value !== null &&
+    typeof (value as { then?: unknown }).then === 'function'
 }
 
 async function allowed (policy: CompiledPolicy, claims: CloudflareAccessClaims, identity: () => Promise<CloudflareAccessIdentity>): Promise<boolean> {
   if (isServiceToken(claims)) {
     return policy.serviceTokens === true || (policy.serviceTokens?.has(claims.common_name) ?? false)
   }
-  const email = claims.email.toLowerCase()
+  const email = asciiLower(claims.email)
   if (policy.emails?.has(email) === true) return true
   if (policy.emailDomains?.has(email.slice(email.lastIndexOf('@') + 1)) === true) return true
-  if (policy.groups === null) return false
+  if (policy.groups === null && policy.groupIds === null) return false
   const { groups } = await identity()
   for (const group of groups) {
-    if (policy.groups.has(group.name) || policy.groups.has(group.id)) return true
+    if (policy.groups?.has(group.name) === true || policy.groupIds?.has(group.id) === true) return true
   }
   return false
 }

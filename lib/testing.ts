@@ -76,7 +76,7 @@ export interface AccessEmulator {
   readonly certsRequestCount: number
   /** Requests to the identity endpoint. */
   readonly identityRequestCount: number
-  /** Every request's path, in order. */
+  /** The paths of the last 1000 requests, in order (older ones are dropped: a long test run stays bounded). */
   readonly requests: readonly string[]
   /** A user's application token: `email`, `sub`, `identity_nonce`, `country`, `type: 'app'`, `aud`, `iss`, `iat`, `nbf`, `exp`. */
   signToken: (claims?: ClaimsInput, options?: SignOptions) => string
@@ -157,6 +157,9 @@ function withoutUndefined (object: Record<string, unknown>): Record<string, unkn
   return object
 }
 
+/** How many request paths the emulator remembers. */
+const REQUEST_LOG_SIZE = 1000
+
 /** Starts an emulator on 127.0.0.1 with a current and a previous key, as Cloudflare publishes them. */
 export async function createAccessEmulator (options: AccessEmulatorOptions = {}): Promise<AccessEmulator> {
   const audiences = Object.freeze(
@@ -172,6 +175,7 @@ export async function createAccessEmulator (options: AccessEmulatorOptions = {})
   }
   const identities = new Map<string, Partial<CloudflareAccessIdentity>>()
   const requests: string[] = []
+  let requestCount = 0
   const counts: Record<EmulatorEndpoint, number> = { certs: 0, identity: 0 }
 
   function json (res: http.ServerResponse, status: number, body: unknown): void {
@@ -246,7 +250,9 @@ export async function createAccessEmulator (options: AccessEmulatorOptions = {})
 
   const paths: Record<string, EmulatorEndpoint> = { '/cdn-cgi/access/certs': 'certs', '/cdn-cgi/access/get-identity': 'identity' }
   const server = http.createServer((req, res) => {
+    requestCount++
     requests.push(req.url as string)
+    if (requests.length > REQUEST_LOG_SIZE) requests.splice(0, requests.length - REQUEST_LOG_SIZE / 2)
     const endpoint = req.method === 'GET' ? paths[req.url as string] : undefined
     if (endpoint === undefined) {
       res.writeHead(404, { 'content-type': 'text/plain' }).end('not found')
@@ -300,10 +306,10 @@ export async function createAccessEmulator (options: AccessEmulatorOptions = {})
     audiences,
     certsUrl: `${teamDomain}/cdn-cgi/access/certs`,
     get kids () { return keys.map((key) => key.kid) },
-    get requestCount () { return requests.length },
+    get requestCount () { return requestCount },
     get certsRequestCount () { return counts.certs },
     get identityRequestCount () { return counts.identity },
-    get requests () { return [...requests] },
+    get requests () { return requests.slice(-REQUEST_LOG_SIZE) },
     signToken: signer((now) => ({
       email,
       nbf: now,

@@ -26,23 +26,43 @@ export function readToken (headers: IncomingHttpHeaders): string | undefined {
   return typeof cookie === 'string' ? readCookie(cookie) : undefined
 }
 
-/** The first `CF_Authorization` value of a `Cookie` header, surrounding quotes removed. */
+/**
+ * The first `CF_Authorization` value of a `Cookie` header, surrounding quotes removed: the value of the
+ * first `;`-separated pair whose name, without surrounding white space, is `CF_Authorization`.
+ *
+ * Linear in the header's length whatever its shape, and as fast for a hostile header (64 KiB of `;`, of
+ * pairs without `=`) as for a benign one: it looks for the name itself with a native search and checks
+ * only its occurrences (each white-space run next to one is read at most twice), instead of walking every
+ * pair.
+ */
 export function readCookie (cookie: string): string | undefined {
-  let start = 0
-  while (start < cookie.length) {
-    let end = cookie.indexOf(';', start)
-    if (end === -1) end = cookie.length
-    const eq = cookie.indexOf('=', start)
-    if (eq !== -1 && eq < end && cookie.slice(start, eq).trim() === COOKIE_NAME) {
+  const length = cookie.length
+  let at = cookie.indexOf(COOKIE_NAME)
+  while (at !== -1) {
+    let before = at - 1
+    while (before >= 0 && isSpace(cookie.charCodeAt(before))) before--
+    let eq = at + COOKIE_NAME.length
+    while (eq < length && isSpace(cookie.charCodeAt(eq))) eq++
+    // A name: nothing but white space back to the pair's start, and `=` right after it.
+    if ((before === -1 || cookie.charCodeAt(before) === 59 /* ; */) && cookie.charCodeAt(eq) === 61 /* = */) {
+      let end = cookie.indexOf(';', eq)
+      if (end === -1) end = length
       let value = cookie.slice(eq + 1, end).trim()
       if (value.length >= 2 && value.charCodeAt(0) === 34 && value.charCodeAt(value.length - 1) === 34) {
         value = value.slice(1, -1)
       }
       return value === '' ? undefined : value
     }
-    start = end + 1
+    at = cookie.indexOf(COOKIE_NAME, at + 1)
   }
   return undefined
+}
+
+/** The characters `String.prototype.trim` removes (a header holds tab and space; the rest for the same answer as trim). */
+function isSpace (code: number): boolean {
+  return code === 32 || code === 9 || code === 10 || code === 11 || code === 12 || code === 13 ||
+    code === 0xa0 || code === 0xfeff || code === 0x1680 || (code >= 0x2000 && code <= 0x200a) ||
+    code === 0x2028 || code === 0x2029 || code === 0x202f || code === 0x205f || code === 0x3000
 }
 
 /**

@@ -11,22 +11,33 @@ export type CloudflareAccessCustom = keyof CloudflareAccessCustomClaims extends 
 
 /**
  * Who is admitted: a token passes when any one grant matches. User tokens match only `emails`,
- * `emailDomains` and `groups`; service tokens match only `serviceTokens`.
+ * `emailDomains`, `groups` and `groupIds`; service tokens match only `serviceTokens`.
  */
 export interface CloudflareAccessAllow {
-  /** Exact email addresses, compared case-insensitively. */
+  /** Exact email addresses; only ASCII letters compare case-insensitively (`A`–`Z`), anything else exactly. */
   emails?: readonly string[]
-  /** Exact domains after the `@`, case-insensitive: `'acme.com'` matches neither `evilacme.com` nor `eng.acme.com`. */
+  /**
+   * Exact domains after the `@`, ASCII case-insensitive: `'acme.com'` matches neither `evilacme.com`,
+   * `eng.acme.com` nor a look-alike with non-ASCII characters.
+   */
   emailDomains?: readonly string[]
-  /** Access group names or ids, from the identity endpoint (fetched only when a route needs it). */
+  /**
+   * Access group **names**, exact (case-sensitive), from the identity endpoint (fetched only when a route
+   * needs it). Names can often be chosen by users of the identity provider: prefer `groupIds`.
+   */
   groups?: readonly string[]
+  /** Access group **ids**, exact, from the identity endpoint: the grant to prefer, since an id cannot be renamed. */
+  groupIds?: readonly string[]
   /** Service token Client IDs (`common_name`, ending in `.access`), or `true` for every service token. */
   serviceTokens?: readonly string[] | true
 }
 
 /**
- * An extra rule that must also hold. Return `true` to admit; anything else answers 403. A throw goes to
- * Fastify's error handler unchanged.
+ * An extra rule that must also hold. Return `true` to admit; anything else answers 403. A thrown Error
+ * goes to Fastify's error handler unchanged; any other thrown value becomes a 500
+ * `FST_CF_ACCESS_AUTHORIZE_FAILED`; a promise that does not settle within `authorizeTimeout` a 503
+ * `FST_CF_ACCESS_AUTHORIZE_TIMEOUT`. Never an admission. Read the claims from the argument:
+ * `request.cfAccess` is set only once every policy admitted the request.
  */
 export type CloudflareAccessAuthorize = (claims: CloudflareAccessClaims, request: FastifyRequest) => boolean | Promise<boolean>
 
@@ -69,6 +80,8 @@ export interface FastifyCloudflareAccessOptions {
   allow?: CloudflareAccessAllow
   /** An extra rule every admitted token must also pass. */
   authorize?: CloudflareAccessAuthorize
+  /** Longest a promise returned by `authorize` may take, in milliseconds; then 503. Default 10000. */
+  authorizeTimeout?: number
   /** Time limit of one identity lookup, in milliseconds. Default 5000. */
   identityTimeout?: number
   /** How long an identity is cached, in milliseconds (never beyond the token's `exp`). Default 300000. */
@@ -159,17 +172,25 @@ export interface CloudflareAccessIdentity {
 /** `fastify.cfAccess`: verification for route-level hooks and for tokens from elsewhere. */
 export interface CloudflareAccessDecorator {
   /**
-   * A hook for `onRequest` or `preHandler`: verifies the request's token and sets `request.cfAccess`,
-   * or rejects with one of the plugin's errors.
+   * A hook for `onRequest` or `preHandler`: verifies the request's token, applies the registration's
+   * policy and the route's `config.cfAccess` policy, and sets `request.cfAccess` — or rejects with one of
+   * the plugin's errors. It always verifies, also on a route whose `config.cfAccess` is `false` (which
+   * only the plugin's own hook honours).
    */
   verify: (request: FastifyRequest, reply: FastifyReply) => Promise<void>
-  /** Verifies one token; resolves its claims or rejects with an error carrying `statusCode` and `code`. */
-  verifyToken: (token: string) => Promise<CloudflareAccessClaims>
+  /**
+   * Verifies one token from elsewhere (a WebSocket message, a queue) and applies this registration's
+   * policy — `allow` (groups included) and `authorize` — and, when `request` is given, its route's
+   * `config.cfAccess` policy: it never admits what the same registration refuses over HTTP. Resolves the
+   * claims, or rejects with an error carrying `statusCode` and `code`. With an `authorize` rule and no
+   * `request`, it rejects with `FST_CF_ACCESS_AUTHORIZE_FAILED` (500): `authorize` needs a request.
+   */
+  verifyToken: (token: string, request?: FastifyRequest) => Promise<CloudflareAccessClaims>
 }
 
 declare module 'fastify' {
   interface FastifyRequest {
-    /** The verified Cloudflare Access claims, or `null` where no verification ran. */
+    /** The verified Cloudflare Access claims, or `null` where no verification admitted the request. */
     cfAccess: CloudflareAccessClaims | null
     /**
      * The user's full identity from the identity endpoint (groups, name, device posture…), cached per

@@ -51,12 +51,12 @@ t.test('allow.emailDomains: the exact domain after the @, case-insensitive', asy
   t.equal(await status(server, access.signServiceToken()), 403, 'service tokens are not admitted by user grants')
 })
 
-t.test('allow.groups: a group name or id from the identity endpoint, fetched only when needed', async (t) => {
+t.test('allow.groups and allow.groupIds: a group name or a group id from the identity endpoint, fetched only when needed', async (t) => {
   const access = await emulator(t)
   access.setIdentity('alice@acme.com', { groups: [{ id: 'g-admins', name: 'admins' }] })
   access.setIdentity('bob@acme.com', { groups: [{ id: 'g-ops', name: 'ops' }, { id: 'g-x', name: 'x' }] })
   access.setIdentity('carol@acme.com', { groups: [{ id: 'g-sales', name: 'sales' }] })
-  const server = await app(t, access, { allow: { emails: ['dave@acme.com'], groups: ['admins', 'g-ops'] } })
+  const server = await app(t, access, { allow: { emails: ['dave@acme.com'], groups: ['admins'], groupIds: ['g-ops'] } })
   t.equal(await status(server, access.signToken({ email: 'alice@acme.com' })), 200, 'by name')
   t.equal(await status(server, access.signToken({ email: 'bob@acme.com' })), 200, 'by id')
   t.equal(await status(server, access.signToken({ email: 'carol@acme.com' })), 403, 'another group')
@@ -198,7 +198,7 @@ t.test('policies are validated at registration', async (t) => {
     ['allow empty', { allow: {} }, /needs at least one of emails/],
     ['unknown grant', { allow: { email: ['a@b.c'] } }, /unknown key "allow.email"/],
     ['empty list', { allow: { emails: [] } }, /"allow.emails" must be a non-empty array/],
-    ['non-string', { allow: { groups: ['a', 1] } }, /"allow.groups" must be a non-empty array of group names or ids, got 1/],
+    ['non-string', { allow: { groups: ['a', 1] } }, /"allow.groups" must be a non-empty array of group names, got 1/],
     ['blank group', { allow: { groups: [' '] } }, /allow.groups/],
     ['undefined in a list', { allow: { groups: [undefined] } }, /allow.groups.*got undefined/],
     ['not an email', { allow: { emails: ['alice'] } }, /allow.emails/],

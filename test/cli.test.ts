@@ -148,3 +148,45 @@ t.test('emulator: runs standalone, prints a token that verifies, stops on SIGTER
   child.kill('SIGTERM')
   t.equal(await exited, 0)
 })
+
+// eslint-disable-next-line no-control-regex
+const RAW_CONTROL = /[\u0000-\u0009\u000b-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]/
+
+t.test('inspect: a token cannot write terminal escapes: claim names, values and header fields are printed escaped', async (t) => {
+  const access = await emulator(t)
+  const token = access.signRaw(
+    { alg: 'RS256', kid: access.kids[0], 'x\u001b]0;pwned\u0007': 'title\u009b2J' },
+    { iss: access.teamDomain, aud: [access.audience], email: 'eve@acme.com\u001b[2K\rVALID', exp: nowSeconds() + 600, 'hide\u001b[8m': '\u202eevil', type: 'app' }
+  )
+  for (const args of [[], ['--json']]) {
+    const run = await cli(['inspect', '-', '--team', access.teamDomain, '--aud', access.audience, ...args], token)
+    t.notMatch(run.out, RAW_CONTROL, `no raw control character in the ${args.length === 0 ? 'text' : 'JSON'} output`)
+    t.match(run.out, /\\u001b/, 'escapes shown as \\u001b')
+    if (args.length === 1) t.equal(JSON.parse(run.out).claims['hide\u001b[8m'], '\u202eevil', 'the JSON output still parses to the real values')
+  }
+})
+
+t.test('inspect: out-of-range times are failing checks, never a stack trace', async (t) => {
+  const access = await emulator(t)
+  const base = { iss: access.teamDomain, aud: [access.audience], email: 'a@acme.com', type: 'app' }
+  const cases: Array<[string, string, RegExp]> = [
+    ['exp: 1e20', `{"iss":${JSON.stringify(base.iss)},"aud":[${JSON.stringify(access.audience)}],"email":"a@acme.com","exp":1e20,"iat":1e20}`, /✗ iat\s+issued in the future/],
+    ['iat: 1e999', `{"iss":${JSON.stringify(base.iss)},"aud":[${JSON.stringify(access.audience)}],"email":"a@acme.com","exp":${nowSeconds() + 600},"iat":1e999}`, /✗ (iat|exp)\s+.*(not a finite number|out of range)/],
+    ['exp: -1e20', `{"iss":${JSON.stringify(base.iss)},"aud":[${JSON.stringify(access.audience)}],"email":"a@acme.com","exp":-1e20}`, /✗ exp\s+/]
+  ]
+  for (const [name, payload, expected] of cases) {
+    const run = await cli(['inspect', '-', '--team', access.teamDomain, '--aud', access.audience], access.signRaw({ alg: 'RS256', kid: access.kids[0] }, payload))
+    t.equal(run.code, 1, `${name}: rejected, exit 1`)
+    t.match(run.out, expected, name)
+    t.notMatch(run.err, /RangeError|at .*\.js:\d+/, `${name}: no stack trace`)
+  }
+})
+
+t.test('inspect: --at 0 or before 1970 is a usage error, never misreported as a bad signature', async (t) => {
+  const access = await emulator(t)
+  for (const at of ['1970-01-01T00:00:00Z', '1969-07-20T20:17:00Z', '0']) {
+    const run = await cli(['inspect', access.signToken(), '--team', access.teamDomain, '--aud', access.audience, '--at', at])
+    t.equal(run.code, 2, at)
+    t.match(run.err, /--at must be an ISO time after 1970/, at)
+  }
+})

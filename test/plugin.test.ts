@@ -243,7 +243,7 @@ t.test('registration mistakes fail at boot with a clear error', async (t) => {
     t.teardown(() => app.close())
     app.register(cloudflareAccess, options)
     app.register(async (child) => { await child.register(cloudflareAccess, options) })
-    await t.rejects(async () => { await app.ready() }, /already registered in this scope or a parent scope/)
+    await t.rejects(async () => { await app.ready() }, /already registered in this scope, a parent scope or a child scope/)
   })
 
   t.test('missing options', async (t) => {

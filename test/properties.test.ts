@@ -3,6 +3,7 @@ import fc from 'fast-check'
 import t from 'tap'
 import cloudflareAccess from '../index'
 import { createAccessEmulator, type AccessEmulator } from '../lib/testing'
+import { readCookie } from '../lib/token'
 
 // Property-based: whatever arrives, the answer is a 4xx (never 2xx for a changed token, never 5xx, never
 // an exception outside Fastify's error path). fast-check prints the seed and path of any failure, so a
@@ -123,4 +124,30 @@ t.test('verifyToken rejects arbitrary values with a 401 error, never anything el
     }
   }), RUNS)
   await scoped.close()
+})
+
+/** The obvious Cookie parser, for reference: split on ';', the first `CF_Authorization` pair decides. */
+function referenceCookie (header: string): string | undefined {
+  for (const pair of header.split(';')) {
+    const eq = pair.indexOf('=')
+    if (eq === -1 || pair.slice(0, eq).trim() !== 'CF_Authorization') continue
+    let value = pair.slice(eq + 1).trim()
+    if (value.length >= 2 && value.startsWith('"') && value.endsWith('"')) value = value.slice(1, -1)
+    return value === '' ? undefined : value
+  }
+  return undefined
+}
+
+t.test('readCookie agrees with a simple reference parser on random and hostile Cookie headers', async () => {
+  const piece = fc.constantFrom(';', '=', ' ', '\t', '"', '\u00a0', '\u3000', 'CF_Authorization', 'cf_authorization', 'x', 'tok.en', ';;;;', '====', 'a=b')
+  fc.assert(fc.property(fc.array(piece, { maxLength: 40 }), (pieces) => {
+    const header = pieces.join('')
+    return readCookie(header) === referenceCookie(header)
+  }), { numRuns: 3000 })
+  fc.assert(fc.property(fc.string({ maxLength: 200 }), (header) => readCookie(header) === referenceCookie(header)), { numRuns: 1000 })
+  const hostile = [';'.repeat(1 << 16), 'a;'.repeat(1 << 15), '='.repeat(1 << 16), ' ;='.repeat(1 << 14), `${'x;'.repeat(1 << 15)}CF_Authorization=t`, `${';'.repeat(1 << 15)} CF_Authorization = "t" ;`,
+    `${'CF_Authorization      ;'.repeat(1 << 12)}CF_Authorization=t`, `${'x=CF_Authorization;'.repeat(1 << 12)}CF_Authorization=t`, 'CF_Authorization'.repeat(1 << 12)]
+  for (const header of hostile) {
+    if (readCookie(header) !== referenceCookie(header)) throw new Error(`disagrees on a hostile header of ${header.length} characters`)
+  }
 })

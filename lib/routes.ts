@@ -1,0 +1,64 @@
+/** Route-level `config.cfAccess`: validated at boot, and a route policy enforced whatever else the route runs. */
+import type { FastifyInstance, FastifyReply, FastifyRequest, RouteOptions } from 'fastify'
+import { toError } from './errors'
+import { compileRouteConfig, type CompiledPolicy } from './policy'
+
+type Hook = (request: FastifyRequest, reply: FastifyReply) => Promise<void>
+type Done = (error?: Error) => void
+
+export interface RoutePolicies {
+  /** The compiled policy of a route's `config.cfAccess` object (compiled on first use for a route added before the plugin). */
+  policyOf: (config: object) => CompiledPolicy
+  /** Whether `config` belongs to a route this registration saw being added (and so guards). */
+  guards: (config: object) => boolean
+}
+
+/**
+ * Watches the routes of the scope: validates each `config.cfAccess` when the route is added (a bad one fails
+ * the boot), refuses `false` next to an explicit `verify` (a contradiction), and appends to every route with
+ * a policy a last `preHandler` that runs `enforce` unless `isAdmitted` says this very policy already admitted
+ * the request. So a route's policy holds even when nothing else verifies it (`hook: false` without `verify`),
+ * or when a wrapper swallows `verify`'s rejection (an `@fastify/auth` "or" chain).
+ */
+export function watchRoutes (
+  fastify: FastifyInstance,
+  verify: Hook,
+  isAdmitted: (request: FastifyRequest, config: object) => boolean,
+  enforce: Hook
+): RoutePolicies {
+  const compiled = new WeakMap<object, CompiledPolicy>()
+  const guarded = new WeakSet<object>()
+
+  fastify.addHook('onRoute', (route: RouteOptions) => {
+    const config = (route.config as { cfAccess?: unknown } | undefined)?.cfAccess
+    if (config === undefined) return
+    const where = `route ${String(route.method)} ${route.url}`
+    if (config === false) {
+      const hooks = [route.onRequest, route.preHandler].flat()
+      if (hooks.includes(verify)) {
+        throw new Error(`fastify-cloudflare-access: ${where}: config.cfAccess is false (no verification) but the route also runs fastify.cfAccess.verify; remove one of them`)
+      }
+      return
+    }
+    compiled.set(config as object, compileRouteConfig(where, config))
+    guarded.add(config as object)
+    // Callback style: no promise on the common path, where the scope hook already admitted the request.
+    const guard = function cfAccessRoutePolicy (request: FastifyRequest, reply: FastifyReply, done: Done): void {
+      if (isAdmitted(request, config as object)) done()
+      else enforce(request, reply).then(() => done(), (error: unknown) => done(toError(error)))
+    }
+    route.preHandler = [route.preHandler ?? []].flat().concat(guard as unknown as Hook)
+  })
+
+  return {
+    policyOf (config) {
+      let policy = compiled.get(config)
+      if (policy === undefined) {
+        policy = compileRouteConfig('a route', config)
+        compiled.set(config, policy)
+      }
+      return policy
+    },
+    guards: (config) => guarded.has(config)
+  }
+}
