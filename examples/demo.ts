@@ -34,8 +34,8 @@ export function buildApp (access: AccessEmulator): FastifyInstance {
     await admin.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience })
     admin.get('/', async () => ({ message: 'Hello World' }))
     admin.get('/me', async (request) => request.cfAccess)
-    // Authorization on top: only the finance group may see billing (groups come from the identity endpoint).
-    admin.get('/billing', { config: { cfAccess: { allow: { groups: ['finance'] } } } }, async (request) => ({ invoices: 3, for: request.cfAccess?.email }))
+    // Authorization on top: only the finance group (by id) may see billing (groups come from the identity endpoint).
+    admin.get('/billing', { config: { cfAccess: { allow: { groupIds: ['g-finance'] } } } }, async (request) => ({ invoices: 3, for: request.cfAccess?.email }))
   }, { prefix: '/admin' })
   return app
 }

@@ -75,6 +75,10 @@ expectAssignable<CloudflareAccessClaims>({ aud: ['a'], iss: 'i', exp: 1, common_
 expectType<CloudflareAccessDecorator>(app.cfAccess)
 expectType<(request: FastifyRequest, reply: FastifyReply) => Promise<void>>(app.cfAccess.verify)
 expectType<Promise<CloudflareAccessClaims>>(app.cfAccess.verifyToken('token'))
+app.get('/ws', async (request) => {
+  expectType<Promise<CloudflareAccessClaims>>(app.cfAccess.verifyToken('token', request))
+})
+expectError(app.cfAccess.verifyToken('token', 'not a request'))
 app.get('/route', { preHandler: app.cfAccess.verify }, async () => 'ok')
 app.get('/route2', { onRequest: [app.cfAccess.verify] }, async () => 'ok')
 
@@ -103,7 +107,8 @@ export async function kit (): Promise<void> {
 app.register(cloudflareAccess, {
   teamDomain: 'acme',
   audience: 'AUD',
-  allow: { emails: ['a@acme.com'], emailDomains: ['acme.com'], groups: ['admins'], serviceTokens: true },
+  allow: { emails: ['a@acme.com'], emailDomains: ['acme.com'], groups: ['admins'], groupIds: ['g-1'], serviceTokens: true },
+  authorizeTimeout: 2000,
   authorize: async (claims, request) => {
     expectType<CloudflareAccessClaims>(claims)
     expectType<FastifyRequest>(request)
@@ -146,3 +151,9 @@ app.get('/identity', async (request) => {
 expectType<403>(new ForbiddenError().statusCode)
 expectType<'FST_CF_ACCESS_NO_IDENTITY'>(new cloudflareAccess.NoIdentityError().code)
 expectType<503>(new cloudflareAccess.IdentityUnavailableError('x').statusCode)
+expectType<500>(new cloudflareAccess.AuthorizeFailedError('x').statusCode)
+expectType<'FST_CF_ACCESS_AUTHORIZE_FAILED'>(new cloudflareAccess.AuthorizeFailedError('x').code)
+expectType<503>(new cloudflareAccess.AuthorizeTimeoutError(5).statusCode)
+expectType<'FST_CF_ACCESS_AUTHORIZE_TIMEOUT'>(cloudflareAccess.errorCodes.AUTHORIZE_TIMEOUT)
+expectError(app.register(cloudflareAccess, { teamDomain: 'acme', audience: 'AUD', allow: { groupIds: 'g-1' } }))
+expectError(app.register(cloudflareAccess, { teamDomain: 'acme', audience: 'AUD', authorizeTimeout: '10s' }))
