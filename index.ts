@@ -3,6 +3,10 @@ import type { FastifyInstance } from 'fastify'
 import { cloudflareAccess } from './lib/plugin'
 import * as errors from './lib/errors'
 import * as claims from './lib/claims'
+import { channelNames } from './lib/channels'
+import type * as channelTypes from './lib/channels'
+import { cloudflareAccessStatus } from './lib/status'
+import type * as statusTypes from './lib/status'
 import type * as types from './lib/types'
 import './lib/types'
 
@@ -34,6 +38,8 @@ fastifyCloudflareAccess.AuthorizeFailedError = AuthorizeFailedError
 fastifyCloudflareAccess.AuthorizeTimeoutError = AuthorizeTimeoutError
 fastifyCloudflareAccess.isServiceToken = isServiceToken
 fastifyCloudflareAccess.isUserToken = isUserToken
+fastifyCloudflareAccess.cloudflareAccessStatus = cloudflareAccessStatus
+fastifyCloudflareAccess.channelNames = channelNames
 
 // Node's CommonJS-to-ESM bridge finds named exports by reading the source for this shape. It never runs
 // (`0 &&`); it only makes `import { fastifyCloudflareAccess } from 'fastify-cloudflare-access'` work.
@@ -53,7 +59,9 @@ fastifyCloudflareAccess.isUserToken = isUserToken
   AuthorizeFailedError,
   AuthorizeTimeoutError,
   isServiceToken,
-  isUserToken
+  isUserToken,
+  cloudflareAccessStatus,
+  channelNames
 })
 /* c8 ignore stop */
 
@@ -85,6 +93,17 @@ declare namespace fastifyCloudflareAccess {
   export type CloudflareAccessGroup = types.CloudflareAccessGroup
   export type CloudflareAccessError = errors.CloudflareAccessError
   export type CloudflareAccessErrorCode = errors.CloudflareAccessErrorCode
+  export type CloudflareAccessStatus = statusTypes.CloudflareAccessStatus
+  export type CloudflareAccessAppStatus = statusTypes.CloudflareAccessAppStatus
+  export type AcceptedMessage = channelTypes.AcceptedMessage
+  export type RejectedMessage = channelTypes.RejectedMessage
+  export type DeniedMessage = channelTypes.DeniedMessage
+  export type KeyFetchStartMessage = channelTypes.KeyFetchStartMessage
+  export type KeyFetchEndMessage = channelTypes.KeyFetchEndMessage
+  export type KeyRotationMessage = channelTypes.KeyRotationMessage
+  export type KeyStaleMessage = channelTypes.KeyStaleMessage
+  export type KeyDroppedMessage = channelTypes.KeyDroppedMessage
+  export type IdentityMessage = channelTypes.IdentityMessage
 }
 
 export = fastifyCloudflareAccess

@@ -1,6 +1,16 @@
 import type { SigningKey } from './keys'
 import type { CloudflareAccessClaims } from './types'
 
+/** What the verified-token cache has done: for benchmarks and operations. */
+export interface CacheCounters {
+  /** Lookups answered from the cache. */
+  hits: number
+  /** Lookups that were not (a token never seen, evicted, expired, or whose key left the set). */
+  misses: number
+  /** Entries held now. */
+  size: number
+}
+
 interface Entry {
   /** The map key: see slotOf. */
   slot: string
@@ -33,6 +43,8 @@ export class VerifiedCache {
   readonly #entries = new Map<string, Entry>()
   #newest: Entry | null = null
   #oldest: Entry | null = null
+  #hits = 0
+  #misses = 0
 
   constructor (size: number) {
     this.#size = size
@@ -42,17 +54,27 @@ export class VerifiedCache {
     return this.#entries.size
   }
 
+  /** How many lookups hit and missed since the cache was made, and how many entries it holds now. */
+  counters (): CacheCounters {
+    return { hits: this.#hits, misses: this.#misses, size: this.#entries.size }
+  }
+
   /**
    * The cached decision for `token` — its claims, or a fresh copy of the error for a token rejected for
    * good — if still good at `now` with `currentKey` being the store's key for the entry's kid.
    */
   get (token: string, now: number, currentKey: (kid: string) => SigningKey | undefined): CloudflareAccessClaims | Error | undefined {
     const entry = this.#entries.get(slotOf(token))
-    if (entry === undefined || entry.token !== token) return undefined
-    if (now > entry.expiresAt || currentKey(entry.key.kid) !== entry.key) {
-      this.#remove(entry)
+    if (entry === undefined || entry.token !== token) {
+      this.#misses++
       return undefined
     }
+    if (now > entry.expiresAt || currentKey(entry.key.kid) !== entry.key) {
+      this.#remove(entry)
+      this.#misses++
+      return undefined
+    }
+    this.#hits++
     if (entry !== this.#newest) {
       this.#unlink(entry)
       this.#pushNewest(entry)

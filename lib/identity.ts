@@ -1,3 +1,4 @@
+import { channels } from './channels'
 import { IdentityUnavailableError, TokenInvalidError } from './errors'
 import { getJson, type FetchError } from './fetch'
 import { deepFreezeBounded } from './freeze'
@@ -42,6 +43,11 @@ export class IdentityClient {
     this.#opts = { maxBytes: 64 * 1024, ...options }
   }
 
+  /** Identities cached now. */
+  get size (): number {
+    return this.#cache.size
+  }
+
   /** Ends every lookup under way (each rejects with a 503 error): the app is closing. */
   close (): void {
     this.#closing.abort()
@@ -55,15 +61,29 @@ export class IdentityClient {
       this.#cache.delete(token)
       if (now < cached.expiresAt) {
         this.#cache.set(token, cached)
+        if (channels.identity.hasSubscribers) channels.identity.publish({ cached: true, ok: true, durationMs: 0 })
         return Promise.resolve(cached.identity)
       }
     }
     let pending = this.#inflight.get(token)
     if (pending === undefined) {
-      pending = this.#fetch(token, exp).finally(() => this.#inflight.delete(token))
+      pending = this.#lookup(token, exp).finally(() => this.#inflight.delete(token))
       this.#inflight.set(token, pending)
     }
     return pending
+  }
+
+  /** One lookup at the endpoint, reported on the identity channel. */
+  async #lookup (token: string, exp: number): Promise<CloudflareAccessIdentity> {
+    const started = Date.now()
+    try {
+      const identity = await this.#fetch(token, exp)
+      if (channels.identity.hasSubscribers) channels.identity.publish({ cached: false, ok: true, durationMs: Date.now() - started })
+      return identity
+    } catch (error) {
+      if (channels.identity.hasSubscribers) channels.identity.publish({ cached: false, ok: false, durationMs: Date.now() - started, code: (error as { code: string }).code })
+      throw error
+    }
   }
 
   async #fetch (token: string, exp: number): Promise<CloudflareAccessIdentity> {

@@ -1,4 +1,5 @@
 import { createPublicKey, type KeyObject } from 'node:crypto'
+import { channels } from './channels'
 import { KeysUnavailableError } from './errors'
 import { FetchError, getJson } from './fetch'
 import { KID } from './token'
@@ -30,6 +31,21 @@ export interface KeyStoreOptions {
   maxResponseBytes?: number
 }
 
+/** What the store holds and how its fetches go: for `status()`. */
+export interface KeyStoreSnapshot {
+  ready: boolean
+  kids: string[]
+  /** When the set held now was fetched (epoch ms), or null. */
+  fetchedAt: number | null
+  /** Consecutive failed fetches (0 after a success). */
+  failures: number
+  /** When the current run of failures began (epoch ms), or null. */
+  failingSince: number | null
+  /** Why the last fetch failed ('' after a success): a message about the endpoint, never a token. */
+  lastError: string
+  fetchCount: number
+}
+
 /** Retry delays while fetches fail: from 500 ms doubling, at most this long while the store has no keys. */
 const COLD_RETRY_MAX = 4_000
 /** ... and at most this long while a good set is still serving. */
@@ -58,6 +74,7 @@ export class KeyStore {
   #inflight: Promise<void> | null = null
   #lastError = ''
   #failures = 0
+  #failingSince: number | null = null
   #timer: NodeJS.Timeout | null = null
   #closed = false
   /** Aborted by close(): ends a fetch under way. */
@@ -94,6 +111,45 @@ export class KeyStore {
     return this.ready ? [...this.#keys.keys()] : []
   }
 
+  /** A copy of the store's state, cheap: no I/O. */
+  snapshot (): KeyStoreSnapshot {
+    const ready = this.ready
+    return {
+      ready,
+      kids: ready ? [...this.#keys.keys()] : [],
+      fetchedAt: ready ? this.#fetchedAt : null,
+      failures: this.#failures,
+      failingSince: this.#failingSince,
+      lastError: this.#lastError,
+      fetchCount: this.fetchCount
+    }
+  }
+
+  /**
+   * Resolves once a usable set is held (fetching now if need be), or rejects after `timeout` ms with the
+   * last fetch error: for `waitForKeys`.
+   */
+  whenReady (timeout: number): Promise<void> {
+    if (this.ready) return Promise.resolve()
+    return new Promise((resolve, reject) => {
+      let done = false
+      const finish = (error?: Error): void => {
+        if (done) return
+        done = true
+        clearTimeout(timer)
+        if (error === undefined) resolve()
+        else reject(error)
+      }
+      const timer = setTimeout(() => finish(new KeysUnavailableError(`no key set within ${timeout} ms${this.#lastError === '' ? '' : ` (${this.#lastError})`}`)), timeout)
+      timer.unref()
+      const attempt = (): void => {
+        if (done) return
+        this.#refresh().then(() => finish(), () => { setTimeout(attempt, 250).unref() })
+      }
+      attempt()
+    })
+  }
+
   /**
    * The key for `kid`, fetching when needed. Resolves `undefined` for a kid the team does not publish
    * (or one asked about during the unknown-kid cooldown); rejects with a 503 error when there are no
@@ -113,7 +169,7 @@ export class KeyStore {
       if (!joining && this.#failures > 0 && this.#timer !== null) throw new KeysUnavailableError(this.#lastError)
       const startedAt = Date.now()
       try {
-        await this.#refresh()
+        await this.#refresh('unknown-kid')
       } catch {
         // The kid may well be a key rotated in during the outage: "try again later", not "log in again".
         throw new KeysUnavailableError(this.#lastError)
@@ -148,21 +204,32 @@ export class KeyStore {
   }
 
   #isTooStale (): boolean {
-    if (Date.now() - this.#fetchedAt <= this.#opts.maxStaleAge) return false
-    this.#opts.log.error({ certsUrl: this.#opts.certsUrl, staleForMs: Date.now() - this.#fetchedAt },
+    const ageMs = Date.now() - this.#fetchedAt
+    if (ageMs <= this.#opts.maxStaleAge) return false
+    this.#opts.log.error({ certsUrl: this.#opts.certsUrl, staleForMs: ageMs },
       'cloudflare access: key set older than maxStaleAge dropped; requests get 503 until a fetch succeeds')
+    if (channels.keyDropped.hasSubscribers) channels.keyDropped.publish({ ageMs })
     this.#keys = new Map()
     return true
   }
 
   /** One fetch, shared by everyone who asks while it runs. Rejects when it fails. */
-  #refresh (): Promise<void> {
+  #refresh (reason: 'refresh' | 'unknown-kid' = 'refresh'): Promise<void> {
     if (this.#inflight !== null) return this.#inflight
     this.#clearTimer()
     this.fetchCount++
+    const url = this.#opts.certsUrl
+    const started = Date.now()
+    if (channels.keyFetchStart.hasSubscribers) channels.keyFetchStart.publish({ url, reason })
     const run = fetchKeySet(this.#opts.certsUrl, this.#opts.fetchTimeout, this.#opts.maxResponseBytes, this.#closing.signal)
-      .then((jwks) => this.#install(parseKeySet(jwks, this.#keys)))
-      .catch((error: unknown) => this.#fail(error))
+      .then((jwks) => {
+        this.#install(parseKeySet(jwks, this.#keys))
+        if (channels.keyFetchEnd.hasSubscribers) channels.keyFetchEnd.publish({ url, ok: true, durationMs: Date.now() - started, kids: [...this.#keys.keys()] })
+      })
+      .catch((error: unknown) => {
+        if (channels.keyFetchEnd.hasSubscribers) channels.keyFetchEnd.publish({ url, ok: false, durationMs: Date.now() - started, error: (error as Error).message })
+        this.#fail(error)
+      })
       .finally(() => {
         this.#inflight = null
         this.#schedule()
@@ -179,6 +246,7 @@ export class KeyStore {
     this.#keys = next
     this.#fetchedAt = Date.now()
     this.#failures = 0
+    this.#failingSince = null
     this.#lastError = ''
     const added = [...next.keys()].filter((kid) => !previous.has(kid))
     const removed = [...previous.keys()].filter((kid) => !next.has(kid))
@@ -187,6 +255,7 @@ export class KeyStore {
     }
     if (previous.size > 0 && (added.length > 0 || removed.length > 0)) {
       this.#opts.log.info({ added, removed }, 'cloudflare access: key rotation seen')
+      if (channels.keyRotation.hasSubscribers) channels.keyRotation.publish({ added, removed })
     }
   }
 
@@ -194,7 +263,9 @@ export class KeyStore {
     this.#lastError = (error as Error).message
     if (this.#closed) throw error // aborted by close(): nothing to report
     this.#failures++
+    this.#failingSince ??= Date.now()
     const level = this.ready ? 'warn' : 'error'
+    if (level === 'warn' && channels.keyStale.hasSubscribers) channels.keyStale.publish({ ageMs: Date.now() - this.#fetchedAt, failures: this.#failures })
     this.#opts.log[level]({ certsUrl: this.#opts.certsUrl, failures: this.#failures, reason: this.#lastError },
       this.ready
         ? 'cloudflare access: key refresh failed; the last good key set keeps serving'

@@ -17,6 +17,8 @@ export interface NormalizedOptions {
   /** The plugin-level policy, or null when neither `allow` nor `authorize` was given. */
   policy: CompiledPolicy | null
   authorizeTimeout: number
+  /** Milliseconds `ready()` waits for the first key set; 0: it does not wait. */
+  waitForKeys: number
   identityUrl: string
   identityTimeout: number
   identityCacheTtl: number
@@ -32,6 +34,7 @@ export const DEFAULTS = {
   maxStaleAge: 6 * 3_600_000,
   identityTimeout: 5_000,
   authorizeTimeout: 10_000,
+  waitForKeys: 0,
   identityCacheTtl: 300_000,
   identityCacheSize: 1_000,
   cacheSize: 1_000
@@ -40,7 +43,7 @@ export const DEFAULTS = {
 const KNOWN_OPTIONS = new Set([
   'teamDomain', 'audience', 'hook', 'clockTolerance',
   'fetchTimeout', 'refreshInterval', 'unknownKidCooldown', 'maxStaleAge',
-  'allow', 'authorize', 'authorizeTimeout', 'identityTimeout', 'identityCacheTtl', 'identityCacheSize', 'cacheSize'
+  'allow', 'authorize', 'authorizeTimeout', 'waitForKeys', 'identityTimeout', 'identityCacheTtl', 'identityCacheSize', 'cacheSize'
 ])
 
 const TEAM_NAME = /^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$/
@@ -156,6 +159,7 @@ export function normalizeOptions (raw: FastifyCloudflareAccessOptions | undefine
       ? null
       : compilePolicy('options', options.allow, options.authorize),
     authorizeTimeout: duration(options, 'authorizeTimeout', 1, 600_000, 'milliseconds'),
+    waitForKeys: duration(options, 'waitForKeys', 0, 600_000, 'milliseconds'),
     identityUrl: `${issuer}/cdn-cgi/access/get-identity`,
     identityTimeout: duration(options, 'identityTimeout', 1, 60_000, 'milliseconds'),
     identityCacheTtl: duration(options, 'identityCacheTtl', 0, 86_400_000, 'milliseconds'),

@@ -1,4 +1,5 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
+import { channels } from './channels'
 import { isServiceToken, subjectOf } from './claims'
 import { AuthorizeFailedError, errorCodes, ForbiddenError, NoIdentityError, RETRY_AFTER_SECONDS, TokenMissingError, toError } from './errors'
 import { IdentityClient } from './identity'
@@ -7,6 +8,7 @@ import { normalizeOptions } from './options'
 import { admits, type CompiledPolicy } from './policy'
 import { watchRoutes } from './routes'
 import { claimScope } from './scopes'
+import { trackStatus } from './status'
 import { readToken } from './token'
 import type { CloudflareAccessClaims, CloudflareAccessDecorator, CloudflareAccessIdentity, FastifyCloudflareAccessOptions } from './types'
 import { createTokenVerifier } from './verify'
@@ -60,7 +62,10 @@ export async function cloudflareAccess (fastify: FastifyInstance, rawOptions: Fa
   async function enforce (policy: CompiledPolicy, claims: CloudflareAccessClaims, token: string, request: FastifyRequest | undefined): Promise<void> {
     const context = { request: request as FastifyRequest, identity: () => identityFor(token, claims), authorizeTimeout: options.authorizeTimeout }
     if (await admits(policy, claims, context)) return
-    throw Object.assign(new ForbiddenError(), { route: request?.routeOptions.url, subject: subjectOf(claims), grants: grantsOf(policy) })
+    const route = request?.routeOptions.url
+    const grants = grantsOf(policy)
+    if (channels.denied.hasSubscribers) channels.denied.publish({ route, grants, kind: isServiceToken(claims) ? 'service' : 'user' })
+    throw Object.assign(new ForbiddenError(), { route, subject: subjectOf(claims), grants })
   }
 
   /** Every policy that applies: the plugin's, then the route's (`routeConfig` undefined: none). */
@@ -78,25 +83,36 @@ export async function cloudflareAccess (fastify: FastifyInstance, rawOptions: Fa
       req[kAdmitted] = null
     }
     const { code } = error as { code?: unknown }
+    if (channels.rejected.hasSubscribers) {
+      channels.rejected.publish({ route: request.routeOptions.url, code: typeof code === 'string' ? code : '', statusCode: (error as { statusCode?: number }).statusCode ?? 500 })
+    }
     if (code === errorCodes.KEYS_UNAVAILABLE || code === errorCodes.IDENTITY_UNAVAILABLE || code === errorCodes.AUTHORIZE_TIMEOUT) {
       reply.header('retry-after', RETRY_AFTER)
     }
     return error
   }
 
-  function accept (request: FastifyRequest, token: string, claims: CloudflareAccessClaims, routeConfig: object | undefined): void {
+  function accept (request: FastifyRequest, token: string, claims: CloudflareAccessClaims, routeConfig: object | undefined, cached: boolean): void {
     const req = request as Request
     req[kToken] = token
     req[kAdmitted] = routeConfig ?? true
     req.cfAccess = claims
+    if (channels.accepted.hasSubscribers) {
+      channels.accepted.publish({ route: request.routeOptions.url, kind: isServiceToken(claims) ? 'service' : 'user', cached })
+    }
+  }
+
+  /** The cache's hit count, read only while someone listens for accepted requests (to say whether the cache answered). */
+  function hits (): number {
+    return channels.accepted.hasSubscribers ? verifier.cacheCounters().hits : 0
   }
 
   /** The slow path: a key to fetch, or policies to apply. Rejects with an Error, always. */
-  async function authenticateAsync (request: FastifyRequest, reply: FastifyReply, token: string, pending: CloudflareAccessClaims | Promise<CloudflareAccessClaims>, routeConfig: object | undefined): Promise<void> {
+  async function authenticateAsync (request: FastifyRequest, reply: FastifyReply, token: string, pending: CloudflareAccessClaims | Promise<CloudflareAccessClaims>, routeConfig: object | undefined, cached: boolean): Promise<void> {
     try {
       const claims = await pending
       await enforceAll(claims, token, request, routeConfig)
-      accept(request, token, claims, routeConfig)
+      accept(request, token, claims, routeConfig, cached)
     } catch (error) {
       throw rejected(request, reply, toError(error)) // an Error of `authorize` goes on unchanged
     }
@@ -114,12 +130,14 @@ export async function cloudflareAccess (fastify: FastifyInstance, rawOptions: Fa
       routeConfig = undefined
     }
     const token = readToken(request.headers)
+    const before = hits()
     const claims = verifier.verify(token)
     if (claims instanceof Error) return rejected(request, reply, claims)
+    const cached = hits() !== before
     if (claims instanceof Promise || options.policy !== null || routeConfig !== undefined) {
-      return authenticateAsync(request, reply, token as string, claims, routeConfig)
+      return authenticateAsync(request, reply, token as string, claims, routeConfig, cached)
     }
-    accept(request, token as string, claims, undefined)
+    accept(request, token as string, claims, undefined, cached)
     return undefined
   }
 
@@ -159,7 +177,8 @@ export async function cloudflareAccess (fastify: FastifyInstance, rawOptions: Fa
 
   const routes = watchRoutes(fastify, verify, isAdmitted, verify)
 
-  const decorator: CloudflareAccessDecorator = { verify, verifyToken }
+  const status = trackStatus(fastify, options, store, verifier, () => identities.size)
+  const decorator: CloudflareAccessDecorator = { verify, verifyToken, status }
   fastify.decorate('cfAccess', decorator)
   fastify.decorateRequest('cfAccess', null)
   fastify.decorateRequest(kToken, null)
@@ -180,7 +199,11 @@ export async function cloudflareAccess (fastify: FastifyInstance, rawOptions: Fa
       verify(request, reply).then(() => done(), done)
     })
   }
-  fastify.addHook('onReady', async () => { store.start() })
+  fastify.addHook('onReady', async () => {
+    store.start()
+    // Availability first by default; with waitForKeys, a deploy that cannot reach Cloudflare fails to start.
+    if (options.waitForKeys > 0) await store.whenReady(options.waitForKeys)
+  })
   fastify.addHook('onClose', async () => {
     store.close()
     identities.close()

@@ -1,5 +1,6 @@
 import type { FastifyReply, FastifyRequest } from 'fastify'
 import type { CloudflareAccessCustomClaims } from '../index'
+import type { CloudflareAccessStatus } from './status'
 
 /**
  * Identity-provider claims under `custom`: `CloudflareAccessCustomClaims` as you declared it (see the
@@ -82,6 +83,12 @@ export interface FastifyCloudflareAccessOptions {
   authorize?: CloudflareAccessAuthorize
   /** Longest a promise returned by `authorize` may take, in milliseconds; then 503. Default 10000. */
   authorizeTimeout?: number
+  /**
+   * Milliseconds `app.ready()` waits for the first key set, rejecting when none came: for platforms that
+   * would rather fail a deploy than start cold. Default 0: `ready()` does not wait (requests get 503 until
+   * the keys arrive).
+   */
+  waitForKeys?: number
   /** Time limit of one identity lookup, in milliseconds. Default 5000. */
   identityTimeout?: number
   /** How long an identity is cached, in milliseconds (never beyond the token's `exp`). Default 300000. */
@@ -186,6 +193,8 @@ export interface CloudflareAccessDecorator {
    * `request`, it rejects with `FST_CF_ACCESS_AUTHORIZE_FAILED` (500): `authorize` needs a request.
    */
   verifyToken: (token: string, request?: FastifyRequest) => Promise<CloudflareAccessClaims>
+  /** This registration's state (keys, caches), synchronously: see also `cloudflareAccessStatus(app)`. */
+  status: () => CloudflareAccessStatus
 }
 
 declare module 'fastify' {

@@ -2,7 +2,7 @@ import { createVerifier, type TokenError } from 'fast-jwt'
 import { ClaimInvalidError, errorCodes, TokenExpiredError, TokenInvalidError } from './errors'
 import type { KeyStore, SigningKey } from './keys'
 import type { NormalizedOptions } from './options'
-import { VerifiedCache } from './cache'
+import { VerifiedCache, type CacheCounters } from './cache'
 import { deepFreeze } from './freeze'
 import { checkStructure, MAX_TOKEN_LENGTH } from './token'
 import type { CloudflareAccessClaims } from './types'
@@ -17,6 +17,8 @@ export interface TokenVerifier {
    * and rejections are ordinary traffic. A promise (that rejects with the error) when the key must be fetched.
    */
   verify: (token: unknown) => CloudflareAccessClaims | Error | Promise<CloudflareAccessClaims>
+  /** The verified-token cache's hits, misses and size. */
+  cacheCounters: () => CacheCounters
 }
 
 /**
@@ -89,6 +91,7 @@ export function createTokenVerifier (options: NormalizedOptions, store: KeySourc
   }
 
   return {
+    cacheCounters: () => cache.counters(),
     verify (token: unknown): CloudflareAccessClaims | Error | Promise<CloudflareAccessClaims> {
       if (typeof token === 'string' && token.length <= MAX_TOKEN_LENGTH) {
         const cached = cache.get(token, at ?? Date.now(), currentKey)
