@@ -194,8 +194,8 @@ export async function cloudflareAccess (fastify: FastifyInstance, rawOptions: Fa
   } else {
     // A route with a policy added before the plugin is not guarded by watchRoutes: enforce it up front.
     fastify.addHook('onRequest', function cfAccessEarlyRoutePolicy (request: FastifyRequest, reply: FastifyReply, done: Done) {
-      const config = request.routeOptions.config.cfAccess
-      if (typeof config !== 'object' || config === null || routes.guards(config)) return done()
+      const { config } = request.routeOptions
+      if (config.cfAccess === undefined || config.cfAccess === false || routes.guards(config)) return done()
       verify(request, reply).then(() => done(), done)
     })
   }

@@ -2,15 +2,19 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest, RouteOptions } from 'fastify'
 import { toError } from './errors'
 import { compileRouteConfig, type CompiledPolicy } from './policy'
+import type { CloudflareAccessPolicy } from './types'
 
 type Hook = (request: FastifyRequest, reply: FastifyReply) => Promise<void>
 type Done = (error?: Error) => void
 
+/** Marks the config of a route this registration guards: on the route's own copy, never on a shared policy object. */
+const kGuarded = Symbol('fastify-cloudflare-access.guarded')
+
 export interface RoutePolicies {
   /** The compiled policy of a route's `config.cfAccess` object (compiled on first use for a route added before the plugin). */
   policyOf: (config: object) => CompiledPolicy
-  /** Whether `config` belongs to a route this registration saw being added (and so guards). */
-  guards: (config: object) => boolean
+  /** Whether the route whose `config` (`request.routeOptions.config`) this is was seen being added (and so is guarded). */
+  guards: (routeConfig: object) => boolean
 }
 
 /**
@@ -27,7 +31,6 @@ export function watchRoutes (
   enforce: Hook
 ): RoutePolicies {
   const compiled = new WeakMap<object, CompiledPolicy>()
-  const guarded = new WeakSet<object>()
 
   fastify.addHook('onRoute', (route: RouteOptions) => {
     const config = (route.config as { cfAccess?: unknown } | undefined)?.cfAccess
@@ -41,7 +44,10 @@ export function watchRoutes (
       return
     }
     compiled.set(config as object, compileRouteConfig(where, config))
-    guarded.add(config as object)
+    // Fastify copies the route's own enumerable config into the route: pin the policy validated here (an
+    // inherited or getter `cfAccess` would vanish from the copy) and mark this route, not the policy object
+    // (which a route added before the plugin, unguarded, may share).
+    route.config = { ...route.config, cfAccess: config as CloudflareAccessPolicy, [kGuarded]: true } as RouteOptions['config']
     // Callback style: no promise on the common path, where the scope hook already admitted the request.
     const guard = function cfAccessRoutePolicy (request: FastifyRequest, reply: FastifyReply, done: Done): void {
       if (isAdmitted(request, config as object)) done()
@@ -59,6 +65,6 @@ export function watchRoutes (
       }
       return policy
     },
-    guards: (config) => guarded.has(config)
+    guards: (routeConfig) => (routeConfig as { [kGuarded]?: true })[kGuarded] === true
   }
 }

@@ -42,7 +42,7 @@ t.test('hook: false: a policy object shared by a route added before the plugin a
   t.same(await answers(app, access, '/late'), BOSS_ONLY, 'the route added after the plugin')
   t.same(await answers(app, access, '/early'), BOSS_ONLY, 'the route added before the plugin, sharing the policy object')
   t.same(await answers(app, access, '/early', 'HEAD'), BOSS_ONLY, 'its HEAD route')
-  t.equal(handled, 2, 'handlers ran for the admitted user only')
+  t.equal(handled, 3, 'handlers ran for the admitted user only (GET and HEAD of /early, GET of /late)')
 })
 
 t.test('a route policy Fastify does not copy into the route (inherited, or a class getter) is enforced, not validated at boot and then dropped', async (t) => {
