@@ -8,6 +8,7 @@ import { readFileSync } from 'node:fs'
 import { parseArgs } from 'node:util'
 import { KeyStore, parseKeySet, type SigningKey } from './keys'
 import { normalizeOptions } from './options'
+import { MAX_TOKEN_LENGTH } from './token'
 import { createAccessEmulator } from './testing'
 import { createTokenVerifier, type KeySource } from './verify'
 
@@ -144,7 +145,8 @@ function details (claims: Record<string, unknown> | undefined, header: Record<st
     return typeof value === 'number' ? `${isoTime(value)} (${ago(value, now)})` : value === undefined ? 'absent' : `not a number (${typeof value})`
   }
   const aud = claims?.aud
-  const tokenAud = (Array.isArray(aud) ? aud : [aud]).map((tag) => typeof tag === 'string' ? short(tag) : String(tag)).join(', ')
+  // JSON.stringify, not String(): a token's `{"toString": 1}` makes String() throw.
+  const tokenAud = (Array.isArray(aud) ? aud : [aud]).map((tag) => typeof tag === 'string' ? short(tag) : JSON.stringify(tag)).join(', ')
   const audMatches = (Array.isArray(aud) ? aud : [aud]).some((tag) => typeof tag === 'string' && audience.includes(tag))
   return {
     token: 'present',
@@ -226,7 +228,9 @@ async function inspect (argv: string[], io: Output): Promise<number> {
     store?.close()
   }
 
-  const [headerPart, payloadPart] = token.split('.')
+  // Only a token short enough to be verified is decoded for the report: a longer one could nest deeper than
+  // JSON.stringify can recurse.
+  const [headerPart, payloadPart] = token.length <= MAX_TOKEN_LENGTH ? token.split('.') : []
   const header = decodePart(headerPart)
   const claims = decodePart(payloadPart)
   const said = details(claims, header, options.issuer, options.audience, now)
@@ -320,7 +324,7 @@ export async function main (argv: string[], io: Output): Promise<number> {
   } catch (error) {
     // parseArgs reports unknown or malformed flags with ERR_PARSE_ARGS_* codes
     if (error instanceof UsageError || String((error as { code?: unknown }).code).startsWith('ERR_PARSE_ARGS')) {
-      io.err(`fastify-cloudflare-access: ${(error as Error).message}\n\n${command === 'inspect' ? INSPECT_USAGE : command === 'emulator' ? EMULATOR_USAGE : USAGE}`)
+      io.err(`fastify-cloudflare-access: ${printable((error as Error).message)}\n\n${command === 'inspect' ? INSPECT_USAGE : command === 'emulator' ? EMULATOR_USAGE : USAGE}`)
       return 2
     }
     throw error

@@ -118,8 +118,10 @@ t.test('inspect: claims that defeat String() or JSON.stringify (a non-callable t
   const cases: Record<string, string> = {
     'aud [{"toString":1}]': access.signRaw(header, `{${base},"aud":[{"toString":1}]}`),
     'aud {"toString":1,"valueOf":1}': access.signRaw(header, `{${base},"aud":{"toString":1,"valueOf":1}}`),
-    'a claim nested 100000 deep': access.signRaw(header, `{${base},"aud":[${JSON.stringify(access.audience)}],"x":${'['.repeat(depth)}${']'.repeat(depth)}}`)
+    'a claim nested 100000 deep': access.signRaw(header, `{${base},"aud":[${JSON.stringify(access.audience)}],"x":${'['.repeat(depth)}${']'.repeat(depth)}}`),
+    'aud nested as deep as 8192 characters allow': access.signRaw(header, `{${base},"aud":${'['.repeat(2800)}${']'.repeat(2800)}}`)
   }
+  t.ok((cases['aud nested as deep as 8192 characters allow'] as string).length <= 8192, 'the deepest token the plugin would decode')
   for (const [name, token] of Object.entries(cases)) {
     for (const mode of [[], ['--json']]) {
       const run = await inspect([token, '--team', access.teamDomain, '--aud', access.audience, '--certs', certs, ...mode])
