@@ -7,8 +7,13 @@ import type { CloudflareAccessPolicy } from './types'
 type Hook = (request: FastifyRequest, reply: FastifyReply) => Promise<void>
 type Done = (error?: Error) => void
 
-/** Marks the config of a route this registration guards: on the route's own copy, never on a shared policy object. */
+/**
+ * Marks the config of a route this registration guards: on the route's own copy, never on a shared policy
+ * object. The mark is an object so that a guard found gone at `onReady` can be unmarked after Fastify copied it.
+ */
 const kGuarded = Symbol('fastify-cloudflare-access.guarded')
+
+interface Mark { guarded: boolean }
 
 export interface RoutePolicies {
   /** The compiled policy of a route's `config.cfAccess` object (compiled on first use for a route added before the plugin). */
@@ -31,6 +36,8 @@ export function watchRoutes (
   enforce: Hook
 ): RoutePolicies {
   const compiled = new WeakMap<object, CompiledPolicy>()
+  /** Guarded routes until `onReady` checks that their guard is still among their hooks. */
+  let unchecked: Array<{ route: RouteOptions, guard: unknown, mark: Mark }> = []
 
   fastify.addHook('onRoute', (route: RouteOptions) => {
     const config = (route.config as { cfAccess?: unknown } | undefined)?.cfAccess
@@ -47,13 +54,26 @@ export function watchRoutes (
     // Fastify copies the route's own enumerable config into the route: pin the policy validated here (an
     // inherited or getter `cfAccess` would vanish from the copy) and mark this route, not the policy object
     // (which a route added before the plugin, unguarded, may share).
-    route.config = { ...route.config, cfAccess: config as CloudflareAccessPolicy, [kGuarded]: true } as RouteOptions['config']
+    const mark: Mark = { guarded: true }
+    route.config = { ...route.config, cfAccess: config as CloudflareAccessPolicy, [kGuarded]: mark } as RouteOptions['config']
     // Callback style: no promise on the common path, where the scope hook already admitted the request.
     const guard = function cfAccessRoutePolicy (request: FastifyRequest, reply: FastifyReply, done: Done): void {
       if (isAdmitted(request, config as object)) done()
       else enforce(request, reply).then(() => done(), (error: unknown) => done(toError(error)))
     }
     route.preHandler = [route.preHandler ?? []].flat().concat(guard as unknown as Hook)
+    unchecked.push({ route, guard, mark })
+  })
+
+  // An onRoute hook added after ours may assign route.preHandler and drop the guard. Fastify has built the
+  // routes' hooks from those same route options by now: a route that lost its guard is unmarked, and
+  // (under hook: false) is enforced up front like a route added before the plugin.
+  fastify.addHook('onReady', function checkGuards (done) {
+    for (const { route, guard, mark } of unchecked) {
+      if (![route.preHandler].flat().includes(guard as Hook)) mark.guarded = false
+    }
+    unchecked = []
+    done()
   })
 
   return {
@@ -65,6 +85,6 @@ export function watchRoutes (
       }
       return policy
     },
-    guards: (routeConfig) => (routeConfig as { [kGuarded]?: true })[kGuarded] === true
+    guards: (routeConfig) => (routeConfig as { [kGuarded]?: Mark })[kGuarded]?.guarded === true
   }
 }
