@@ -95,6 +95,19 @@ function isLoopback (hostname: string): boolean {
   return hostname === 'localhost' || hostname === '[::1]' || LOOPBACK_V4.test(hostname)
 }
 
+/**
+ * A loopback team domain is a local emulator or the dev proxy: tokens are then verified against keys on
+ * this machine, not Cloudflare's. Harmless in development, a finding in production: say so at registration.
+ */
+export function warnIfLoopbackInProduction (log: { warn: (obj: object, msg: string) => void }, issuer: string): void {
+  if (process.env.NODE_ENV !== 'production' || !issuer.startsWith('http://')) return
+  log.warn(
+    { plugin: 'fastify-cloudflare-access', teamDomain: issuer },
+    `fastify-cloudflare-access: teamDomain ${issuer} is a loopback origin (a local emulator or the dev proxy) but NODE_ENV is ` +
+    "production: tokens are verified against keys served from this machine, not by Cloudflare. Use your team's domain."
+  )
+}
+
 function normalizeAudience (value: unknown): readonly string[] {
   const expected = 'an Application Audience (AUD) tag or a non-empty array of them (non-empty strings without spaces)'
   const list: unknown[] = Array.isArray(value) ? value : [value]

@@ -4,7 +4,8 @@ import { isServiceToken, subjectOf } from './claims'
 import { AuthorizeFailedError, errorCodes, ForbiddenError, NoIdentityError, RETRY_AFTER_SECONDS, TokenMissingError, toError } from './errors'
 import { IdentityClient } from './identity'
 import { KeyStore } from './keys'
-import { normalizeOptions } from './options'
+import { decorateLogout } from './logout'
+import { normalizeOptions, warnIfLoopbackInProduction } from './options'
 import { admits, type CompiledPolicy } from './policy'
 import { watchRoutes } from './routes'
 import { claimScope } from './scopes'
@@ -35,6 +36,7 @@ export async function cloudflareAccess (fastify: FastifyInstance, rawOptions: Fa
   const options = normalizeOptions(rawOptions)
   claimScope(fastify)
 
+  warnIfLoopbackInProduction(fastify.log, options.issuer)
   const store = new KeyStore({
     certsUrl: options.certsUrl,
     fetchTimeout: options.fetchTimeout,
@@ -189,6 +191,7 @@ export async function cloudflareAccess (fastify: FastifyInstance, rawOptions: Fa
     if (claims === null || token === null) return Promise.reject(new TokenMissingError())
     return identityFor(token, claims)
   })
+  decorateLogout(fastify)
   if (options.hook !== false) {
     fastify.addHook(options.hook, hook)
   } else {

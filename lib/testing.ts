@@ -1,7 +1,8 @@
 import { createPrivateKey, createPublicKey, generateKeyPair, randomBytes, randomUUID, sign, verify, type KeyObject } from 'node:crypto'
 import http from 'node:http'
 import type { AddressInfo } from 'node:net'
-import { readCookie } from './token'
+import { LOGOUT_PATH } from './logout'
+import { COOKIE_NAME, readCookie } from './token'
 import type { CloudflareAccessIdentity } from './types'
 
 /**
@@ -20,7 +21,10 @@ import type { CloudflareAccessIdentity } from './types'
 /** How an endpoint misbehaves: see {@link AccessEmulator.setOutage}. */
 export type OutageMode = 'error' | 'html' | 'reset' | 'garbage' | 'empty' | 'redirect'
 
-/** The emulator's endpoints: `/cdn-cgi/access/certs` and `/cdn-cgi/access/get-identity`. */
+/**
+ * The emulator's endpoints that can misbehave: `/cdn-cgi/access/certs` and `/cdn-cgi/access/get-identity`.
+ * (It also answers `/cdn-cgi/access/logout`: it clears the `CF_Authorization` cookie and says so.)
+ */
 export type EmulatorEndpoint = 'certs' | 'identity'
 
 export interface AccessEmulatorOptions {
@@ -106,6 +110,12 @@ export interface AccessEmulator {
    * token: `email`, `id`/`user_uuid` = `sub`, `name`, `idp`, `geo`, no groups).
    */
   setIdentity: (email: string, identity: Partial<CloudflareAccessIdentity>) => void
+  /**
+   * Answers a request for one of the emulator's paths (`GET /cdn-cgi/access/certs`, `get-identity`,
+   * `logout`) from a server of yours, as the emulator's own server would, and returns true; returns
+   * false, touching nothing, for any other request. The dev proxy serves them on its own origin this way.
+   */
+  handle: (req: http.IncomingMessage, res: http.ServerResponse) => boolean
   close: () => Promise<void>
 }
 
@@ -248,21 +258,44 @@ export async function createAccessEmulator (options: AccessEmulatorOptions = {})
     }
   }
 
+  /** What Access answers at `/cdn-cgi/access/logout`: the session cookie cleared, and a page that says so. */
+  function logout (res: http.ServerResponse): void {
+    res.writeHead(200, {
+      'content-type': 'text/html; charset=utf-8',
+      'cache-control': 'no-store',
+      'set-cookie': `${COOKIE_NAME}=; Path=/; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT; HttpOnly; SameSite=Lax`
+    }).end('<!DOCTYPE html><meta charset="utf-8"><title>Logged out</title><h1>You have been logged out</h1>' +
+      `<p>The ${COOKIE_NAME} cookie is cleared. A token issued before stays valid until it expires. <a href="/">Back to the application</a></p>`)
+  }
+
   const paths: Record<string, EmulatorEndpoint> = { '/cdn-cgi/access/certs': 'certs', '/cdn-cgi/access/get-identity': 'identity' }
-  const server = http.createServer((req, res) => {
+  /** Answers a request for one of the emulator's paths; false for any other. */
+  function route (req: http.IncomingMessage, res: http.ServerResponse): boolean {
+    if (req.method !== 'GET') return false
+    if (req.url === LOGOUT_PATH) {
+      logout(res)
+      return true
+    }
+    const endpoint = paths[req.url as string]
+    if (endpoint === undefined) return false
+    counts[endpoint]++
+    const { latency } = endpoints[endpoint]
+    if (latency === Infinity) return true // never answers; close() drops the connection
+    if (latency > 0) setTimeout(answer, latency, endpoint, req, res)
+    else answer(endpoint, req, res)
+    return true
+  }
+
+  /** Counts a request and keeps its path in the bounded log. */
+  function record (req: http.IncomingMessage): void {
     requestCount++
     requests.push(req.url as string)
     if (requests.length > REQUEST_LOG_SIZE) requests.splice(0, requests.length - REQUEST_LOG_SIZE / 2)
-    const endpoint = req.method === 'GET' ? paths[req.url as string] : undefined
-    if (endpoint === undefined) {
-      res.writeHead(404, { 'content-type': 'text/plain' }).end('not found')
-      return
-    }
-    counts[endpoint]++
-    const { latency } = endpoints[endpoint]
-    if (latency === Infinity) return // never answers; close() drops the connection
-    if (latency > 0) setTimeout(answer, latency, endpoint, req, res)
-    else answer(endpoint, req, res)
+  }
+
+  const server = http.createServer((req, res) => {
+    record(req)
+    if (!route(req, res)) res.writeHead(404, { 'content-type': 'text/plain' }).end('not found')
   })
   server.keepAliveTimeout = 1000
   await new Promise<void>((resolve, reject) => {
@@ -338,6 +371,11 @@ export async function createAccessEmulator (options: AccessEmulatorOptions = {})
     },
     setIdentity (email, identity) {
       identities.set(email.toLowerCase(), identity)
+    },
+    handle (req, res) {
+      const answered = route(req, res)
+      if (answered) record(req)
+      return answered
     },
     async close () {
       server.closeAllConnections()

@@ -208,6 +208,14 @@ declare module 'fastify' {
      */
     cfAccessIdentity: () => Promise<CloudflareAccessIdentity>
   }
+  interface FastifyReply {
+    /**
+     * Redirects (303) to `/cdn-cgi/access/logout` on this hostname, where Cloudflare Access ends the
+     * session and clears its cookie. Relative: never built from the `Host` header or a parameter. Logout is
+     * not revocation: a token already issued stays valid until its `exp`.
+     */
+    cfAccessLogout: () => FastifyReply
+  }
   interface FastifyContextConfig {
     /** `false`: no verification on this route. A policy: narrows the plugin's `allow`/`authorize`. */
     cfAccess?: CloudflareAccessRouteConfig

@@ -1,4 +1,6 @@
 import { generateKeyPairSync } from 'node:crypto'
+import http from 'node:http'
+import type { AddressInfo } from 'node:net'
 import t from 'tap'
 import { createAccessEmulator } from '../lib/testing'
 import { decode, emulator, nowSeconds, setup } from './helpers'
@@ -17,13 +19,13 @@ t.test("the certs endpoint answers in Cloudflare's shape", async (t) => {
   t.equal(access.certsUrl, `${access.teamDomain}/cdn-cgi/access/certs`)
   t.match(access.teamDomain, /^http:\/\/127\.0\.0\.1:\d+$/)
   t.match(access.audience, /^[0-9a-f]{64}$/)
-  const other = await fetch(`${access.teamDomain}/cdn-cgi/access/logout`)
+  const other = await fetch(`${access.teamDomain}/cdn-cgi/access/nothing`)
   t.equal(other.status, 404, 'other paths are 404')
   const post = await fetch(access.certsUrl, { method: 'POST' })
   t.equal(post.status, 404, 'only GET')
   t.equal(access.requestCount, 3)
   t.equal(access.certsRequestCount, 1, 'only GETs of the certs path count')
-  t.same(access.requests, ['/cdn-cgi/access/certs', '/cdn-cgi/access/logout', '/cdn-cgi/access/certs'])
+  t.same(access.requests, ['/cdn-cgi/access/certs', '/cdn-cgi/access/nothing', '/cdn-cgi/access/certs'])
 })
 
 t.test('tokens look like Cloudflare Access tokens', async (t) => {
@@ -120,4 +122,37 @@ t.test('the identity endpoint answers for the tokens the emulator issued, like C
   t.equal((await ask(token)).status, 200)
   t.ok(Date.now() - started >= 110, 'identity latency applies')
   t.equal((await fetch(access.certsUrl)).status, 200, 'the certs endpoint is unaffected')
+})
+
+t.test('logout clears the CF_Authorization cookie and says so; the token stays valid', async (t) => {
+  const { access, get } = await setup(t)
+  const token = access.signToken()
+  const res = await fetch(`${access.teamDomain}/cdn-cgi/access/logout`, { headers: { cookie: `CF_Authorization=${token}` } })
+  t.equal(res.status, 200)
+  t.match(res.headers.get('set-cookie'), /^CF_Authorization=; Path=\/; Max-Age=0; Expires=Thu, 01 Jan 1970 00:00:00 GMT; HttpOnly; SameSite=Lax$/)
+  t.equal(res.headers.get('cache-control'), 'no-store')
+  t.match(await res.text(), /You have been logged out[^]*stays valid until it expires/)
+  t.equal((await fetch(`${access.teamDomain}/cdn-cgi/access/logout`, { method: 'POST' })).status, 404, 'GET only')
+  t.equal((await get(token)).statusCode, 200, 'logout is not revocation')
+})
+
+t.test("handle() answers the emulator's paths on a server of yours, and leaves every other request alone", async (t) => {
+  const access = await emulator(t)
+  const server = http.createServer((req, res) => {
+    if (!access.handle(req, res)) res.writeHead(418).end('mine')
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => new Promise((resolve) => server.close(resolve)))
+  const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`
+  const certs = await fetch(`${base}/cdn-cgi/access/certs`)
+  t.same(await certs.json(), access.jwks())
+  const identity = await fetch(`${base}/cdn-cgi/access/get-identity`, { headers: { cookie: `CF_Authorization=${access.signToken({ email: 'a@acme.com' })}` } })
+  t.equal((await identity.json() as { email: string }).email, 'a@acme.com')
+  t.match((await fetch(`${base}/cdn-cgi/access/logout`)).headers.get('set-cookie'), /^CF_Authorization=;/)
+  for (const [path, method] of [['/', 'GET'], ['/cdn-cgi/access/certs', 'POST'], ['/cdn-cgi/access/certs?x', 'GET']]) {
+    const res = await fetch(`${base}${path}`, { method })
+    t.equal(res.status, 418, `${method} ${path} is left to the server`)
+  }
+  t.same(access.requests, ['/cdn-cgi/access/certs', '/cdn-cgi/access/get-identity', '/cdn-cgi/access/logout'], 'only what it answered is recorded')
+  t.equal(access.certsRequestCount, 1)
 })

@@ -2,6 +2,7 @@ import Fastify from 'fastify'
 import t from 'tap'
 import cloudflareAccess from '../index'
 import { normalizeOptions, normalizeTeamDomain } from '../lib/options'
+import { captureLogs } from './helpers'
 
 const AUD = 'a'.repeat(64)
 
@@ -110,4 +111,31 @@ t.test('bad options make register and ready reject', async (t) => {
   t.teardown(() => app.close())
   app.register(cloudflareAccess, { teamDomain: 'https://evil.com', audience: AUD })
   await t.rejects(async () => { await app.ready() }, /option "teamDomain"/)
+})
+
+t.test('a loopback teamDomain under NODE_ENV=production logs a warning at registration, and only then', async (t) => {
+  const saved = process.env.NODE_ENV
+  t.teardown(() => {
+    if (saved === undefined) delete process.env.NODE_ENV
+    else process.env.NODE_ENV = saved
+  })
+  const warnings = async (env: string | undefined, teamDomain: string): Promise<Array<Record<string, any>>> => {
+    if (env === undefined) delete process.env.NODE_ENV
+    else process.env.NODE_ENV = env
+    const logs = captureLogs('warn')
+    const app = Fastify({ logger: logs.logger })
+    // registration only: no ready(), so no key fetch (the team domains here need not exist)
+    await app.register(cloudflareAccess, { teamDomain, audience: AUD })
+    await app.close()
+    return logs.lines.filter((line) => line.level === 40)
+  }
+  const [warning, ...more] = await warnings('production', 'http://127.0.0.1:8787')
+  t.same(more, [])
+  t.match(warning, { plugin: 'fastify-cloudflare-access', teamDomain: 'http://127.0.0.1:8787', msg: /loopback origin .* NODE_ENV is production/ })
+  t.equal((await warnings('production', 'http://localhost:3000')).length, 1)
+  t.equal((await warnings('production', 'http://[::1]:9000')).length, 1)
+  t.same(await warnings('production', 'acme'), [], "the team's domain")
+  t.same(await warnings('development', 'http://127.0.0.1:8787'), [], 'development')
+  t.same(await warnings(undefined, 'http://127.0.0.1:8787'), [], 'NODE_ENV unset')
+  t.same(await warnings('test', 'http://127.0.0.1:8787'), [], 'tests')
 })

@@ -351,3 +351,51 @@ t.test('the log redaction recipe keeps the header and the cookie out of request 
   t.match(output, /"cookie":"\[Redacted\]"/)
   t.notOk(output.includes(token.slice(-30)), 'no part of the token in the logs')
 })
+
+t.test('reply.cfAccessLogout() redirects to the relative logout path, never to a Host or a parameter', async (t) => {
+  const access = await emulator(t)
+  const app = Fastify()
+  t.teardown(() => app.close())
+  app.register(async (admin) => {
+    await admin.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience })
+    admin.post('/logout', async (request, reply) => reply.cfAccessLogout())
+    admin.get('/bye', { config: { cfAccess: false } }, (request, reply) => { reply.cfAccessLogout() })
+  }, { prefix: '/admin' })
+  app.get('/outside', async (request, reply) => typeof reply.cfAccessLogout)
+  const token = access.signToken()
+  const hostile = { [HEADER]: token, host: 'evil.example', 'x-forwarded-host': 'evil.example', 'x-forwarded-proto': 'https', referer: 'https://evil.example/' }
+  for (const url of ['/admin/logout', '/admin/logout?redirect_url=https://evil.example/', '/admin/logout?returnTo=//evil.example&next=%2F%2Fevil.example']) {
+    const res = await app.inject({ method: 'POST', url, headers: hostile })
+    t.equal(res.statusCode, 303, url)
+    t.equal(res.headers.location, '/cdn-cgi/access/logout', `${url}: relative, fixed`)
+    t.equal(res.headers['cache-control'], 'no-store')
+  }
+  t.equal((await app.inject({ method: 'POST', url: '/admin/logout' })).statusCode, 401, 'the logout route is protected like any other')
+  t.equal((await app.inject('/admin/bye')).headers.location, '/cdn-cgi/access/logout', 'a route without verification can log out too')
+  t.equal((await app.inject('/outside')).body, 'undefined', "the decorator belongs to the plugin's scope")
+})
+
+t.test('reply.cfAccessLogout() with hook: false and with the preHandler hook', async (t) => {
+  const access = await emulator(t)
+  for (const hook of [false, 'preHandler'] as const) {
+    const app = Fastify()
+    t.teardown(() => app.close())
+    await app.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience, hook })
+    app.get('/logout', async (request, reply) => reply.cfAccessLogout())
+    const res = await app.inject({ url: '/logout', headers: { [HEADER]: access.signToken() } })
+    t.equal(res.headers.location, '/cdn-cgi/access/logout', String(hook))
+  }
+})
+
+t.test('logout is not revocation: a token issued before stays valid until exp, cached or not', async (t) => {
+  const access = await emulator(t)
+  for (const cacheSize of [1000, 0]) {
+    const { get } = await setup(t, { cacheSize }, { access })
+    const token = access.signToken({}, { expiresIn: 3600 })
+    t.equal((await get(token)).statusCode, 200)
+    const out = await fetch(`${access.teamDomain}/cdn-cgi/access/logout`, { headers: { cookie: `CF_Authorization=${token}` } })
+    t.match(out.headers.get('set-cookie'), /^CF_Authorization=;.*Max-Age=0/, 'the emulator ends the session: the cookie is cleared')
+    t.equal((await get(token)).statusCode, 200, `cacheSize ${cacheSize}: the token itself still verifies`)
+    t.equal((await get(access.signToken({}, { now: Math.floor(Date.now() / 1000) - 3600, expiresIn: 60 }))).statusCode, 401, 'until its exp')
+  }
+})

@@ -82,6 +82,14 @@ expectError(app.cfAccess.verifyToken('token', 'not a request'))
 app.get('/route', { preHandler: app.cfAccess.verify }, async () => 'ok')
 app.get('/route2', { onRequest: [app.cfAccess.verify] }, async () => 'ok')
 
+// reply.cfAccessLogout: a redirect to the fixed, relative logout path; it takes no destination
+app.post('/logout', async (request, reply) => {
+  expectType<() => FastifyReply>(reply.cfAccessLogout)
+  expectError(reply.cfAccessLogout('https://evil.example'))
+  return reply.cfAccessLogout()
+})
+app.get('/bye', (request, reply) => { reply.cfAccessLogout().header('x-bye', '1') })
+
 // errors: constructors with code and statusCode
 expectType<'FST_CF_ACCESS_TOKEN_INVALID'>(new TokenInvalidError('reason').code)
 expectType<401>(new TokenInvalidError('reason').statusCode)
