@@ -3,9 +3,11 @@
  * `fastify-cloudflare-access inspect`: why is this token rejected? Runs the plugin's own verification
  * (createTokenVerifier, the same code the hook runs) against the team's live keys or a saved certs file,
  * and explains the result. `fastify-cloudflare-access emulator`: the test kit's Access emulator, standalone.
+ * `fastify-cloudflare-access dev`: a stand-in for Access in front of a local app (lib/dev-proxy.ts).
  */
 import { readFileSync } from 'node:fs'
 import { parseArgs } from 'node:util'
+import { createDevProxy, DEFAULT_PORT, LOGIN_PATH } from './dev-proxy'
 import { KeyStore, parseKeySet, type SigningKey } from './keys'
 import { normalizeOptions } from './options'
 import { MAX_TOKEN_LENGTH } from './token'
@@ -17,6 +19,7 @@ const USAGE = `Usage: fastify-cloudflare-access <command> [options]
 Commands:
   inspect    explain why a Cloudflare Access token is accepted or rejected
   emulator   run a local Access emulator and print fresh tokens
+  dev        run a stand-in for Access in front of your app, with a login page
 
 Run 'fastify-cloudflare-access <command> --help' for a command's options.`
 
@@ -42,6 +45,18 @@ audience, a user token, a service token, and a curl command for an app on port 3
   --port <n>    port to listen on (default: any free port)
   --aud <tag>   the AUD tag to issue tokens for (default: a random one)
   --help        this text`
+
+const DEV_USAGE = `Usage: fastify-cloudflare-access dev --upstream <origin> [--port <n>] [--aud <tag>]
+
+A stand-in for Cloudflare Access in front of your app, for a browser on this machine: it serves
+/cdn-cgi/access/certs, get-identity and logout, a login page where you pick an email (and groups) or a
+service token, and proxies every other request, WebSockets too, to your app with a freshly signed
+Cf-Access-Jwt-Assertion. It listens on 127.0.0.1 only. For development only: never in front of production.
+
+  --upstream <origin>  your app, such as http://127.0.0.1:3000
+  --port <n>           port to listen on (default ${DEFAULT_PORT})
+  --aud <tag>          the AUD tag to issue tokens for (default: a fixed development tag)
+  --help               this text`
 
 class UsageError extends Error {}
 
@@ -299,11 +314,43 @@ async function emulator (argv: string[], io: Output): Promise<number> {
   io.out(`\nService token:\n${access.signServiceToken()}`)
   io.out(`\nTry an app on port 3000 registered with the values above:\n  curl -s http://127.0.0.1:3000/ -H 'Cf-Access-Jwt-Assertion: ${token}'`)
   io.out('\nCtrl-C to stop.')
-  await new Promise<void>((resolve) => {
+  await untilSignal()
+  await access.close()
+  return 0
+}
+
+function untilSignal (): Promise<void> {
+  return new Promise<void>((resolve) => {
     process.once('SIGINT', resolve)
     process.once('SIGTERM', resolve)
   })
-  await access.close()
+}
+
+async function dev (argv: string[], io: Output): Promise<number> {
+  const { values } = parseArgs({ args: argv, options: { upstream: { type: 'string' }, port: { type: 'string' }, aud: { type: 'string' }, help: { type: 'boolean' } } })
+  if (values.help === true) {
+    io.out(DEV_USAGE)
+    return 0
+  }
+  if (values.upstream === undefined) throw new UsageError('--upstream is required: the address of your app, such as http://127.0.0.1:3000')
+  const port = values.port === undefined ? undefined : Number(values.port)
+  if (port !== undefined && (values.port === '' || !Number.isInteger(port) || port < 0 || port > 65535)) throw new UsageError(`--port must be a port number, got ${JSON.stringify(values.port)}`)
+  let proxy
+  try {
+    proxy = await createDevProxy({ upstream: values.upstream, port, audience: values.aud })
+  } catch (error) {
+    throw new UsageError((error as Error).message.replace('fastify-cloudflare-access: option "audience"', '--aud'))
+  }
+  io.out(`Access dev proxy: ${proxy.origin} → ${proxy.upstream}`)
+  io.out(`Open ${proxy.origin}/ in a browser; log in at ${proxy.origin}${LOGIN_PATH}, log out at ${proxy.origin}/cdn-cgi/access/logout.`)
+  io.out('')
+  io.out('Register the plugin in your app with:')
+  io.out(`  teamDomain: '${proxy.origin}',`)
+  io.out(`  audience: '${proxy.audience}'`)
+  io.out('')
+  io.out('For development only. Ctrl-C to stop.')
+  await untilSignal()
+  await proxy.close()
   return 0
 }
 
@@ -312,6 +359,7 @@ export async function main (argv: string[], io: Output): Promise<number> {
   try {
     if (command === 'inspect') return await inspect(rest, io)
     if (command === 'emulator') return await emulator(rest, io)
+    if (command === 'dev') return await dev(rest, io)
     if (command === undefined) {
       io.err(USAGE)
       return 2
@@ -324,7 +372,8 @@ export async function main (argv: string[], io: Output): Promise<number> {
   } catch (error) {
     // parseArgs reports unknown or malformed flags with ERR_PARSE_ARGS_* codes
     if (error instanceof UsageError || String((error as { code?: unknown }).code).startsWith('ERR_PARSE_ARGS')) {
-      io.err(`fastify-cloudflare-access: ${printable((error as Error).message)}\n\n${command === 'inspect' ? INSPECT_USAGE : command === 'emulator' ? EMULATOR_USAGE : USAGE}`)
+      const usage = command === 'inspect' ? INSPECT_USAGE : command === 'emulator' ? EMULATOR_USAGE : command === 'dev' ? DEV_USAGE : USAGE
+      io.err(`fastify-cloudflare-access: ${printable((error as Error).message)}\n\n${usage}`)
       return 2
     }
     throw error
