@@ -110,7 +110,10 @@ t.test('usage errors: clear messages, exit 2', async (t) => {
     [['inspect', 'x', '--team', 'acme', '--aud', 'a', '--at', 'yesterday'], /--at must be an ISO time/],
     [['inspect', 'x', '--team', 'acme', '--aud', 'a', '--certs', '/nonexistent/certs.json'], /--certs \/nonexistent\/certs.json: ENOENT/],
     [['inspect', 'x', '--team', 'acme', '--aud', 'a', '--colour'], /Unknown option '--colour'/],
-    [['emulator', '--port', 'many'], /--port must be a port number/]
+    [['emulator', '--port', 'many'], /--port must be a port number/],
+    [['dev'], /--upstream is required/],
+    [['dev', '--upstream', 'http://127.0.0.1:3000', '--port', ''], /--port must be a port number/],
+    [['dev', '--upstream', 'http://127.0.0.1:3000', '--port', '0', '--aud', 'a b'], /--aud must be an Application Audience/]
   ]
   const runs = await Promise.all(cases.map(([args]) => cli(args)))
   cases.forEach(([args, message], index) => {
@@ -121,7 +124,7 @@ t.test('usage errors: clear messages, exit 2', async (t) => {
 })
 
 t.test('--help for each command, exit 0', async (t) => {
-  for (const [args, text] of [[['--help'], /Commands:/], [['inspect', '--help'], /Exit status: 0 valid, 1 rejected, 2 usage or network error/], [['emulator', '--help'], /Runs the test kit's Access emulator/]] as const) {
+  for (const [args, text] of [[['--help'], /Commands:/], [['inspect', '--help'], /Exit status: 0 valid, 1 rejected, 2 usage or network error/], [['emulator', '--help'], /Runs the test kit's Access emulator/], [['dev', '--help'], /A stand-in for Cloudflare Access in front of your app/]] as const) {
     const run = await cli([...args])
     t.equal(run.code, 0)
     t.match(run.out, text)
@@ -189,4 +192,25 @@ t.test('inspect: --at 0 or before 1970 is a usage error, never misreported as a 
     t.equal(run.code, 2, at)
     t.match(run.err, /--at must be an ISO time after 1970/, at)
   }
+})
+
+t.test('dev: prints the options the app must use, serves the keys there, stops on SIGTERM', async (t) => {
+  const env = process.env
+  const child = spawn(process.execPath, [CLI, 'dev', '--upstream', 'http://127.0.0.1:9', '--port', '0', '--aud', 'b'.repeat(64)], { env })
+  let out = ''
+  await new Promise<void>((resolve) => {
+    child.stdout.on('data', (chunk: Buffer) => {
+      out += chunk.toString()
+      if (out.includes('Ctrl-C to stop.')) resolve()
+    })
+  })
+  const teamDomain = /teamDomain: '(http:\/\/127\.0\.0\.1:\d+)',/.exec(out)?.[1] as string
+  t.ok(teamDomain, 'teamDomain printed as code')
+  t.match(out, new RegExp(`audience: '${'b'.repeat(64)}'`))
+  t.match(out, /Access dev proxy: http:\/\/127\.0\.0\.1:\d+ → http:\/\/127\.0\.0\.1:9/)
+  const certs = await fetch(`${teamDomain}/cdn-cgi/access/certs`)
+  t.equal(((await certs.json()) as { keys: unknown[] }).keys.length, 2)
+  const exited = new Promise((resolve) => child.on('exit', resolve))
+  child.kill('SIGTERM')
+  t.equal(await exited, 0)
 })
