@@ -1,41 +1,84 @@
 import { execFile } from 'node:child_process'
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from 'node:fs'
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
-import { join } from 'node:path'
+import { dirname, join } from 'node:path'
 import { promisify } from 'node:util'
 import t from 'tap'
 import { createAccessEmulator } from '../lib/testing'
 
-// The package as users get it: `npm pack`, then installed into a scratch project offline (from npm's
-// cache, filled by `npm ci`), required, imported, compiled by a strict TypeScript consumer under three
-// module settings, and its CLI run. npm test builds dist first.
+// The package as users get it: packed once (`npm pack`), checked by attw, installed into a scratch
+// project, required, imported, compiled by a strict TypeScript consumer under three module settings, and
+// its CLI run. npm test builds dist first.
+//
+// Self-sufficient on a fresh machine: npm runs here with an empty cache of its own and --offline, so the
+// test reaches nothing but what `npm ci` put in node_modules. The package's dependencies (and, for the
+// consumer, fastify and @types/node) are linked from there; npm installs the tarball and finds them.
+// The pack skips scripts: prepack would rebuild dist/ while other test files run it.
 
 const run = promisify(execFile)
 const ROOT = join(__dirname, '..')
 const TSC = join(ROOT, 'node_modules', 'typescript', 'bin', 'tsc')
-const env = process.env
-const version = (name: string): string => (JSON.parse(readFileSync(join(ROOT, 'node_modules', name, 'package.json'), 'utf8')) as { version: string }).version
+const ATTW = join(ROOT, 'node_modules', '@arethetypeswrong', 'cli', 'dist', 'index.js')
+const manifest = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as { dependencies: Record<string, string>, scripts: Record<string, string> }
+const npmCache = mkdtempSync(join(tmpdir(), 'cf-access-npm-cache-'))
+const env = { ...process.env, npm_config_cache: npmCache, npm_config_offline: 'true', npm_config_audit: 'false', npm_config_fund: 'false', npm_config_update_notifier: 'false' }
 
 let scratch = ''
 let tarball = ''
+/** attw's verdict on the tarball: started as soon as it exists, to run alongside the install. */
+let attw: Promise<string>
+
+/** `node_modules/<name>` of the scratch project, a link to the one `npm ci` installed here. */
+function link (name: string): void {
+  const path = join(scratch, 'node_modules', name)
+  mkdirSync(dirname(path), { recursive: true })
+  symlinkSync(join(ROOT, 'node_modules', name), path, 'dir')
+}
 
 t.before(async () => {
   const dir = mkdtempSync(join(tmpdir(), 'cf-access-pack-'))
-  const { stdout } = await run('npm', ['pack', '--json', '--pack-destination', dir], { cwd: ROOT, env })
+  t.teardown(() => {
+    rmSync(dir, { recursive: true, force: true })
+    rmSync(npmCache, { recursive: true, force: true })
+  })
+  const { stdout } = await run('npm', ['pack', '--ignore-scripts', '--json', '--pack-destination', dir], { cwd: ROOT, env })
   tarball = join(dir, (JSON.parse(stdout) as Array<{ filename: string }>)[0]?.filename as string)
+  attw = run(process.execPath, [ATTW, tarball, '--format', 'ascii', '--no-color'], { cwd: ROOT, env }).then(() => 'ok', (error: { stdout: string }) => error.stdout)
   scratch = join(dir, 'consumer')
   mkdirSync(scratch)
   writeFileSync(join(scratch, 'package.json'), JSON.stringify({ name: 'consumer', private: true, version: '1.0.0' }))
-  await run('npm', ['install', '--offline', '--no-audit', '--no-fund', '--ignore-scripts', tarball,
-    `fastify@${version('fastify')}`, `@types/node@${version('@types/node')}`], { cwd: scratch, env })
+  for (const name of Object.keys(manifest.dependencies)) link(name)
+  await run('npm', ['install', '--offline', '--ignore-scripts', '--no-package-lock', tarball], { cwd: scratch, env })
+  // the consumer's own dependencies, after the install (npm would prune them as extraneous)
+  link('fastify')
+  link('@types/node')
+})
+
+t.test('npm ran offline on an empty cache of its own: the only entries are our tarball', async (t) => {
+  const index = join(npmCache, '_cacache', 'index-v5')
+  const keys = readdirSync(index, { recursive: true, withFileTypes: true }).filter((entry) => entry.isFile())
+    .flatMap((entry) => readFileSync(join(entry.parentPath, entry.name), 'utf8').trim().split('\n'))
+    .map((line) => (JSON.parse(line.slice(line.indexOf('\t') + 1)) as { key: string }).key)
+  t.ok(keys.length > 0)
+  t.same(keys.filter((key) => !key.startsWith('pacote:tarball:file:')), [], 'no package metadata, no registry tarball')
+  t.ok(readdirSync(join(scratch, 'node_modules', 'fastify-cloudflare-access', 'dist')).includes('index.js'))
+})
+
+t.test('attw: the types resolve for node10, node16 (CommonJS and ESM) and bundler', async (t) => {
+  t.equal(await attw, 'ok')
+})
+
+t.test('npm pack and npm publish build first: the tarball of a fresh clone holds dist/', async (t) => {
+  t.equal(manifest.scripts.prepack, 'npm run build')
 })
 
 t.test('the tarball holds only what users need', async (t) => {
   const { stdout } = await run('tar', ['tzf', tarball])
   const files = stdout.trim().split('\n').map((file) => file.replace(/^package\//, '')).sort()
-  t.ok(files.includes('dist/index.js') && files.includes('dist/index.d.ts') && files.includes('dist/lib/testing.js') && files.includes('dist/lib/cli.js'))
-  t.ok(['README.md', 'LICENSE', 'CHANGELOG.md', 'package.json'].every((file) => files.includes(file)))
-  const unexpected = files.filter((file) => !/^(dist\/index\.(js|d\.ts)|dist\/lib\/[a-z]+\.(js|d\.ts)|README\.md|LICENSE|CHANGELOG\.md|package\.json)$/.test(file))
+  const lib = readdirSync(join(ROOT, 'lib')).filter((file) => file.endsWith('.ts')).flatMap((file) => [`dist/lib/${file.slice(0, -3)}.js`, `dist/lib/${file.slice(0, -3)}.d.ts`])
+  t.same(lib.filter((file) => !files.includes(file)), [], 'every module of lib/, compiled, with its declarations')
+  t.ok(['dist/index.js', 'dist/index.d.ts', 'README.md', 'LICENSE', 'CHANGELOG.md', 'package.json'].every((file) => files.includes(file)))
+  const unexpected = files.filter((file) => !/^(dist\/index\.(js|d\.ts)|dist\/lib\/[a-z-]+\.(js|d\.ts)|README\.md|LICENSE|CHANGELOG\.md|package\.json)$/.test(file))
   t.same(unexpected, [], 'no tests, sources, benchmarks, examples or maps')
 })
 
