@@ -347,6 +347,7 @@ async function dev (argv: string[], io: Output): Promise<number> {
   io.out('Register the plugin in your app with:')
   io.out(`  teamDomain: '${proxy.origin}',`)
   io.out(`  audience: '${proxy.audience}'`)
+  io.out(`or, read from the environment as in the README: CF_ACCESS_TEAM_DOMAIN=${proxy.origin} CF_ACCESS_AUD=${proxy.audience}`)
   io.out('')
   io.out('For development only. Ctrl-C to stop.')
   await untilSignal()

@@ -207,6 +207,7 @@ t.test('dev: prints the options the app must use, serves the keys there, stops o
   const teamDomain = /teamDomain: '(http:\/\/127\.0\.0\.1:\d+)',/.exec(out)?.[1] as string
   t.ok(teamDomain, 'teamDomain printed as code')
   t.match(out, new RegExp(`audience: '${'b'.repeat(64)}'`))
+  t.match(out, new RegExp(`CF_ACCESS_TEAM_DOMAIN=${teamDomain} CF_ACCESS_AUD=${'b'.repeat(64)}`))
   t.match(out, /Access dev proxy: http:\/\/127\.0\.0\.1:\d+ → http:\/\/127\.0\.0\.1:9/)
   const certs = await fetch(`${teamDomain}/cdn-cgi/access/certs`)
   t.equal(((await certs.json()) as { keys: unknown[] }).keys.length, 2)

@@ -211,6 +211,21 @@ t.test('Access headers and the cookie a client sends are replaced, never passed 
   t.equal((await send(port, { path: '/me', jar: resigned })).status, 401, 'a login cookie signed by anyone else is no login')
 })
 
+t.test('the app verifies, the proxy does not vouch: an app configured for another audience rejects its tokens', async (t) => {
+  const jar = new Jar()
+  await login(jar, { email: 'alice@acme.com' })
+  const token = JSON.parse((await send(port, { path: '/me', jar })).body).headers['cf-access-jwt-assertion'] as string
+  for (const [audience, status] of [['f'.repeat(64), 401], [proxy.audience, 200]] as const) {
+    const other = Fastify()
+    t.teardown(() => other.close())
+    await other.register(cloudflareAccess, { teamDomain: proxy.origin, audience })
+    other.get('/', async (request) => request.cfAccess?.email)
+    const res = await other.inject({ url: '/', headers: { 'cf-access-jwt-assertion': token } })
+    t.equal(res.statusCode, status, audience)
+    if (status === 401) t.equal(res.json().code, 'FST_CF_ACCESS_CLAIM_INVALID')
+  }
+})
+
 t.test('logout clears the login; the token already issued stays valid until it expires', async (t) => {
   const jar = new Jar()
   await login(jar, { kind: 'user', email: 'alice@acme.com' })
