@@ -268,7 +268,7 @@ export async function createAccessEmulator (options: AccessEmulatorOptions = {})
       `<p>The ${COOKIE_NAME} cookie is cleared. A token issued before stays valid until it expires. <a href="/">Back to the application</a></p>`)
   }
 
-  const paths: Record<string, EmulatorEndpoint> = { '/cdn-cgi/access/certs': 'certs', '/cdn-cgi/access/get-identity': 'identity' }
+  const paths = new Map<string | undefined, EmulatorEndpoint>([['/cdn-cgi/access/certs', 'certs'], ['/cdn-cgi/access/get-identity', 'identity']])
   /** Answers a request for one of the emulator's paths; false for any other. */
   function route (req: http.IncomingMessage, res: http.ServerResponse): boolean {
     if (req.method !== 'GET') return false
@@ -276,7 +276,7 @@ export async function createAccessEmulator (options: AccessEmulatorOptions = {})
       logout(res)
       return true
     }
-    const endpoint = paths[req.url as string]
+    const endpoint = paths.get(req.url)
     if (endpoint === undefined) return false
     counts[endpoint]++
     const { latency } = endpoints[endpoint]
