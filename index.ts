@@ -3,10 +3,8 @@ import type { FastifyInstance } from 'fastify'
 import { cloudflareAccess } from './lib/plugin'
 import * as errors from './lib/errors'
 import * as claims from './lib/claims'
-import { channelNames } from './lib/channels'
-import type * as channelTypes from './lib/channels'
-import { cloudflareAccessStatus } from './lib/status'
-import type * as statusTypes from './lib/status'
+import * as channelTypes from './lib/channels'
+import * as statusTypes from './lib/status'
 import type * as types from './lib/types'
 import './lib/types'
 
@@ -23,6 +21,11 @@ const {
   ForbiddenError, NoIdentityError, IdentityUnavailableError, AuthorizeFailedError, AuthorizeTimeoutError
 } = errors
 const { isServiceToken, isUserToken } = claims
+// Locals, not the imports themselves: TypeScript compiles an imported name in the bridge below to
+// `module_1.name`, which Node's CommonJS-to-ESM bridge cannot read (attw reports it as a named export
+// that crashes at runtime).
+const { channelNames } = channelTypes
+const { cloudflareAccessStatus } = statusTypes
 fastifyCloudflareAccess.default = fastifyCloudflareAccess
 fastifyCloudflareAccess.fastifyCloudflareAccess = fastifyCloudflareAccess
 fastifyCloudflareAccess.errorCodes = errorCodes

@@ -89,10 +89,10 @@ t.test('require() and import of the installed package', async (t) => {
     if (typeof plugin !== 'function' || plugin.default !== plugin || typeof createAccessEmulator !== 'function') process.exit(1)
     console.log('cjs ok')`)
   writeFileSync(join(scratch, 'check.mjs'), `
-    import plugin, { fastifyCloudflareAccess, isServiceToken } from 'fastify-cloudflare-access'
+    import plugin, { fastifyCloudflareAccess, isServiceToken, channelNames, cloudflareAccessStatus } from 'fastify-cloudflare-access'
     import { createAccessEmulator } from 'fastify-cloudflare-access/testing'
     import Fastify from 'fastify'
-    if (plugin !== fastifyCloudflareAccess || typeof isServiceToken !== 'function') process.exit(1)
+    if (plugin !== fastifyCloudflareAccess || typeof isServiceToken !== 'function' || typeof cloudflareAccessStatus !== 'function' || typeof channelNames.accepted !== 'string') process.exit(1)
     const access = await createAccessEmulator()
     const app = Fastify()
     await app.register(plugin, { teamDomain: access.teamDomain, audience: access.audience })
