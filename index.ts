@@ -7,6 +7,7 @@ import { channelNames } from './lib/channels'
 import type * as channelTypes from './lib/channels'
 import { cloudflareAccessStatus } from './lib/status'
 import type * as statusTypes from './lib/status'
+import * as openapi from './lib/openapi'
 import type * as types from './lib/types'
 import './lib/types'
 
@@ -22,7 +23,8 @@ const {
   errorCodes, TokenMissingError, TokenInvalidError, TokenExpiredError, ClaimInvalidError, KeysUnavailableError,
   ForbiddenError, NoIdentityError, IdentityUnavailableError, AuthorizeFailedError, AuthorizeTimeoutError
 } = errors
-const { isServiceToken, isUserToken } = claims
+const { isServiceToken, isUserToken, requireClaims, requireUser, requireServiceToken } = claims
+const { cloudflareAccessSecuritySchemes, cloudflareAccessSecurity, cloudflareAccessTransform } = openapi
 fastifyCloudflareAccess.default = fastifyCloudflareAccess
 fastifyCloudflareAccess.fastifyCloudflareAccess = fastifyCloudflareAccess
 fastifyCloudflareAccess.errorCodes = errorCodes
@@ -40,6 +42,12 @@ fastifyCloudflareAccess.isServiceToken = isServiceToken
 fastifyCloudflareAccess.isUserToken = isUserToken
 fastifyCloudflareAccess.cloudflareAccessStatus = cloudflareAccessStatus
 fastifyCloudflareAccess.channelNames = channelNames
+fastifyCloudflareAccess.requireClaims = requireClaims
+fastifyCloudflareAccess.requireUser = requireUser
+fastifyCloudflareAccess.requireServiceToken = requireServiceToken
+fastifyCloudflareAccess.cloudflareAccessSecuritySchemes = cloudflareAccessSecuritySchemes
+fastifyCloudflareAccess.cloudflareAccessSecurity = cloudflareAccessSecurity
+fastifyCloudflareAccess.cloudflareAccessTransform = cloudflareAccessTransform
 
 // Node's CommonJS-to-ESM bridge finds named exports by reading the source for this shape. It never runs
 // (`0 &&`); it only makes `import { fastifyCloudflareAccess } from 'fastify-cloudflare-access'` work.
@@ -61,7 +69,13 @@ fastifyCloudflareAccess.channelNames = channelNames
   isServiceToken,
   isUserToken,
   cloudflareAccessStatus,
-  channelNames
+  channelNames,
+  requireClaims,
+  requireUser,
+  requireServiceToken,
+  cloudflareAccessSecuritySchemes,
+  cloudflareAccessSecurity,
+  cloudflareAccessTransform
 })
 /* c8 ignore stop */
 
@@ -104,6 +118,7 @@ declare namespace fastifyCloudflareAccess {
   export type KeyStaleMessage = channelTypes.KeyStaleMessage
   export type KeyDroppedMessage = channelTypes.KeyDroppedMessage
   export type IdentityMessage = channelTypes.IdentityMessage
+  export type CloudflareAccessTransformInput = openapi.CloudflareAccessTransformInput
 }
 
 export = fastifyCloudflareAccess

@@ -4,6 +4,7 @@ import { isServiceToken, subjectOf } from './claims'
 import { AuthorizeFailedError, errorCodes, ForbiddenError, NoIdentityError, RETRY_AFTER_SECONDS, TokenMissingError, toError } from './errors'
 import { IdentityClient } from './identity'
 import { KeyStore } from './keys'
+import { describeRoutes } from './openapi'
 import { normalizeOptions } from './options'
 import { admits, type CompiledPolicy } from './policy'
 import { watchRoutes } from './routes'
@@ -186,7 +187,7 @@ export async function cloudflareAccess (fastify: FastifyInstance, rawOptions: Fa
   fastify.decorateRequest('cfAccessIdentity', function (this: FastifyRequest) {
     const claims = this.cfAccess
     const token = (this as Request)[kToken]
-    if (claims === null || token === null) return Promise.reject(new TokenMissingError())
+    if (claims == null || token === null) return Promise.reject(new TokenMissingError())
     return identityFor(token, claims)
   })
   if (options.hook !== false) {
@@ -199,6 +200,7 @@ export async function cloudflareAccess (fastify: FastifyInstance, rawOptions: Fa
       verify(request, reply).then(() => done(), done)
     })
   }
+  describeRoutes(fastify, options.hook, verify)
   fastify.addHook('onReady', async () => {
     store.start()
     // Availability first by default; with waitForKeys, a deploy that cannot reach Cloudflare fails to start.

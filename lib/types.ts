@@ -197,10 +197,20 @@ export interface CloudflareAccessDecorator {
   status: () => CloudflareAccessStatus
 }
 
+// Where each decorator exists: the plugin decorates the scope it is registered in (fastify-plugin makes
+// that the scope that calls `register`) and that scope's children — not the parent scopes, which
+// Fastify gives a plugin no way to reach. A registration inside `/admin` leaves the root without them,
+// so `request.cfAccess` and `fastify.cfAccess` are typed as what they are there: absent.
 declare module 'fastify' {
   interface FastifyRequest {
-    /** The verified Cloudflare Access claims, or `null` where no verification admitted the request. */
-    cfAccess: CloudflareAccessClaims | null
+    /**
+     * The verified Cloudflare Access claims. `null` in a scope of the plugin until verification admitted
+     * the request (and where none ran: `config.cfAccess: false`, `hook: false` without `verify`, an
+     * optional route without a token); `undefined` outside every scope of the plugin. To read the user
+     * or the service token in one line, failing closed, use `requireUser(request)`,
+     * `requireServiceToken(request)` or `requireClaims(request)`.
+     */
+    cfAccess?: CloudflareAccessClaims | null
     /**
      * The user's full identity from the identity endpoint (groups, name, device posture…), cached per
      * token. Rejects for service tokens (403), without a verified token (401), or when the endpoint is
@@ -213,7 +223,10 @@ declare module 'fastify' {
     cfAccess?: CloudflareAccessRouteConfig
   }
   interface FastifyInstance {
-    /** Set by fastify-cloudflare-access. */
-    cfAccess: CloudflareAccessDecorator
+    /**
+     * Set by fastify-cloudflare-access on the scope it is registered in and that scope's children;
+     * `undefined` elsewhere (for example at the root when the plugin is registered inside a prefix).
+     */
+    cfAccess?: CloudflareAccessDecorator
   }
 }
