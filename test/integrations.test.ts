@@ -2,9 +2,17 @@ import fastifyAuth from '@fastify/auth'
 import swagger from '@fastify/swagger'
 import Fastify, { type FastifyInstance } from 'fastify'
 import t from 'tap'
-import cloudflareAccess, { cloudflareAccessSecurity, cloudflareAccessSecuritySchemes, cloudflareAccessTransform } from '../index'
+import cloudflareAccess, { cloudflareAccessSecurity, cloudflareAccessSecuritySchemes, cloudflareAccessTransform, requireUser } from '../index'
+import rateLimit from '@fastify/rate-limit'
+import websocket from '@fastify/websocket'
+import type { AddressInfo } from 'node:net'
+import WebSocket from 'ws'
+import { buildNotFoundApp } from '../examples/not-found'
 import { buildOpenapiApp } from '../examples/openapi'
-import { emulator, HEADER } from './helpers'
+import { buildRateLimitedApp, subjectKey } from '../examples/rate-limit'
+import { buildTypedApp } from '../examples/typed-claims'
+import { allowOrigins, buildWebsocketApp, closeAtExpiry, TOKEN_EXPIRED_CLOSE } from '../examples/websocket'
+import { attackerKey as attacker, emulator, HEADER, nowSeconds } from './helpers'
 
 // The integrations with the usual Fastify plugins, each a recipe in examples/ run here with the real
 // plugin installed, and the ways of wiring each one wrong. One test process for all of them.
@@ -168,4 +176,250 @@ t.test('OpenAPI wired wrong: fails loudly, never documents a protected route as 
     t.same(operation(app, '/w').security, SECURITY)
     t.throws(() => { (cloudflareAccessSecurity as unknown[]).push({}) }, TypeError, 'the shared requirement cannot be changed')
   })
+})
+
+t.test('rate limiting (examples/rate-limit.ts)', async (t) => {
+  const access = await emulator(t)
+  const app = await buildRateLimitedApp(access.teamDomain, access.audience, { anonymous: 6, user: 2 })
+  t.teardown(() => app.close())
+  const get = (headers: Record<string, string> = {}, remoteAddress = '127.0.0.1') =>
+    app.inject({ url: '/admin/report', headers, remoteAddress })
+
+  t.test('anonymous requests are limited by client IP before verification: the 401s count', async (t) => {
+    const from = { 'cf-connecting-ip': '198.51.100.1' }
+    const codes = []
+    for (let i = 0; i < 7; i++) codes.push((await get({ ...from, [HEADER]: 'garbage' })).statusCode)
+    t.same(codes, [401, 401, 401, 401, 401, 401, 429])
+    t.equal((await get({ 'cf-connecting-ip': '198.51.100.2' })).statusCode, 401, 'another visitor has a bucket of its own')
+  })
+
+  t.test('CF-Connecting-IP is believed only from the trusted proxy', async (t) => {
+    const codes = []
+    for (let i = 0; i < 7; i++) codes.push((await get({ 'cf-connecting-ip': `203.0.113.${i}` }, '192.0.2.7')).statusCode)
+    t.same(codes, [401, 401, 401, 401, 401, 401, 429], 'a direct client that rotates the header is still one bucket')
+  })
+
+  t.test('verified users are limited each by their own subject after verification', async (t) => {
+    const ann = access.signToken({ email: 'ann@acme.com' })
+    const headers = { 'cf-connecting-ip': '198.51.100.10', [HEADER]: ann }
+    t.same((await get(headers)).json(), { for: 'user:ann@acme.com' })
+    t.equal((await get(headers)).statusCode, 200)
+    t.equal((await get(headers)).statusCode, 429, 'ann is over her limit')
+    const bob = access.signToken({ email: 'bob@acme.com' })
+    t.equal((await get({ 'cf-connecting-ip': '198.51.100.10', [HEADER]: bob })).statusCode, 200, 'bob, from the same address, is not')
+    const bot = access.signServiceToken({ common_name: 'ci.access' })
+    t.same((await get({ 'cf-connecting-ip': '198.51.100.11', [HEADER]: bot })).json(), { for: 'service:ci.access' })
+  })
+
+  t.test('a forged token naming a user never spends that user\'s budget', async (t) => {
+    const forged = access.signToken({ email: 'carol@acme.com' }, { key: attacker() })
+    for (let i = 0; i < 3; i++) t.equal((await get({ 'cf-connecting-ip': '198.51.100.20', [HEADER]: forged })).statusCode, 401)
+    t.equal((await get({ 'cf-connecting-ip': '198.51.100.21', [HEADER]: access.signToken({ email: 'carol@acme.com' }) })).statusCode, 200)
+  })
+})
+
+t.test('rate limiting wired wrong: a per-user limiter before verification keys by address, never by an unverified claim', async (t) => {
+  const access = await emulator(t)
+  for (const hook of ['preHandler', 'onRequest-after-root'] as const) {
+    const app = Fastify()
+    t.teardown(() => app.close())
+    await app.register(rateLimit, { global: false })
+    const keys: string[] = []
+    const limiter = app.rateLimit({ max: 100, timeWindow: 60_000, keyGenerator: (request) => { const key = subjectKey(request); keys.push(key); return key } })
+    if (hook === 'onRequest-after-root') app.addHook('onRequest', limiter) // at the root: before the scope's hook
+    app.register(async (admin) => {
+      await admin.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience, hook: hook === 'preHandler' ? 'preHandler' : 'onRequest' })
+      if (hook === 'preHandler') admin.addHook('onRequest', limiter) // onRequest runs before the plugin's preHandler
+      admin.get('/x', async () => 'ok')
+    }, { prefix: '/admin' })
+    const forged = access.signToken({ email: 'dan@acme.com' }, { key: attacker() })
+    t.equal((await app.inject({ url: '/admin/x', headers: { [HEADER]: forged } })).statusCode, 401)
+    t.equal((await app.inject({ url: '/admin/x', headers: { [HEADER]: access.signToken({ email: 'dan@acme.com' }) } })).statusCode, 200)
+    t.same(keys, ['ip:127.0.0.1', 'ip:127.0.0.1'], `${hook}: no key came from a token`)
+  }
+})
+
+type Upgrade = { status: number, ws?: WebSocket, first?: string, body?: string }
+function upgrade (url: string, headers: Record<string, string>, origin?: string): Promise<Upgrade> {
+  return new Promise((resolve, reject) => {
+    const ws = new WebSocket(url, { headers, ...(origin === undefined ? {} : { origin }) })
+    ws.once('message', (data) => resolve({ status: 101, ws, first: String(data) }))
+    ws.once('unexpected-response', (_request, response) => {
+      let body = ''
+      response.on('data', (chunk: Buffer) => { body += String(chunk) })
+      response.on('end', () => { resolve({ status: response.statusCode ?? 0, body }); ws.terminate() })
+    })
+    ws.once('error', reject)
+  })
+}
+function closed (ws: WebSocket): Promise<{ code: number, reason: string }> {
+  return new Promise((resolve) => ws.once('close', (code, reason) => resolve({ code, reason: String(reason) })))
+}
+async function listen (app: FastifyInstance): Promise<string> {
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  return `ws://127.0.0.1:${(app.server.address() as AddressInfo).port}`
+}
+
+t.test('WebSockets (examples/websocket.ts), with a real ws client', async (t) => {
+  const access = await emulator(t)
+  const app = await buildWebsocketApp(access.teamDomain, access.audience, ['https://app.acme.com'])
+  t.teardown(() => app.close())
+  const base = `${await listen(app)}/live/feed`
+  const token = access.signToken({ email: 'eve@acme.com' })
+
+  t.test('no token: the upgrade is refused with 401 and the Access error', async (t) => {
+    const result = await upgrade(base, {})
+    t.equal(result.status, 401)
+    t.match(JSON.parse(result.body as string), { code: 'FST_CF_ACCESS_TOKEN_MISSING' })
+    t.equal((await upgrade(base, { [HEADER]: access.signToken({ exp: nowSeconds() - 3600 }) })).status, 401, 'expired')
+  })
+
+  t.test('the header: upgraded, and the handler has the claims', async (t) => {
+    const result = await upgrade(base, { [HEADER]: token })
+    t.equal(result.status, 101)
+    t.same(JSON.parse(result.first as string), { hello: 'eve@acme.com' })
+    const ws = result.ws as WebSocket
+    const echo = new Promise((resolve) => ws.once('message', (data) => resolve(String(data))))
+    ws.send('ping')
+    t.equal(await echo, 'echo ping')
+    ws.close()
+  })
+
+  t.test('the cookie from an allowed Origin: upgraded; from another site: 403 (cross-site WebSocket hijacking)', async (t) => {
+    const cookie = { cookie: `CF_Authorization=${token}` }
+    const good = await upgrade(base, cookie, 'https://app.acme.com')
+    t.equal(good.status, 101)
+    good.ws?.close()
+    const evil = await upgrade(base, cookie, 'https://evil.example')
+    t.equal(evil.status, 403)
+    t.match(JSON.parse(evil.body as string), { code: 'WS_ORIGIN_FORBIDDEN' })
+    t.equal((await upgrade(base, { [HEADER]: token }, 'https://evil.example')).status, 403, 'an Origin is checked whatever carries the token')
+  })
+
+  t.test('the socket is closed when the token expires', async (t) => {
+    const result = await upgrade(base, { [HEADER]: access.signServiceToken({ common_name: 'feed.access' }, { expiresIn: 1 }) })
+    t.same(JSON.parse(result.first as string), { hello: 'feed.access' })
+    const started = Date.now()
+    t.same(await closed(result.ws as WebSocket), { code: TOKEN_EXPIRED_CLOSE, reason: 'Cloudflare Access token expired' })
+    t.ok(Date.now() - started < 2500, 'within a second or so of exp')
+  })
+})
+
+t.test('closeAtExpiry re-arms past setTimeout\'s limit and closes at once when already expired', async (t) => {
+  const calls: Array<[number, string]> = []
+  const listeners: Array<() => void> = []
+  const socket = { close: (code: number, reason: string) => calls.push([code, reason]), on: (_event: string, fn: () => void) => listeners.push(fn) }
+  closeAtExpiry(socket as unknown as Parameters<typeof closeAtExpiry>[0], nowSeconds() + 40 * 86_400) // 40 days: beyond 2^31 ms
+  t.same(calls, [], 'not closed at once (a plain setTimeout of 40 days would fire immediately)')
+  listeners.forEach((fn) => fn())
+  closeAtExpiry(socket as unknown as Parameters<typeof closeAtExpiry>[0], nowSeconds() - 1)
+  t.same(calls, [[TOKEN_EXPIRED_CLOSE, 'Cloudflare Access token expired']])
+})
+
+t.test('WebSockets wired wrong: other hook positions still refuse an unverified upgrade', async (t) => {
+  const access = await emulator(t)
+  const token = access.signToken({ email: 'eve@acme.com' })
+  for (const layout of ['preHandler', 'hook-false-route-verify', 'origin-check-first'] as const) {
+    const app = Fastify()
+    t.teardown(() => app.close())
+    await app.register(websocket)
+    app.register(async (live) => {
+      if (layout === 'origin-check-first') live.addHook('onRequest', allowOrigins(['https://app.acme.com']))
+      await live.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience, hook: layout === 'preHandler' ? 'preHandler' : layout === 'hook-false-route-verify' ? false : 'onRequest' })
+      const onRequest = layout === 'hook-false-route-verify' ? live.cfAccess!.verify : []
+      live.get('/feed', { websocket: true, onRequest }, (socket, request) => { socket.send(String(request.cfAccess?.email)) })
+    }, { prefix: '/live' })
+    const base = `${await listen(app)}/live/feed`
+    t.equal((await upgrade(base, {})).status, 401, `${layout}: no token`)
+    t.equal((await upgrade(base, { cookie: 'CF_Authorization=nope' }, 'https://app.acme.com')).status, 401, `${layout}: bad cookie`)
+    const ok = await upgrade(base, { [HEADER]: token })
+    t.equal(ok.first, 'eve@acme.com', `${layout}: a valid token upgrades`)
+    ok.ws?.close()
+  }
+})
+
+t.test('unknown routes under a protected prefix (examples/not-found.ts)', async (t) => {
+  const access = await emulator(t)
+  const app = await buildNotFoundApp(access.teamDomain, access.audience)
+  t.teardown(() => app.close())
+  const token = access.signToken()
+  for (const prefix of ['/admin', '/api']) {
+    t.equal((await app.inject(`${prefix}/nope`)).statusCode, 401, `${prefix}: an unknown route without a token is 401`)
+    t.equal((await app.inject(`${prefix}/deeper/still/nope`)).statusCode, 401)
+    t.equal((await app.inject({ method: 'DELETE', url: prefix })).statusCode, 401, `${prefix}: an unknown method too`)
+    t.equal((await app.inject({ url: `${prefix}/nope`, headers: { [HEADER]: 'garbage' } })).statusCode, 401)
+    const found = await app.inject({ url: `${prefix}/nope`, headers: { [HEADER]: token } })
+    t.equal(found.statusCode, 404, `${prefix}: with a token, 404`)
+    t.equal(found.json().message, `Route GET:${prefix}/nope not found`)
+  }
+  t.equal((await app.inject('/admin/reports')).statusCode, 401)
+  t.equal((await app.inject('/api/jobs')).statusCode, 401)
+  t.equal((await app.inject('/elsewhere')).statusCode, 404, 'outside the prefixes the root answers 404 as before')
+  const big = await app.inject({ method: 'POST', url: '/admin/nope', headers: { 'content-type': 'application/json' }, payload: '{"a":' + '1'.repeat(2_000_000) + '}' })
+  t.equal(big.statusCode, 401, 'refused before the body is read (no 413)')
+})
+
+t.test('unknown routes wired wrong: without a not-found handler in the scope, the root answers 404 to anyone', async (t) => {
+  const access = await emulator(t)
+  const app = Fastify()
+  t.teardown(() => app.close())
+  app.setNotFoundHandler((_request, reply) => { reply.code(404).send('root 404') }) // at the root: the scope's hooks do not run
+  app.register(async (admin) => {
+    await admin.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience })
+    admin.get('/reports', async () => ['q1'])
+  }, { prefix: '/admin' })
+  t.equal((await app.inject('/admin/nope')).statusCode, 404, 'this is why the recipe sets the handler inside the scope')
+  t.equal((await app.inject('/admin/reports')).statusCode, 401)
+  // registered at the root, the plugin's hook runs for the root's not-found handler too
+  const root = Fastify()
+  t.teardown(() => root.close())
+  await root.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience })
+  t.equal((await root.inject('/nope')).statusCode, 401)
+  t.equal((await root.inject({ url: '/nope', headers: { [HEADER]: access.signToken() } })).statusCode, 404)
+})
+
+t.test('the caller in one typed line (examples/typed-claims.ts)', async (t) => {
+  const access = await emulator(t)
+  const app = await buildTypedApp(access.teamDomain, access.audience)
+  t.teardown(() => app.close())
+  const call = async (url: string, token?: string, method: 'GET' | 'POST' = 'GET') => {
+    const res = await app.inject({ method, url, headers: token === undefined ? {} : { [HEADER]: token } })
+    return { status: res.statusCode, body: res.json() }
+  }
+  const user = access.signToken({ email: 'ann@acme.com', country: 'NL' })
+  const bot = access.signServiceToken({ common_name: 'ci.access' })
+  t.same(await call('/admin/me', user), { status: 200, body: { email: 'ann@acme.com', country: 'NL' } })
+  t.match(await call('/admin/me', bot), { status: 403, body: { code: 'FST_CF_ACCESS_FORBIDDEN' } }, 'a service token where a user is required: 403, not a crash')
+  t.same(await call('/admin/deploy', bot, 'POST'), { status: 200, body: { by: 'ci.access' } })
+  t.match(await call('/admin/deploy', user, 'POST'), { status: 403, body: { code: 'FST_CF_ACCESS_FORBIDDEN' } })
+  t.same((await call('/admin/whoami', bot)).body, { service: 'ci.access' })
+  t.same((await call('/admin/whoami', user)).body, { user: 'ann@acme.com' })
+  t.same((await call('/admin/health')).body, { verified: false }, 'in the scope, unverified: null')
+  t.same((await call('/')).body, { outside: true }, 'outside every scope of the plugin: undefined, as typed')
+})
+
+t.test('the typed accessors wired wrong: wherever nothing verified, 401 — never a crash, never someone else', async (t) => {
+  const access = await emulator(t)
+  const app = Fastify()
+  t.teardown(() => app.close())
+  const seen: string[] = []
+  app.addHook('onRequest', async (request) => { // at the root: before the scope's verification
+    try { requireUser(request) } catch (error) { seen.push((error as { code: string }).code) }
+  })
+  app.get('/outside', async (request) => requireUser(request).email)
+  app.register(async (admin) => {
+    await admin.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience, hook: false })
+    admin.get('/unverified', async (request) => requireUser(request).email) // hook: false and no verify
+    admin.get('/verified', { onRequest: admin.cfAccess!.verify }, async (request) => requireUser(request).email)
+  }, { prefix: '/admin' })
+  await app.ready()
+  t.equal(app.cfAccess, undefined, 'the root has no fastify.cfAccess: the type says so')
+  const token = access.signToken({ email: 'ann@acme.com' })
+  for (const url of ['/outside', '/admin/unverified']) {
+    const res = await app.inject({ url, headers: { [HEADER]: token } })
+    t.equal(res.statusCode, 401, url)
+    t.equal(res.json().code, 'FST_CF_ACCESS_TOKEN_MISSING')
+  }
+  t.equal((await app.inject({ url: '/admin/verified', headers: { [HEADER]: token } })).body, 'ann@acme.com')
+  t.same(seen, ['FST_CF_ACCESS_TOKEN_MISSING', 'FST_CF_ACCESS_TOKEN_MISSING', 'FST_CF_ACCESS_TOKEN_MISSING'], 'before verification even a valid token is not read')
 })
