@@ -4,9 +4,11 @@ import { isServiceToken, subjectOf } from './claims'
 import { AuthorizeFailedError, errorCodes, ForbiddenError, NoIdentityError, RETRY_AFTER_SECONDS, TokenMissingError, toError } from './errors'
 import { IdentityClient } from './identity'
 import { KeyStore } from './keys'
+import { pluginLogger } from './log'
 import { describeRoutes } from './openapi'
 import { normalizeOptions } from './options'
 import { admits, type CompiledPolicy } from './policy'
+import { addScopeHook } from './preflight'
 import { watchRoutes } from './routes'
 import { claimScope } from './scopes'
 import { trackStatus } from './status'
@@ -34,6 +36,7 @@ type Done = (error?: Error) => void
  */
 export async function cloudflareAccess (fastify: FastifyInstance, rawOptions: FastifyCloudflareAccessOptions): Promise<void> {
   const options = normalizeOptions(rawOptions)
+  const log = pluginLogger(fastify, rawOptions.logLevel, rawOptions.logSerializers)
   claimScope(fastify)
 
   const store = new KeyStore({
@@ -42,7 +45,7 @@ export async function cloudflareAccess (fastify: FastifyInstance, rawOptions: Fa
     refreshInterval: options.refreshInterval,
     unknownKidCooldown: options.unknownKidCooldown,
     maxStaleAge: options.maxStaleAge,
-    log: fastify.log.child({ plugin: 'fastify-cloudflare-access' })
+    log
   })
   const verifier = createTokenVerifier(options, store)
   const identities = new IdentityClient({
@@ -191,7 +194,7 @@ export async function cloudflareAccess (fastify: FastifyInstance, rawOptions: Fa
     return identityFor(token, claims)
   })
   if (options.hook !== false) {
-    fastify.addHook(options.hook, hook)
+    addScopeHook(fastify, options.hook, hook, options.corsPreflight)
   } else {
     // A route with a policy added before the plugin is not guarded by watchRoutes: enforce it up front.
     fastify.addHook('onRequest', function cfAccessEarlyRoutePolicy (request: FastifyRequest, reply: FastifyReply, done: Done) {

@@ -1,4 +1,4 @@
-import type { FastifyReply, FastifyRequest } from 'fastify'
+import type { FastifyReply, FastifyRequest, RegisterOptions } from 'fastify'
 import type { CloudflareAccessCustomClaims } from '../index'
 import type { CloudflareAccessStatus } from './status'
 
@@ -101,6 +101,20 @@ export interface FastifyCloudflareAccessOptions {
    * Default 1000; `0` turns the cache off.
    */
   cacheSize?: number
+  /**
+   * Let CORS preflights (`OPTIONS` with `Origin` and `Access-Control-Request-Method`, which browsers send
+   * without credentials) through the plugin's own hook unverified, for a CORS plugin in the scope to answer.
+   * A request let through that no CORS plugin answered is refused with 401 before any handler runs.
+   * Default `false`. Not with `hook: false`.
+   */
+  corsPreflight?: boolean
+  /**
+   * Fastify's register option: the level of the plugin's own log lines (key rotations, key endpoint
+   * trouble). Rejections are logged by Fastify's error handler at the route's level.
+   */
+  logLevel?: RegisterOptions['logLevel']
+  /** Fastify's register option: pino serializers for the plugin's own log lines. */
+  logSerializers?: RegisterOptions['logSerializers']
 }
 
 /** Claims every verified Cloudflare Access application token has. */

@@ -7,12 +7,14 @@ import rateLimit from '@fastify/rate-limit'
 import websocket from '@fastify/websocket'
 import type { AddressInfo } from 'node:net'
 import WebSocket from 'ws'
+import cors from '@fastify/cors'
+import { buildCorsAtRoot, buildCorsInScope } from '../examples/cors'
 import { buildNotFoundApp } from '../examples/not-found'
 import { buildOpenapiApp } from '../examples/openapi'
 import { buildRateLimitedApp, subjectKey } from '../examples/rate-limit'
 import { buildTypedApp } from '../examples/typed-claims'
 import { allowOrigins, buildWebsocketApp, closeAtExpiry, TOKEN_EXPIRED_CLOSE } from '../examples/websocket'
-import { attackerKey as attacker, emulator, HEADER, nowSeconds } from './helpers'
+import { attackerKey as attacker, captureLogs, emulator, eventually, HEADER, nowSeconds } from './helpers'
 
 // The integrations with the usual Fastify plugins, each a recipe in examples/ run here with the real
 // plugin installed, and the ways of wiring each one wrong. One test process for all of them.
@@ -422,4 +424,153 @@ t.test('the typed accessors wired wrong: wherever nothing verified, 401 — neve
   }
   t.equal((await app.inject({ url: '/admin/verified', headers: { [HEADER]: token } })).body, 'ann@acme.com')
   t.same(seen, ['FST_CF_ACCESS_TOKEN_MISSING', 'FST_CF_ACCESS_TOKEN_MISSING', 'FST_CF_ACCESS_TOKEN_MISSING'], 'before verification even a valid token is not read')
+})
+
+const PREFLIGHT = { origin: 'https://app.acme.com', 'access-control-request-method': 'GET', 'access-control-request-headers': 'cf-access-jwt-assertion' }
+
+t.test('CORS (examples/cors.ts): @fastify/cors at the root and inside the protected scope', async (t) => {
+  const access = await emulator(t)
+  const token = access.signToken({ email: 'ann@acme.com' })
+  for (const [name, build] of [['at the root', buildCorsAtRoot], ['in the scope, corsPreflight: true', buildCorsInScope]] as const) {
+    const app = await build(access.teamDomain, access.audience)
+    t.teardown(() => app.close())
+    const preflight = await app.inject({ method: 'OPTIONS', url: '/api/data', headers: PREFLIGHT })
+    t.equal(preflight.statusCode, 204, `${name}: a real preflight is answered without a token`)
+    t.equal(preflight.headers['access-control-allow-origin'], 'https://app.acme.com')
+    t.equal(preflight.headers['access-control-allow-credentials'], 'true')
+    const anonymous = await app.inject({ url: '/api/data', headers: { origin: 'https://app.acme.com' } })
+    t.equal(anonymous.statusCode, 401, `${name}: the real request still needs a token`)
+    t.same((await app.inject({ url: '/api/data', headers: { origin: 'https://app.acme.com', [HEADER]: token } })).json(), { for: 'ann@acme.com' })
+    const cookie = await app.inject({ url: '/api/data', headers: { origin: 'https://app.acme.com', cookie: `CF_Authorization=${token}` } })
+    t.equal(cookie.headers['access-control-allow-origin'], 'https://app.acme.com', `${name}: the credentialed answer carries CORS headers`)
+    t.equal((await app.inject({ method: 'OPTIONS', url: '/api/data', headers: { origin: 'https://evil.example', 'access-control-request-method': 'GET' } })).headers['access-control-allow-origin'], undefined, `${name}: another site is not allowed`)
+  }
+  const [root, scoped] = [await buildCorsAtRoot(access.teamDomain, access.audience), await buildCorsInScope(access.teamDomain, access.audience)]
+  t.teardown(() => Promise.all([root.close(), scoped.close()]))
+  const anonymous = { url: '/api/data', headers: { origin: 'https://app.acme.com' } }
+  t.equal((await root.inject(anonymous)).headers['access-control-allow-origin'], 'https://app.acme.com', 'at the root the browser may read the 401')
+  t.equal((await scoped.inject(anonymous)).headers['access-control-allow-origin'], undefined, 'after the plugin the 401 comes first, without CORS headers (as the README says)')
+  t.equal((await root.inject({ method: 'OPTIONS', url: '/api/data' })).statusCode, 400, 'at the root @fastify/cors answers a plain OPTIONS itself')
+  t.equal((await scoped.inject({ method: 'OPTIONS', url: '/api/data' })).statusCode, 401, 'after the plugin a plain OPTIONS is verified first')
+  t.equal((await scoped.inject({ method: 'OPTIONS', url: '/api/data', headers: { origin: 'https://app.acme.com' } })).statusCode, 401, 'Origin alone is not a preflight')
+})
+
+t.test('CORS wired wrong: a preflight that nothing answers never reaches a handler', async (t) => {
+  const access = await emulator(t)
+  const options = { teamDomain: access.teamDomain, audience: access.audience }
+  const layouts = {
+    'no CORS plugin at all': async (api: FastifyInstance) => { await api.register(cloudflareAccess, { ...options, corsPreflight: true }) },
+    '@fastify/cors with preflight: false': async (api: FastifyInstance) => {
+      await api.register(cloudflareAccess, { ...options, corsPreflight: true })
+      await api.register(cors, { origin: true, preflight: false })
+    },
+    '@fastify/cors answering in preValidation (too late)': async (api: FastifyInstance) => {
+      await api.register(cloudflareAccess, { ...options, corsPreflight: true })
+      await api.register(cors, { origin: true, hook: 'preValidation' })
+    },
+    'plugin hook preHandler, CORS after it': async (api: FastifyInstance) => {
+      await api.register(cloudflareAccess, { ...options, hook: 'preHandler', corsPreflight: true })
+      await api.register(cors, { origin: true, hook: 'preHandler' })
+    },
+    'a user hook after the plugin': async (api: FastifyInstance) => {
+      await api.register(cloudflareAccess, { ...options, corsPreflight: true })
+      api.addHook('onRequest', async () => {})
+    },
+    'the option off, CORS after the plugin': async (api: FastifyInstance) => {
+      await api.register(cloudflareAccess, options)
+      await api.register(cors, { origin: true })
+    }
+  }
+  for (const [name, layout] of Object.entries(layouts)) {
+    const app = Fastify()
+    t.teardown(() => app.close())
+    let handled = 0
+    app.register(async (api) => {
+      await layout(api)
+      api.options('/hook', async () => { handled++; return 'handled' })
+      api.route({ method: ['OPTIONS', 'POST'], url: '/any', handler: async () => { handled++; return 'handled' } })
+      api.setNotFoundHandler(async () => { handled++; return 'not found handler' })
+    }, { prefix: '/api' })
+    for (const url of ['/api/hook', '/api/any', '/api/unknown']) {
+      const res = await app.inject({ method: 'OPTIONS', url, headers: PREFLIGHT })
+      t.equal(res.statusCode, 401, `${name}: OPTIONS ${url} shaped as a preflight`)
+    }
+    t.equal((await app.inject({ method: 'POST', url: '/api/any', headers: PREFLIGHT })).statusCode, 401, `${name}: only OPTIONS can be a preflight`)
+    t.equal(handled, 0, `${name}: no handler ran`)
+  }
+  t.test('in onRequest mode the refusal comes before the body is read', async (t) => {
+    const app = Fastify()
+    t.teardown(() => app.close())
+    await app.register(cloudflareAccess, { ...options, corsPreflight: true })
+    app.options('/x', async () => 'handled')
+    const res = await app.inject({ method: 'OPTIONS', url: '/x', headers: { ...PREFLIGHT, 'content-type': 'application/json' }, payload: '{"a":' + '1'.repeat(2_000_000) + '}' })
+    t.equal(res.statusCode, 401, 'not 413: no body was parsed')
+  })
+  t.test('fastify.cfAccess.verify never lets a preflight through, and hook: false refuses the option', async (t) => {
+    const app = Fastify()
+    t.teardown(() => app.close())
+    await app.register(cloudflareAccess, { ...options, corsPreflight: true })
+    app.options('/x', { onRequest: app.cfAccess!.verify }, async () => 'handled')
+    await app.register(cors, { origin: true, preflightContinue: true })
+    t.equal((await app.inject({ method: 'OPTIONS', url: '/x', headers: PREFLIGHT })).statusCode, 401)
+    await t.rejects(async () => { await Fastify().register(cloudflareAccess, { ...options, hook: false, corsPreflight: true }) }, /option "corsPreflight" must be used with the plugin's own hook/)
+    await t.rejects(async () => { await Fastify().register(cloudflareAccess, { ...options, corsPreflight: 'yes' as unknown as boolean }) }, /option "corsPreflight" must be true or false/)
+    const off = Fastify()
+    t.teardown(() => off.close())
+    await off.register(cloudflareAccess, { ...options, corsPreflight: false })
+    off.options('/x', async () => 'handled')
+    t.equal((await off.inject({ method: 'OPTIONS', url: '/x', headers: PREFLIGHT })).statusCode, 401, 'corsPreflight: false is the default behaviour')
+  })
+  t.test('@fastify/cors before the plugin in the scope works without the option', async (t) => {
+    const app = Fastify()
+    t.teardown(() => app.close())
+    app.register(async (api) => {
+      await api.register(cors, { origin: true })
+      await api.register(cloudflareAccess, options)
+      api.get('/data', async () => 'data')
+    }, { prefix: '/api' })
+    t.equal((await app.inject({ method: 'OPTIONS', url: '/api/data', headers: PREFLIGHT })).statusCode, 204)
+    t.equal((await app.inject('/api/data')).statusCode, 401)
+  })
+})
+
+t.test("Fastify's own register options: logLevel and logSerializers apply to the plugin's log lines; prefix is still refused", async (t) => {
+  const access = await emulator(t)
+  access.setOutage(true)
+  const keyLines = async (extra: Record<string, unknown>): Promise<Array<Record<string, any>>> => {
+    const { logger, lines } = captureLogs('info')
+    const app = Fastify({ logger })
+    t.teardown(() => app.close())
+    await app.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience, ...extra })
+    await app.ready()
+    await eventually(() => lines.some((line) => line.plugin === 'fastify-cloudflare-access'), 1000)
+    return lines.filter((line) => line.plugin === 'fastify-cloudflare-access')
+  }
+  const plain = await keyLines({})
+  t.equal(plain[0]?.level, 50, 'by default the outage is logged at error')
+  t.equal(plain[0]?.certsUrl, access.certsUrl)
+  t.same(await keyLines({ logLevel: 'fatal' }), [], 'logLevel: fatal silences it')
+  const serialized = await keyLines({ logSerializers: { certsUrl: (url: string) => `<${url.length} characters>` } })
+  t.equal(serialized[0]?.certsUrl, `<${access.certsUrl.length} characters>`, 'logSerializers are applied')
+  const { logger, lines } = captureLogs('info')
+  const app = Fastify({ logger })
+  t.teardown(() => app.close())
+  await app.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience, logLevel: 'debug' })
+  app.get('/x', async () => 'x')
+  await app.ready()
+  await app.inject('/x')
+  t.ok(await eventually(() => lines.some((line) => line.plugin === 'fastify-cloudflare-access'), 1000), 'accepted, not refused as unknown')
+  t.ok(lines.some((line) => line.level === 30 && line.err?.code === 'FST_CF_ACCESS_TOKEN_MISSING'), 'request lines keep the route\'s level')
+
+  const register = (extra: Record<string, unknown>) => async () => { await Fastify().register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience, ...extra }) }
+  await t.rejects(register({ logLevel: 'loud' }), /option "logLevel" must be one of fatal, error, warn, info, debug, trace, silent, got "loud"/)
+  await t.rejects(register({ logLevel: 3 }), /option "logLevel" must be one of .*got number/)
+  await t.rejects(register({ logSerializers: { certsUrl: 'no' } }), /option "logSerializers" must be an object of functions/)
+  await t.rejects(register({ logSerializers: [] }), /option "logSerializers" must be an object of functions/)
+  await t.rejects(register({ logSerializers: null }), /option "logSerializers" must be an object of functions/)
+  await t.rejects(register({ prefix: '/admin' }), /do not pass "prefix" to this plugin/)
+  const silent = Fastify() // no logger: the abstract logger has no levels, the standard names apply
+  t.teardown(() => silent.close())
+  await silent.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience, logLevel: 'silent' })
+  await t.rejects(async () => { await Fastify().register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience, logLevel: 'verbose' as 'info' }) }, /must be one of fatal, error, warn, info, debug, trace, silent, got "verbose"/)
 })
