@@ -8,6 +8,7 @@ import websocket from '@fastify/websocket'
 import type { AddressInfo } from 'node:net'
 import WebSocket from 'ws'
 import cors from '@fastify/cors'
+import { apiKeyStrategy, buildAuthApp } from '../examples/auth'
 import { buildCorsAtRoot, buildCorsInScope } from '../examples/cors'
 import { buildNotFoundApp } from '../examples/not-found'
 import { buildOpenapiApp } from '../examples/openapi'
@@ -573,4 +574,61 @@ t.test("Fastify's own register options: logLevel and logSerializers apply to the
   t.teardown(() => silent.close())
   await silent.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience, logLevel: 'silent' })
   await t.rejects(async () => { await Fastify().register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience, logLevel: 'verbose' as 'info' }) }, /must be one of fatal, error, warn, info, debug, trace, silent, got "verbose"/)
+})
+
+t.test('@fastify/auth (examples/auth.ts): Access or an API key, Access and an API key', async (t) => {
+  const access = await emulator(t)
+  const app = await buildAuthApp(access.teamDomain, access.audience, ['k1', 'k2'])
+  t.teardown(() => app.close())
+  const call = async (method: 'GET' | 'POST', url: string, headers: Record<string, string> = {}) => {
+    const res = await app.inject({ method, url, headers })
+    return { status: res.statusCode, body: res.json(), retryAfter: res.headers['retry-after'] }
+  }
+  const user = { [HEADER]: access.signToken({ email: 'ann@acme.com' }) }
+  const bot = { [HEADER]: access.signServiceToken({ common_name: 'ci.access' }) }
+
+  t.test('or: either one admits; with neither, the Access error', async (t) => {
+    t.same((await call('GET', '/reports', user)).body, { by: 'ann@acme.com' })
+    t.same((await call('GET', '/reports', { 'x-api-key': 'k2' })).body, { by: 'api key' })
+    t.match(await call('GET', '/reports'), { status: 401, body: { code: 'FST_CF_ACCESS_TOKEN_MISSING' } })
+    t.match(await call('GET', '/reports', { 'x-api-key': 'nope', [HEADER]: 'garbage' }), { status: 401, body: { code: 'FST_CF_ACCESS_TOKEN_INVALID' } })
+    t.match(await call('GET', '/reports', { [HEADER]: access.signToken({ exp: nowSeconds() - 3600 }) }), { status: 401, body: { code: 'FST_CF_ACCESS_TOKEN_EXPIRED' } })
+  })
+
+  t.test('and: both are needed; the first failure answers, Access first', async (t) => {
+    t.same((await call('POST', '/deploy', { ...bot, 'x-api-key': 'k1' })).body, { by: 'ci.access' })
+    t.match(await call('POST', '/deploy', { 'x-api-key': 'k1' }), { status: 401, body: { code: 'FST_CF_ACCESS_TOKEN_MISSING' } })
+    t.match(await call('POST', '/deploy', bot), { status: 401, body: { code: 'APP_API_KEY_INVALID' } })
+    t.match(await call('POST', '/deploy'), { status: 401, body: { code: 'FST_CF_ACCESS_TOKEN_MISSING' } })
+  })
+
+  t.test('a key outage stays a 503 with Retry-After through the wrapper (not the 401 @fastify/auth sets)', async (t) => {
+    const cold = await emulator(t)
+    cold.setOutage(true)
+    const outage = await buildAuthApp(cold.teamDomain, cold.audience, ['k1'])
+    t.teardown(() => outage.close())
+    const token = cold.signToken()
+    for (const [method, url, headers] of [['GET', '/reports', { [HEADER]: token }], ['POST', '/deploy', { [HEADER]: token, 'x-api-key': 'k1' }]] as const) {
+      const res = await outage.inject({ method, url, headers })
+      t.equal(res.statusCode, 503, `${method} ${url}`)
+      t.equal(res.json().code, 'FST_CF_ACCESS_KEYS_UNAVAILABLE')
+      t.equal(res.headers['retry-after'], '5')
+    }
+    t.equal((await outage.inject({ url: '/reports', headers: { 'x-api-key': 'k1' } })).statusCode, 200, 'the API key still works')
+  })
+})
+
+t.test('@fastify/auth wired wrong', async (t) => {
+  const access = await emulator(t)
+  const options = { teamDomain: access.teamDomain, audience: access.audience }
+  const apiKey = apiKeyStrategy(['k1'])
+
+  t.test('or with Access first: with neither, the client gets the other strategy\'s error (why the order matters)', async (t) => {
+    const app = Fastify()
+    t.teardown(() => app.close())
+    await app.register(fastifyAuth)
+    await app.register(cloudflareAccess, { ...options, hook: false })
+    app.get('/x', { onRequest: app.auth([app.cfAccess!.verify, apiKey]) }, async () => 'x')
+    t.equal((await app.inject('/x')).json().code, 'APP_API_KEY_INVALID')
+  })
 })
