@@ -590,6 +590,7 @@ t.test('@fastify/auth (examples/auth.ts): Access or an API key, Access and an AP
   t.test('or: either one admits; with neither, the Access error', async (t) => {
     t.same((await call('GET', '/reports', user)).body, { by: 'ann@acme.com' })
     t.same((await call('GET', '/reports', { 'x-api-key': 'k2' })).body, { by: 'api key' })
+    t.same((await call('GET', '/reports', bot)).body, { by: 'ci.access' })
     t.match(await call('GET', '/reports'), { status: 401, body: { code: 'FST_CF_ACCESS_TOKEN_MISSING' } })
     t.match(await call('GET', '/reports', { 'x-api-key': 'nope', [HEADER]: 'garbage' }), { status: 401, body: { code: 'FST_CF_ACCESS_TOKEN_INVALID' } })
     t.match(await call('GET', '/reports', { [HEADER]: access.signToken({ exp: nowSeconds() - 3600 }) }), { status: 401, body: { code: 'FST_CF_ACCESS_TOKEN_EXPIRED' } })
@@ -597,6 +598,7 @@ t.test('@fastify/auth (examples/auth.ts): Access or an API key, Access and an AP
 
   t.test('and: both are needed; the first failure answers, Access first', async (t) => {
     t.same((await call('POST', '/deploy', { ...bot, 'x-api-key': 'k1' })).body, { by: 'ci.access' })
+    t.same((await call('POST', '/deploy', { ...user, 'x-api-key': 'k1' })).body, { by: 'ann@acme.com' })
     t.match(await call('POST', '/deploy', { 'x-api-key': 'k1' }), { status: 401, body: { code: 'FST_CF_ACCESS_TOKEN_MISSING' } })
     t.match(await call('POST', '/deploy', bot), { status: 401, body: { code: 'APP_API_KEY_INVALID' } })
     t.match(await call('POST', '/deploy'), { status: 401, body: { code: 'FST_CF_ACCESS_TOKEN_MISSING' } })
@@ -622,6 +624,7 @@ t.test('@fastify/auth wired wrong', async (t) => {
   const access = await emulator(t)
   const options = { teamDomain: access.teamDomain, audience: access.audience }
   const apiKey = apiKeyStrategy(['k1'])
+  const token = access.signToken({ email: 'eve@evil.com' })
 
   t.test('or with Access first: with neither, the client gets the other strategy\'s error (why the order matters)', async (t) => {
     const app = Fastify()
@@ -630,5 +633,36 @@ t.test('@fastify/auth wired wrong', async (t) => {
     await app.register(cloudflareAccess, { ...options, hook: false })
     app.get('/x', { onRequest: app.auth([app.cfAccess!.verify, apiKey]) }, async () => 'x')
     t.equal((await app.inject('/x')).json().code, 'APP_API_KEY_INVALID')
+  })
+
+  t.test('config.cfAccess: false does not switch off verify inside a wrapper', async (t) => {
+    const app = Fastify()
+    t.teardown(() => app.close())
+    await app.register(fastifyAuth)
+    await app.register(cloudflareAccess, { ...options, hook: false })
+    app.get('/and', { config: { cfAccess: false }, onRequest: app.auth([app.cfAccess!.verify, apiKey], { relation: 'and' }) }, async () => 'x')
+    t.equal((await app.inject({ url: '/and', headers: { 'x-api-key': 'k1' } })).statusCode, 401, 'a valid API key alone does not pass an "and"')
+    t.equal((await app.inject({ url: '/and', headers: { 'x-api-key': 'k1', [HEADER]: access.signToken() } })).statusCode, 200)
+  })
+
+  t.test('or: a user the policy refuses, plus a valid API key, reaches the handler without that user\'s claims', async (t) => {
+    const app = Fastify()
+    t.teardown(() => app.close())
+    await app.register(fastifyAuth)
+    await app.register(cloudflareAccess, { ...options, hook: false, allow: { emailDomains: ['acme.com'] } })
+    app.get('/x', { onRequest: app.auth([app.cfAccess!.verify, apiKey]) }, async (request) => ({ claims: request.cfAccess }))
+    t.same((await app.inject({ url: '/x', headers: { [HEADER]: token, 'x-api-key': 'k1' } })).json(), { claims: null })
+    t.equal((await app.inject({ url: '/x', headers: { [HEADER]: token } })).json().code, 'APP_API_KEY_INVALID')
+  })
+
+  t.test('or on a route with its own policy: the policy holds even for a valid API key', async (t) => {
+    const app = Fastify()
+    t.teardown(() => app.close())
+    await app.register(fastifyAuth)
+    await app.register(cloudflareAccess, { ...options, hook: false })
+    app.get('/x', { config: { cfAccess: { allow: { emailDomains: ['acme.com'] } } }, onRequest: app.auth([apiKey, app.cfAccess!.verify]) }, async () => 'x')
+    t.equal((await app.inject({ url: '/x', headers: { 'x-api-key': 'k1' } })).statusCode, 401)
+    t.equal((await app.inject({ url: '/x', headers: { 'x-api-key': 'k1', [HEADER]: token } })).statusCode, 403)
+    t.equal((await app.inject({ url: '/x', headers: { [HEADER]: access.signToken({ email: 'ann@acme.com' }) } })).statusCode, 200)
   })
 })
