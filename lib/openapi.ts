@@ -1,5 +1,6 @@
 /** OpenAPI descriptions for @fastify/swagger: the two token carriers as security schemes, and a transform that marks protected routes. */
 import type { FastifyInstance, FastifySchema, RouteOptions } from 'fastify'
+import { isOptional } from './optional'
 import type { CloudflareAccessHook } from './types'
 
 /**
@@ -41,7 +42,7 @@ export interface CloudflareAccessTransformInput {
 }
 
 /** How a route is protected, as the plugin saw it when the route was added. */
-type Protection = 'required' | 'open'
+type Protection = 'required' | 'optional' | 'open'
 
 const kProtection = Symbol('fastify-cloudflare-access.openapi')
 const SCHEME_NAMES = Object.keys(cloudflareAccessSecuritySchemes)
@@ -90,11 +91,13 @@ function runs (route: RouteOptions, fn: unknown): boolean {
  * {@link cloudflareAccessTransform}. Called once by the plugin body. Routes added before the plugin in
  * the same scope are not seen (register the plugin first, as the README says).
  */
-export function describeRoutes (fastify: FastifyInstance, hook: CloudflareAccessHook, verify: unknown): void {
+export function describeRoutes (fastify: FastifyInstance, options: { hook: CloudflareAccessHook, required: boolean }, verify: unknown): void {
+  const { hook, required } = options
   fastify.addHook('onRoute', (route: RouteOptions) => {
     const config = (route.config as { cfAccess?: unknown } | undefined)?.cfAccess
     let protection: Protection | undefined
     if (config === false) protection = 'open'
+    else if (hook !== false && isOptional(config, required)) protection = 'optional'
     // A route policy is never served open (the plugin refuses or enforces it), so it is protected too.
     else if (hook !== false || typeof config === 'object' || runs(route, verify)) protection = 'required'
     // Otherwise (hook: false, no verify of its own) the route may still be protected by a scope hook or a
@@ -141,7 +144,8 @@ export function cloudflareAccessTransform (input: CloudflareAccessTransformInput
   return {
     schema: {
       ...schema,
-      security: declared ?? cloudflareAccessSecurity.map((requirement) => ({ ...requirement })),
+      // Optional: an empty requirement says "or no token at all".
+      security: declared ?? [...cloudflareAccessSecurity.map((requirement) => ({ ...requirement })), ...(protection === 'optional' ? [{}] : [])],
       // Without a response schema swagger would describe a default 200: keep it.
       response: { ...(response ?? { 200: { description: 'Default Response', type: 'null' } }), ...missing(response) }
     } as FastifySchema,

@@ -10,6 +10,8 @@ export interface NormalizedOptions {
   hook: CloudflareAccessHook
   /** Whether the scope hook lets CORS preflights through unverified (lib/preflight.ts). */
   corsPreflight: boolean
+  /** Whether the plugin's own hook requires a token where the route does not say (lib/optional.ts). */
+  required: boolean
   /** Milliseconds (the option is given in seconds). */
   clockToleranceMs: number
   fetchTimeout: number
@@ -45,7 +47,7 @@ export const DEFAULTS = {
 const KNOWN_OPTIONS = new Set([
   'teamDomain', 'audience', 'hook', 'clockTolerance',
   'fetchTimeout', 'refreshInterval', 'unknownKidCooldown', 'maxStaleAge',
-  'allow', 'authorize', 'authorizeTimeout', 'waitForKeys', 'identityTimeout', 'identityCacheTtl', 'identityCacheSize', 'cacheSize', 'corsPreflight',
+  'allow', 'authorize', 'authorizeTimeout', 'waitForKeys', 'identityTimeout', 'identityCacheTtl', 'identityCacheSize', 'cacheSize', 'corsPreflight', 'required',
   // Fastify's own register options, which fastify-plugin leaves to the plugin (lib/log.ts applies them)
   'logLevel', 'logSerializers'
 ])
@@ -126,6 +128,19 @@ function normalizeCorsPreflight (value: unknown, hook: CloudflareAccessHook): bo
   return true
 }
 
+function normalizeRequired (options: Record<string, unknown>, hook: CloudflareAccessHook): boolean {
+  const value = options.required
+  if (value === undefined || value === true) return true
+  if (value !== false) return fail('required', 'true or false', describe(value))
+  if (hook === false) {
+    return fail('required', "true with hook: false (only the plugin's own hook makes a token optional; fastify.cfAccess.verify always requires one)", 'false')
+  }
+  if (options.allow !== undefined || options.authorize !== undefined) {
+    return fail('required', 'true when allow or authorize is given (a policy needs a token; make single routes optional with config.cfAccess: { required: false })', 'false')
+  }
+  return false
+}
+
 function duration (options: Record<string, unknown>, name: keyof typeof DEFAULTS, min: number, max: number, unit: string): number {
   const value = options[name]
   if (value === undefined) return DEFAULTS[name]
@@ -165,6 +180,7 @@ export function normalizeOptions (raw: FastifyCloudflareAccessOptions | undefine
     audience: normalizeAudience(options.audience),
     hook,
     corsPreflight: normalizeCorsPreflight(options.corsPreflight, hook),
+    required: normalizeRequired(options, hook),
     clockToleranceMs: duration(options, 'clockTolerance', 0, 600, 'seconds') * 1000,
     fetchTimeout,
     refreshInterval: duration(options, 'refreshInterval', 1_000, 86_400_000, 'milliseconds'),

@@ -6,6 +6,7 @@ import { IdentityClient } from './identity'
 import { KeyStore } from './keys'
 import { pluginLogger } from './log'
 import { describeRoutes } from './openapi'
+import { isOptional, watchRequirements } from './optional'
 import { normalizeOptions } from './options'
 import { admits, type CompiledPolicy } from './policy'
 import { addScopeHook } from './preflight'
@@ -134,6 +135,7 @@ export async function cloudflareAccess (fastify: FastifyInstance, rawOptions: Fa
       routeConfig = undefined
     }
     const token = readToken(request.headers)
+    if (token === undefined && ownHook && isOptional(routeConfig, options.required)) return undefined
     const before = hits()
     const claims = verifier.verify(token)
     if (claims instanceof Error) return rejected(request, reply, claims)
@@ -203,7 +205,8 @@ export async function cloudflareAccess (fastify: FastifyInstance, rawOptions: Fa
       verify(request, reply).then(() => done(), done)
     })
   }
-  describeRoutes(fastify, options.hook, verify)
+  watchRequirements(fastify, options.hook, options.required)
+  describeRoutes(fastify, options, verify)
   fastify.addHook('onReady', async () => {
     store.start()
     // Availability first by default; with waitForKeys, a deploy that cannot reach Cloudflare fails to start.

@@ -48,8 +48,16 @@ export interface CloudflareAccessPolicy {
   authorize?: CloudflareAccessAuthorize
 }
 
-/** A route's `config.cfAccess`: `false` skips verification on that route; a policy narrows the plugin's. */
-export type CloudflareAccessRouteConfig = false | CloudflareAccessPolicy
+/**
+ * A route's `config.cfAccess`: `false` skips verification on that route; a policy narrows the plugin's;
+ * `required: false` makes the token optional there (with the plugin's own hook: no token → the request
+ * goes on with `request.cfAccess === null`; a bad token is still a 401), and `required: true` requires it
+ * where the plugin has `required: false`. A policy cannot be optional.
+ */
+export type CloudflareAccessRouteConfig =
+  | false
+  | (CloudflareAccessPolicy & { required?: true })
+  | { required: false, allow?: undefined, authorize?: undefined }
 
 /** Which request hook runs verification: `'onRequest'` (default), `'preHandler'`, or `false` for none. */
 export type CloudflareAccessHook = 'onRequest' | 'preHandler' | false
@@ -108,6 +116,13 @@ export interface FastifyCloudflareAccessOptions {
    * Default `false`. Not with `hook: false`.
    */
   corsPreflight?: boolean
+  /**
+   * `false`: the plugin's own hook lets a request **without a token** through with `request.cfAccess`
+   * left `null` (for pages that show more to a logged-in user); a token that fails verification is still
+   * answered 401, never ignored. Per route with `config.cfAccess: { required }`. Default `true`. Not with
+   * `hook: false` (`fastify.cfAccess.verify` always requires a token) nor with `allow`/`authorize`.
+   */
+  required?: boolean
   /**
    * Fastify's register option: the level of the plugin's own log lines (key rotations, key endpoint
    * trouble). Rejections are logged by Fastify's error handler at the route's level.
@@ -233,7 +248,10 @@ declare module 'fastify' {
     cfAccessIdentity: () => Promise<CloudflareAccessIdentity>
   }
   interface FastifyContextConfig {
-    /** `false`: no verification on this route. A policy: narrows the plugin's `allow`/`authorize`. */
+    /**
+     * `false`: no verification on this route. A policy: narrows the plugin's `allow`/`authorize`.
+     * `{ required: false }`: the token is optional on this route.
+     */
     cfAccess?: CloudflareAccessRouteConfig
   }
   interface FastifyInstance {

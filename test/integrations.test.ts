@@ -12,6 +12,7 @@ import { apiKeyStrategy, buildAuthApp } from '../examples/auth'
 import { buildCorsAtRoot, buildCorsInScope } from '../examples/cors'
 import { buildNotFoundApp } from '../examples/not-found'
 import { buildOpenapiApp } from '../examples/openapi'
+import { buildOptionalApp } from '../examples/optional'
 import { buildRateLimitedApp, subjectKey } from '../examples/rate-limit'
 import { buildTypedApp } from '../examples/typed-claims'
 import { allowOrigins, buildWebsocketApp, closeAtExpiry, TOKEN_EXPIRED_CLOSE } from '../examples/websocket'
@@ -664,5 +665,162 @@ t.test('@fastify/auth wired wrong', async (t) => {
     t.equal((await app.inject({ url: '/x', headers: { 'x-api-key': 'k1' } })).statusCode, 401)
     t.equal((await app.inject({ url: '/x', headers: { 'x-api-key': 'k1', [HEADER]: token } })).statusCode, 403)
     t.equal((await app.inject({ url: '/x', headers: { [HEADER]: access.signToken({ email: 'ann@acme.com' }) } })).statusCode, 200)
+  })
+})
+
+t.test('optional authentication (examples/optional.ts)', async (t) => {
+  const access = await emulator(t)
+  const app = await buildOptionalApp(access.teamDomain, access.audience)
+  t.teardown(() => app.close())
+  const get = async (url: string, headers: Record<string, string> = {}) => {
+    const res = await app.inject({ url, headers })
+    return { status: res.statusCode, body: res.json() }
+  }
+  const user = access.signToken({ email: 'ann@acme.com' })
+  const bad = {
+    garbage: { [HEADER]: 'garbage' },
+    'a garbage cookie': { cookie: 'CF_Authorization=garbage' },
+    expired: { [HEADER]: access.signToken({ exp: nowSeconds() - 3600 }) },
+    forged: { [HEADER]: access.signToken({}, { key: attacker() }) },
+    'another application': { [HEADER]: access.signToken({ aud: ['f'.repeat(64)] }) }
+  }
+  for (const [url, anonymous, signedIn] of [
+    ['/site/', { hello: 'guest' }, { hello: 'ann@acme.com' }],
+    ['/admin/status', { signedIn: false }, { signedIn: true }]
+  ] as const) {
+    t.same(await get(url), { status: 200, body: anonymous }, `${url}: no token, the request goes on anonymously`)
+    t.same(await get(url, { [HEADER]: user }), { status: 200, body: signedIn }, `${url}: a valid token, the claims`)
+    t.same(await get(url, { cookie: `CF_Authorization=${user}` }), { status: 200, body: signedIn }, `${url}: the cookie too`)
+    for (const [name, headers] of Object.entries(bad)) {
+      t.equal((await get(url, headers)).status, 401, `${url}: a token that fails is never ignored (${name})`)
+    }
+  }
+  t.same((await get('/site/', { [HEADER]: access.signServiceToken({ common_name: 'ci.access' }) })).body, { hello: 'ci.access' })
+  t.match(await get('/site/account'), { status: 401, body: { code: 'FST_CF_ACCESS_TOKEN_MISSING' } }, 'required: true overrides the plugin')
+  t.equal((await get('/site/account', { [HEADER]: user })).status, 200)
+  t.equal((await get('/admin/reports')).status, 401, 'the rest of the protected scope still requires a token')
+})
+
+t.test('optional authentication under a key outage: no token goes on, a token gets 503', async (t) => {
+  const access = await emulator(t)
+  access.setOutage(true)
+  const app = await buildOptionalApp(access.teamDomain, access.audience)
+  t.teardown(() => app.close())
+  t.equal((await app.inject('/site/')).statusCode, 200)
+  const res = await app.inject({ url: '/site/', headers: { [HEADER]: access.signToken() } })
+  t.equal(res.statusCode, 503)
+  t.equal(res.headers['retry-after'], '5')
+})
+
+t.test('optional authentication wired wrong', async (t) => {
+  const access = await emulator(t)
+  const options = { teamDomain: access.teamDomain, audience: access.audience }
+  const token = access.signToken({ email: 'ann@acme.com' })
+
+  t.test('explicit verify always requires a token, on an optional route and in an optional scope', async (t) => {
+    const app = Fastify()
+    t.teardown(() => app.close())
+    await app.register(fastifyAuth)
+    await app.register(cloudflareAccess, { ...options, required: false })
+    const { verify } = app.cfAccess!
+    app.get('/hooked', { onRequest: verify }, async () => 'x')
+    app.get('/wrapped', { onRequest: app.auth([verify]), config: { cfAccess: { required: false } } }, async () => 'x')
+    app.get('/later', { preHandler: verify }, async () => 'x')
+    for (const url of ['/hooked', '/wrapped', '/later']) {
+      t.equal((await app.inject(url)).statusCode, 401, url)
+      t.equal((await app.inject({ url, headers: { [HEADER]: token } })).statusCode, 200, url)
+    }
+  })
+
+  t.test('hooks before and after the plugin\'s see null; requireUser answers 401; preHandler mode too', async (t) => {
+    for (const hook of ['onRequest', 'preHandler'] as const) {
+      const app = Fastify()
+      t.teardown(() => app.close())
+      const seen: unknown[] = []
+      app.addHook('onRequest', async (request) => { seen.push(request.cfAccess) })
+      await app.register(cloudflareAccess, { ...options, hook, required: false })
+      app.addHook('preHandler', async (request) => { seen.push(request.cfAccess) })
+      app.get('/', async (request) => ({ email: requireUser(request).email }))
+      app.get('/open', async (request) => ({ claims: request.cfAccess }))
+      t.equal((await app.inject('/')).statusCode, 401, `${hook}: a handler that needs the user still gets none`)
+      t.same((await app.inject('/open')).json(), { claims: null })
+      t.same(seen, [null, null, null, null], `${hook}: never anything but null without a token`)
+      t.equal((await app.inject({ url: '/', headers: { [HEADER]: 'garbage' } })).statusCode, 401)
+      t.equal((await app.inject({ url: '/', headers: { [HEADER]: token } })).json().email, 'ann@acme.com')
+    }
+  })
+
+  t.test('a policy is never optional: refused at boot, and a route added before the plugin requires a token', async (t) => {
+    const boot = async (register: (app: FastifyInstance) => Promise<void>) => {
+      const app = Fastify()
+      t.teardown(() => app.close())
+      await register(app)
+      await app.ready()
+    }
+    await t.rejects(boot(async (app) => { await app.register(cloudflareAccess, { ...options, required: false, allow: { emailDomains: ['acme.com'] } }) }), /option "required" must be true when allow or authorize is given/)
+    await t.rejects(boot(async (app) => { await app.register(cloudflareAccess, { ...options, required: false, authorize: () => true }) }), /option "required" must be true when allow or authorize/)
+    await t.rejects(boot(async (app) => { await app.register(cloudflareAccess, { ...options, hook: false, required: false }) }), /option "required" must be true with hook: false/)
+    await t.rejects(boot(async (app) => { await app.register(cloudflareAccess, { ...options, required: 'no' as unknown as boolean }) }), /option "required" must be true or false/)
+    await t.rejects(boot(async (app) => {
+      await app.register(cloudflareAccess, options)
+      app.get('/x', { config: { cfAccess: { required: false, allow: { emails: ['a@acme.com'] } } as never } }, async () => 'x')
+    }), /required: false and a policy/)
+    await t.rejects(boot(async (app) => {
+      await app.register(cloudflareAccess, { ...options, required: false })
+      app.get('/x', { config: { cfAccess: { allow: { emails: ['a@acme.com'] } } } }, async () => 'x')
+    }), /the plugin has required: false and this route has a policy/)
+    await t.rejects(boot(async (app) => {
+      await app.register(cloudflareAccess, { ...options, hook: false })
+      app.get('/x', { config: { cfAccess: { required: true } } }, async () => 'x')
+    }), /config\.cfAccess\.required applies to the plugin's own hook/)
+    await t.rejects(boot(async (app) => {
+      await app.register(cloudflareAccess, options)
+      app.get('/x', { config: { cfAccess: { required: 'no' } as never } }, async () => 'x')
+    }), /config\.cfAccess\.required must be true or false/)
+    await t.rejects(boot(async (app) => {
+      await app.register(cloudflareAccess, options)
+      app.get('/x', { config: { cfAccess: {} as never } }, async () => 'x')
+    }), /needs "allow", "authorize" or "required"/)
+
+    const app = Fastify()
+    t.teardown(() => app.close())
+    app.register(async (scope) => {
+      scope.get('/early', { config: { cfAccess: { allow: { emailDomains: ['acme.com'] } } } }, async () => 'x') // before the plugin: not checked at boot
+      scope.get('/early-optional', { config: { cfAccess: { required: false } } }, async (request) => ({ claims: request.cfAccess }))
+      scope.get('/early-odd', { config: { cfAccess: 'yes' as never } }, async () => 'x')
+      scope.get('/early-null', { config: { cfAccess: null as never } }, async () => 'x')
+      scope.get('/early-unsaid', { config: { cfAccess: { required: undefined } as never } }, async (request) => ({ claims: request.cfAccess }))
+      await scope.register(cloudflareAccess, { ...options, required: false })
+      scope.get('/required', { config: { cfAccess: { required: true, allow: { emailDomains: ['acme.com'] } } } }, async () => 'x')
+    })
+    t.equal((await app.inject('/early')).statusCode, 401, 'a route policy the boot did not see still requires a token')
+    t.same((await app.inject('/early-optional')).json(), { claims: null })
+    t.equal((await app.inject('/early-odd')).statusCode, 401, 'an odd config the boot did not see is not optional')
+    t.equal((await app.inject('/early-null')).statusCode, 401)
+    t.same((await app.inject('/early-unsaid')).json(), { claims: null }, 'a route that does not say follows the plugin\'s required: false')
+    t.equal((await app.inject('/required')).statusCode, 401)
+    t.equal((await app.inject({ url: '/required', headers: { [HEADER]: access.signToken({ email: 'eve@evil.com' }) } })).statusCode, 403)
+    t.equal((await app.inject({ url: '/required', headers: { [HEADER]: token } })).statusCode, 200)
+  })
+
+  t.test('OpenAPI: an optional route offers "no token" as an alternative', async (t) => {
+    const app = Fastify()
+    t.teardown(() => app.close())
+    await app.register(swagger, { openapi: { components: { securitySchemes: { ...cloudflareAccessSecuritySchemes } } }, transform: cloudflareAccessTransform })
+    await app.register(cloudflareAccess, options)
+    app.get('/maybe', { config: { cfAccess: { required: false } } }, async () => 'x')
+    app.get('/surely', { config: { cfAccess: { required: true } } }, async () => 'x')
+    await app.ready()
+    t.same(operation(app, '/maybe').security, [...SECURITY, {}])
+    t.ok(operation(app, '/maybe').responses[401], 'a bad token is still a 401')
+    t.same(operation(app, '/surely').security, SECURITY)
+  })
+
+  t.test('verifyToken with the request of an optional route applies no policy and needs the token', async (t) => {
+    const app = Fastify()
+    t.teardown(() => app.close())
+    await app.register(cloudflareAccess, options)
+    app.get('/maybe', { config: { cfAccess: { required: false } } }, async (request) => (await app.cfAccess!.verifyToken(token, request)).email)
+    t.equal((await app.inject('/maybe')).body, 'ann@acme.com')
   })
 })

@@ -1,6 +1,6 @@
 import swagger, { type SwaggerTransform } from '@fastify/swagger'
 import Fastify, { type FastifyInstance, type FastifySchema } from 'fastify'
-import { expectAssignable, expectError, expectType } from 'tsd'
+import { expectAssignable, expectError, expectNotAssignable, expectType } from 'tsd'
 import cloudflareAccess, {
   cloudflareAccessSecurity,
   cloudflareAccessSecuritySchemes,
@@ -10,6 +10,7 @@ import cloudflareAccess, {
   requireUser,
   type CloudflareAccessClaims,
   type CloudflareAccessDecorator,
+  type CloudflareAccessRouteConfig,
   type CloudflareAccessServiceClaims,
   type CloudflareAccessUserClaims
 } from 'fastify-cloudflare-access'
@@ -64,3 +65,19 @@ expectType<'header'>(cloudflareAccessSecuritySchemes.cloudflareAccessHeader.in)
 expectType<'cookie'>(cloudflareAccessSecuritySchemes.cloudflareAccessCookie.in)
 app.get('/wrapped', { schema: { security: cloudflareAccessSecurity } }, async () => 'ok')
 expectType<{ schema: FastifySchema, url: string }>(cloudflareAccessTransform({ url: '/', route: { method: 'GET', url: '/', handler: async () => 'ok' } }))
+
+// Options of this issue: corsPreflight, required, and Fastify's own logLevel / logSerializers.
+app.register(cloudflareAccess, { teamDomain: 'acme', audience: 'AUD', corsPreflight: true, required: false, logLevel: 'warn', logSerializers: { certsUrl: () => 'x' } })
+expectError(app.register(cloudflareAccess, { teamDomain: 'acme', audience: 'AUD', corsPreflight: 'yes' }))
+expectError(app.register(cloudflareAccess, { teamDomain: 'acme', audience: 'AUD', required: 'no' }))
+expectError(app.register(cloudflareAccess, { teamDomain: 'acme', audience: 'AUD', logLevel: 'loud' }))
+
+// Route config: optional, required, a policy — and never a policy on an optional route.
+expectAssignable<CloudflareAccessRouteConfig>({ required: false })
+expectAssignable<CloudflareAccessRouteConfig>({ required: true })
+expectAssignable<CloudflareAccessRouteConfig>({ required: true, allow: { emails: ['a@acme.com'] } })
+expectAssignable<CloudflareAccessRouteConfig>({ allow: { emails: ['a@acme.com'] } })
+expectNotAssignable<CloudflareAccessRouteConfig>({ required: false, allow: { emails: ['a@acme.com'] } })
+expectNotAssignable<CloudflareAccessRouteConfig>({ required: false, authorize: () => true })
+expectNotAssignable<CloudflareAccessRouteConfig>({ required: 'no' })
+app.get('/maybe', { config: { cfAccess: { required: false } } }, async (request) => request.cfAccess?.email ?? 'guest')
