@@ -3,9 +3,9 @@ import type { FastifyInstance } from 'fastify'
 import { cloudflareAccess } from './lib/plugin'
 import * as errors from './lib/errors'
 import * as claims from './lib/claims'
-import { channelNames } from './lib/channels'
+import * as channels from './lib/channels'
 import type * as channelTypes from './lib/channels'
-import { cloudflareAccessStatus } from './lib/status'
+import * as status from './lib/status'
 import type * as statusTypes from './lib/status'
 import * as openapi from './lib/openapi'
 import type * as types from './lib/types'
@@ -24,6 +24,9 @@ const {
   ForbiddenError, NoIdentityError, IdentityUnavailableError, AuthorizeFailedError, AuthorizeTimeoutError
 } = errors
 const { isServiceToken, isUserToken, requireClaims, requireUser, requireServiceToken } = claims
+// Destructured like the rest: Node's CommonJS-to-ESM bridge (below) sees `name,` but stops at `name: x.name`.
+const { cloudflareAccessStatus } = status
+const { channelNames } = channels
 const { cloudflareAccessSecuritySchemes, cloudflareAccessSecurity, cloudflareAccessTransform } = openapi
 fastifyCloudflareAccess.default = fastifyCloudflareAccess
 fastifyCloudflareAccess.fastifyCloudflareAccess = fastifyCloudflareAccess
