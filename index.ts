@@ -3,8 +3,11 @@ import type { FastifyInstance } from 'fastify'
 import { cloudflareAccess } from './lib/plugin'
 import * as errors from './lib/errors'
 import * as claims from './lib/claims'
-import * as channelTypes from './lib/channels'
-import * as statusTypes from './lib/status'
+import * as channels from './lib/channels'
+import type * as channelTypes from './lib/channels'
+import * as status from './lib/status'
+import type * as statusTypes from './lib/status'
+import * as openapi from './lib/openapi'
 import type * as types from './lib/types'
 import './lib/types'
 
@@ -20,12 +23,11 @@ const {
   errorCodes, TokenMissingError, TokenInvalidError, TokenExpiredError, ClaimInvalidError, KeysUnavailableError,
   ForbiddenError, NoIdentityError, IdentityUnavailableError, AuthorizeFailedError, AuthorizeTimeoutError
 } = errors
-const { isServiceToken, isUserToken } = claims
-// Locals, not the imports themselves: TypeScript compiles an imported name in the bridge below to
-// `module_1.name`, which Node's CommonJS-to-ESM bridge cannot read (attw reports it as a named export
-// that crashes at runtime).
-const { channelNames } = channelTypes
-const { cloudflareAccessStatus } = statusTypes
+const { isServiceToken, isUserToken, requireClaims, requireUser, requireServiceToken } = claims
+// Destructured like the rest: Node's CommonJS-to-ESM bridge (below) sees `name,` but stops at `name: x.name`.
+const { cloudflareAccessStatus } = status
+const { channelNames } = channels
+const { cloudflareAccessSecuritySchemes, cloudflareAccessSecurity, cloudflareAccessTransform } = openapi
 fastifyCloudflareAccess.default = fastifyCloudflareAccess
 fastifyCloudflareAccess.fastifyCloudflareAccess = fastifyCloudflareAccess
 fastifyCloudflareAccess.errorCodes = errorCodes
@@ -43,6 +45,12 @@ fastifyCloudflareAccess.isServiceToken = isServiceToken
 fastifyCloudflareAccess.isUserToken = isUserToken
 fastifyCloudflareAccess.cloudflareAccessStatus = cloudflareAccessStatus
 fastifyCloudflareAccess.channelNames = channelNames
+fastifyCloudflareAccess.requireClaims = requireClaims
+fastifyCloudflareAccess.requireUser = requireUser
+fastifyCloudflareAccess.requireServiceToken = requireServiceToken
+fastifyCloudflareAccess.cloudflareAccessSecuritySchemes = cloudflareAccessSecuritySchemes
+fastifyCloudflareAccess.cloudflareAccessSecurity = cloudflareAccessSecurity
+fastifyCloudflareAccess.cloudflareAccessTransform = cloudflareAccessTransform
 
 // Node's CommonJS-to-ESM bridge finds named exports by reading the source for this shape. It never runs
 // (`0 &&`); it only makes `import { fastifyCloudflareAccess } from 'fastify-cloudflare-access'` work.
@@ -64,7 +72,13 @@ fastifyCloudflareAccess.channelNames = channelNames
   isServiceToken,
   isUserToken,
   cloudflareAccessStatus,
-  channelNames
+  channelNames,
+  requireClaims,
+  requireUser,
+  requireServiceToken,
+  cloudflareAccessSecuritySchemes,
+  cloudflareAccessSecurity,
+  cloudflareAccessTransform
 })
 /* c8 ignore stop */
 
@@ -107,6 +121,7 @@ declare namespace fastifyCloudflareAccess {
   export type KeyStaleMessage = channelTypes.KeyStaleMessage
   export type KeyDroppedMessage = channelTypes.KeyDroppedMessage
   export type IdentityMessage = channelTypes.IdentityMessage
+  export type CloudflareAccessTransformInput = openapi.CloudflareAccessTransformInput
 }
 
 export = fastifyCloudflareAccess

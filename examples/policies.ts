@@ -4,7 +4,7 @@
  * may call.
  */
 import Fastify, { type FastifyInstance } from 'fastify'
-import cloudflareAccess, { isServiceToken } from '../index'
+import cloudflareAccess, { isServiceToken, requireClaims } from '../index'
 
 export async function buildPoliciesApp (teamDomain: string, audience: string, deployBot: string): Promise<FastifyInstance> {
   const app = Fastify()
@@ -18,7 +18,7 @@ export async function buildPoliciesApp (teamDomain: string, audience: string, de
     admin.get('/health', { config: { cfAccess: false } }, async () => 'ok')
     admin.get('/billing', { config: { cfAccess: { allow: { groups: ['finance'] } } } }, async () => ({ invoices: 3 }))
     admin.get('/whoami', async (request) => {
-      const claims = request.cfAccess!
+      const claims = requireClaims(request)
       return isServiceToken(claims) ? { service: claims.common_name } : { user: claims.email }
     })
     admin.get('/profile', async (request) => {
@@ -32,7 +32,8 @@ export async function buildPoliciesApp (teamDomain: string, audience: string, de
       teamDomain,
       audience,
       allow: { serviceTokens: true },
-      authorize: (_claims, request) => request.method === 'POST'
+      // The route's own URL: request.url would carry the query string ('/hooks?x=1').
+      authorize: (_claims, request) => request.method === 'POST' && request.routeOptions.url === '/hooks'
     })
     hooks.post('/', async () => ({ queued: true }))
     hooks.get('/', async () => 'never: authorize admits POST only')

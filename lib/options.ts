@@ -8,6 +8,10 @@ export interface NormalizedOptions {
   certsUrl: string
   audience: readonly string[]
   hook: CloudflareAccessHook
+  /** Whether the scope hook lets CORS preflights through unverified (lib/preflight.ts). */
+  corsPreflight: boolean
+  /** Whether the plugin's own hook requires a token where the route does not say (lib/optional.ts). */
+  required: boolean
   /** Milliseconds (the option is given in seconds). */
   clockToleranceMs: number
   fetchTimeout: number
@@ -43,7 +47,9 @@ export const DEFAULTS = {
 const KNOWN_OPTIONS = new Set([
   'teamDomain', 'audience', 'hook', 'clockTolerance',
   'fetchTimeout', 'refreshInterval', 'unknownKidCooldown', 'maxStaleAge',
-  'allow', 'authorize', 'authorizeTimeout', 'waitForKeys', 'identityTimeout', 'identityCacheTtl', 'identityCacheSize', 'cacheSize'
+  'allow', 'authorize', 'authorizeTimeout', 'waitForKeys', 'identityTimeout', 'identityCacheTtl', 'identityCacheSize', 'cacheSize', 'corsPreflight', 'required',
+  // Fastify's own register options, which fastify-plugin leaves to the plugin (lib/log.ts applies them)
+  'logLevel', 'logSerializers'
 ])
 
 const TEAM_NAME = /^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$/
@@ -126,6 +132,28 @@ function normalizeHook (value: unknown): CloudflareAccessHook {
   return fail('hook', "'onRequest', 'preHandler' or false", describe(value))
 }
 
+function normalizeCorsPreflight (value: unknown, hook: CloudflareAccessHook): boolean {
+  if (value === undefined || value === false) return false
+  if (value !== true) return fail('corsPreflight', 'true or false', describe(value))
+  if (hook === false) {
+    return fail('corsPreflight', "used with the plugin's own hook (only that hook lets preflights through; with hook: false there is none, and fastify.cfAccess.verify always verifies)", 'hook: false')
+  }
+  return true
+}
+
+function normalizeRequired (options: Record<string, unknown>, hook: CloudflareAccessHook): boolean {
+  const value = options.required
+  if (value === undefined || value === true) return true
+  if (value !== false) return fail('required', 'true or false', describe(value))
+  if (hook === false) {
+    return fail('required', "true with hook: false (only the plugin's own hook makes a token optional; fastify.cfAccess.verify always requires one)", 'false')
+  }
+  if (options.allow !== undefined || options.authorize !== undefined) {
+    return fail('required', 'true when allow or authorize is given (a policy needs a token; make single routes optional with config.cfAccess: { required: false })', 'false')
+  }
+  return false
+}
+
 function duration (options: Record<string, unknown>, name: keyof typeof DEFAULTS, min: number, max: number, unit: string): number {
   const value = options[name]
   if (value === undefined) return DEFAULTS[name]
@@ -158,11 +186,14 @@ export function normalizeOptions (raw: FastifyCloudflareAccessOptions | undefine
   }
   const issuer = normalizeTeamDomain(options.teamDomain)
   const fetchTimeout = duration(options, 'fetchTimeout', 1, 60_000, 'milliseconds')
+  const hook = normalizeHook(options.hook)
   return Object.freeze({
     issuer,
     certsUrl: `${issuer}/cdn-cgi/access/certs`,
     audience: normalizeAudience(options.audience),
-    hook: normalizeHook(options.hook),
+    hook,
+    corsPreflight: normalizeCorsPreflight(options.corsPreflight, hook),
+    required: normalizeRequired(options, hook),
     clockToleranceMs: duration(options, 'clockTolerance', 0, 600, 'seconds') * 1000,
     fetchTimeout,
     refreshInterval: duration(options, 'refreshInterval', 1_000, 86_400_000, 'milliseconds'),

@@ -4,9 +4,13 @@ import { isServiceToken, subjectOf } from './claims'
 import { AuthorizeFailedError, errorCodes, ForbiddenError, NoIdentityError, RETRY_AFTER_SECONDS, TokenMissingError, toError } from './errors'
 import { IdentityClient } from './identity'
 import { KeyStore } from './keys'
+import { pluginLogger } from './log'
 import { decorateLogout } from './logout'
+import { describeRoutes } from './openapi'
+import { isOptional, watchRequirements } from './optional'
 import { normalizeOptions, warnIfLoopbackInProduction } from './options'
 import { admits, type CompiledPolicy } from './policy'
+import { addScopeHook } from './preflight'
 import { watchRoutes } from './routes'
 import { claimScope } from './scopes'
 import { trackStatus } from './status'
@@ -34,16 +38,17 @@ type Done = (error?: Error) => void
  */
 export async function cloudflareAccess (fastify: FastifyInstance, rawOptions: FastifyCloudflareAccessOptions): Promise<void> {
   const options = normalizeOptions(rawOptions)
+  const log = pluginLogger(fastify, rawOptions.logLevel, rawOptions.logSerializers)
   claimScope(fastify)
 
-  warnIfLoopbackInProduction(fastify.log, options.issuer)
+  warnIfLoopbackInProduction(log, options.issuer)
   const store = new KeyStore({
     certsUrl: options.certsUrl,
     fetchTimeout: options.fetchTimeout,
     refreshInterval: options.refreshInterval,
     unknownKidCooldown: options.unknownKidCooldown,
     maxStaleAge: options.maxStaleAge,
-    log: fastify.log.child({ plugin: 'fastify-cloudflare-access' })
+    log
   })
   const verifier = createTokenVerifier(options, store)
   const identities = new IdentityClient({
@@ -132,6 +137,7 @@ export async function cloudflareAccess (fastify: FastifyInstance, rawOptions: Fa
       routeConfig = undefined
     }
     const token = readToken(request.headers)
+    if (token === undefined && ownHook && isOptional(routeConfig, options.required)) return undefined
     const before = hits()
     const claims = verifier.verify(token)
     if (claims instanceof Error) return rejected(request, reply, claims)
@@ -188,12 +194,12 @@ export async function cloudflareAccess (fastify: FastifyInstance, rawOptions: Fa
   fastify.decorateRequest('cfAccessIdentity', function (this: FastifyRequest) {
     const claims = this.cfAccess
     const token = (this as Request)[kToken]
-    if (claims === null || token === null) return Promise.reject(new TokenMissingError())
+    if (claims == null || token === null) return Promise.reject(new TokenMissingError())
     return identityFor(token, claims)
   })
   decorateLogout(fastify)
   if (options.hook !== false) {
-    fastify.addHook(options.hook, hook)
+    addScopeHook(fastify, options.hook, hook, options.corsPreflight)
   } else {
     // A route with a policy added before the plugin is not guarded by watchRoutes: enforce it up front.
     fastify.addHook('onRequest', function cfAccessEarlyRoutePolicy (request: FastifyRequest, reply: FastifyReply, done: Done) {
@@ -202,6 +208,8 @@ export async function cloudflareAccess (fastify: FastifyInstance, rawOptions: Fa
       verify(request, reply).then(() => done(), done)
     })
   }
+  watchRequirements(fastify, options.hook, options.required)
+  describeRoutes(fastify, options, verify)
   fastify.addHook('onReady', async () => {
     store.start()
     // Availability first by default; with waitForKeys, a deploy that cannot reach Cloudflare fails to start.

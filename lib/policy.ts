@@ -1,6 +1,7 @@
 import type { FastifyRequest } from 'fastify'
 import { isServiceToken } from './claims'
 import { AuthorizeTimeoutError, toError } from './errors'
+import { checkRouteRequired } from './optional'
 import type { CloudflareAccessAuthorize, CloudflareAccessClaims, CloudflareAccessIdentity } from './types'
 
 /** A policy after validation: sets for the lists, nothing left to check at request time but membership. */
@@ -22,7 +23,7 @@ export interface CompiledPolicy {
 }
 
 const ALLOW_KEYS = new Set(['emails', 'emailDomains', 'groups', 'groupIds', 'serviceTokens'])
-const POLICY_KEYS = new Set(['allow', 'authorize'])
+const POLICY_KEYS = new Set(['allow', 'authorize', 'required'])
 const NO_SPACE = /^[^\s]+$/
 const DOMAIN = /^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)+$/
 const ASCII_UPPER = /[A-Z]/g
@@ -97,9 +98,12 @@ export function compileRouteConfig (where: string, value: unknown): CompiledPoli
   }
   const policy = value as Record<string, unknown>
   for (const key of Object.keys(policy)) {
-    if (!POLICY_KEYS.has(key)) fail(where, `unknown key "config.cfAccess.${key}"; known: allow, authorize`)
+    if (!POLICY_KEYS.has(key)) fail(where, `unknown key "config.cfAccess.${key}"; known: allow, authorize, required`)
   }
-  if (policy.allow === undefined && policy.authorize === undefined) fail(where, 'config.cfAccess needs "allow" or "authorize" (or false to skip verification)')
+  checkRouteRequired(where, policy)
+  if (policy.allow === undefined && policy.authorize === undefined && policy.required === undefined) {
+    fail(where, 'config.cfAccess needs "allow", "authorize" or "required" (or false to skip verification)')
+  }
   return compilePolicy(where, policy.allow, policy.authorize)
 }
 

@@ -1,8 +1,9 @@
 /** Route-level `config.cfAccess`: validated at boot, and a route policy enforced whatever else the route runs. */
 import type { FastifyInstance, FastifyReply, FastifyRequest, RouteOptions } from 'fastify'
 import { toError } from './errors'
+import { hasPolicy } from './optional'
 import { compileRouteConfig, type CompiledPolicy } from './policy'
-import type { CloudflareAccessPolicy } from './types'
+import type { CloudflareAccessPolicy, CloudflareAccessRouteConfig } from './types'
 
 type Hook = (request: FastifyRequest, reply: FastifyReply) => Promise<void>
 type Done = (error?: Error) => void
@@ -51,6 +52,11 @@ export function watchRoutes (
       return
     }
     compiled.set(config as object, compileRouteConfig(where, config))
+    if (!hasPolicy(config as object)) {
+      // Only `required` (lib/optional.ts): nothing to guard, but pinned like a policy (see below).
+      route.config = { ...route.config, cfAccess: config as CloudflareAccessRouteConfig } as RouteOptions['config']
+      return
+    }
     // Fastify copies the route's own enumerable config into the route: pin the policy validated here (an
     // inherited or getter `cfAccess` would vanish from the copy) and mark this route, not the policy object
     // (which a route added before the plugin, unguarded, may share).

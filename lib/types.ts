@@ -1,4 +1,4 @@
-import type { FastifyReply, FastifyRequest } from 'fastify'
+import type { FastifyReply, FastifyRequest, RegisterOptions } from 'fastify'
 import type { CloudflareAccessCustomClaims } from '../index'
 import type { CloudflareAccessStatus } from './status'
 
@@ -48,8 +48,16 @@ export interface CloudflareAccessPolicy {
   authorize?: CloudflareAccessAuthorize
 }
 
-/** A route's `config.cfAccess`: `false` skips verification on that route; a policy narrows the plugin's. */
-export type CloudflareAccessRouteConfig = false | CloudflareAccessPolicy
+/**
+ * A route's `config.cfAccess`: `false` skips verification on that route; a policy narrows the plugin's;
+ * `required: false` makes the token optional there (with the plugin's own hook: no token → the request
+ * goes on with `request.cfAccess === null`; a bad token is still a 401), and `required: true` requires it
+ * where the plugin has `required: false`. A policy cannot be optional.
+ */
+export type CloudflareAccessRouteConfig =
+  | false
+  | (CloudflareAccessPolicy & { required?: true })
+  | { required: false, allow?: undefined, authorize?: undefined }
 
 /** Which request hook runs verification: `'onRequest'` (default), `'preHandler'`, or `false` for none. */
 export type CloudflareAccessHook = 'onRequest' | 'preHandler' | false
@@ -101,6 +109,27 @@ export interface FastifyCloudflareAccessOptions {
    * Default 1000; `0` turns the cache off.
    */
   cacheSize?: number
+  /**
+   * Let CORS preflights (`OPTIONS` with `Origin` and `Access-Control-Request-Method`, which browsers send
+   * without credentials) through the plugin's own hook unverified, for a CORS plugin in the scope to answer.
+   * A request let through that no CORS plugin answered is refused with 401 before any handler runs.
+   * Default `false`. Not with `hook: false`.
+   */
+  corsPreflight?: boolean
+  /**
+   * `false`: the plugin's own hook lets a request **without a token** through with `request.cfAccess`
+   * left `null` (for pages that show more to a logged-in user); a token that fails verification is still
+   * answered 401, never ignored. Per route with `config.cfAccess: { required }`. Default `true`. Not with
+   * `hook: false` (`fastify.cfAccess.verify` always requires a token) nor with `allow`/`authorize`.
+   */
+  required?: boolean
+  /**
+   * Fastify's register option: the level of the plugin's own log lines (key rotations, key endpoint
+   * trouble). Rejections are logged by Fastify's error handler at the route's level.
+   */
+  logLevel?: RegisterOptions['logLevel']
+  /** Fastify's register option: pino serializers for the plugin's own log lines. */
+  logSerializers?: RegisterOptions['logSerializers']
 }
 
 /** Claims every verified Cloudflare Access application token has. */
@@ -197,10 +226,20 @@ export interface CloudflareAccessDecorator {
   status: () => CloudflareAccessStatus
 }
 
+// Where each decorator exists: the plugin decorates the scope it is registered in (fastify-plugin makes
+// that the scope that calls `register`) and that scope's children — not the parent scopes, which
+// Fastify gives a plugin no way to reach. A registration inside `/admin` leaves the root without them,
+// so `request.cfAccess` and `fastify.cfAccess` are typed as what they are there: absent.
 declare module 'fastify' {
   interface FastifyRequest {
-    /** The verified Cloudflare Access claims, or `null` where no verification admitted the request. */
-    cfAccess: CloudflareAccessClaims | null
+    /**
+     * The verified Cloudflare Access claims. `null` in a scope of the plugin until verification admitted
+     * the request (and where none ran: `config.cfAccess: false`, `hook: false` without `verify`, an
+     * optional route without a token); `undefined` outside every scope of the plugin. To read the user
+     * or the service token in one line, failing closed, use `requireUser(request)`,
+     * `requireServiceToken(request)` or `requireClaims(request)`.
+     */
+    cfAccess?: CloudflareAccessClaims | null
     /**
      * The user's full identity from the identity endpoint (groups, name, device posture…), cached per
      * token. Rejects for service tokens (403), without a verified token (401), or when the endpoint is
@@ -217,11 +256,17 @@ declare module 'fastify' {
     cfAccessLogout: () => FastifyReply
   }
   interface FastifyContextConfig {
-    /** `false`: no verification on this route. A policy: narrows the plugin's `allow`/`authorize`. */
+    /**
+     * `false`: no verification on this route. A policy: narrows the plugin's `allow`/`authorize`.
+     * `{ required: false }`: the token is optional on this route.
+     */
     cfAccess?: CloudflareAccessRouteConfig
   }
   interface FastifyInstance {
-    /** Set by fastify-cloudflare-access. */
-    cfAccess: CloudflareAccessDecorator
+    /**
+     * Set by fastify-cloudflare-access on the scope it is registered in and that scope's children;
+     * `undefined` elsewhere (for example at the root when the plugin is registered inside a prefix).
+     */
+    cfAccess?: CloudflareAccessDecorator
   }
 }

@@ -163,7 +163,7 @@ t.test('route policies work with hook: false and with preHandler', async (t) => 
     const server = Fastify()
     t.teardown(() => server.close())
     await server.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience, hook })
-    const hooks = hook === false ? { onRequest: server.cfAccess.verify } : {}
+    const hooks = hook === false ? { onRequest: server.cfAccess!.verify } : {}
     server.get('/ops', { ...hooks, config: { cfAccess: { allow: { emails: ['ops@acme.com'] } } } }, async () => 'ok')
     server.get('/open', { config: { cfAccess: false } }, async (request) => ({ claims: request.cfAccess }))
     await server.ready()
@@ -233,7 +233,7 @@ t.test('route configs are validated when the route is added: boot fails, not the
   const server = Fastify()
   t.teardown(() => server.close())
   await server.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience, hook: false })
-  t.throws(() => server.get('/x', { onRequest: [server.cfAccess.verify], config: { cfAccess: false } }, async () => 'ok'),
+  t.throws(() => server.get('/x', { onRequest: [server.cfAccess!.verify], config: { cfAccess: false } }, async () => 'ok'),
     /config.cfAccess is false \(no verification\) but the route also runs fastify.cfAccess.verify/)
 })
 
@@ -244,7 +244,7 @@ t.test('isUserToken and isServiceToken tell the two kinds of claims apart', asyn
   await server.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience })
   server.get('/', async (request) => {
     const claims = request.cfAccess
-    if (claims === null) return 'none'
+    if (claims == null) return 'none'
     if (cloudflareAccess.isUserToken(claims)) return `user ${claims.email}`
     return cloudflareAccess.isServiceToken(claims) ? `service ${claims.common_name}` : 'neither'
   })

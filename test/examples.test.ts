@@ -35,6 +35,8 @@ t.test('examples/policies.ts: grants, narrowing, opt-out, identity, a service-to
   t.same((await get('/admin/billing', access.signToken({ email: 'fin@acme.com' }))).json(), { invoices: 3 })
   t.same((await get('/admin/profile', access.signToken({ email: 'fin@acme.com' }))).json(), { name: 'Fin', groups: ['finance'] })
   t.same((await get('/hooks', access.signServiceToken(), 'POST')).json(), { queued: true })
+  t.same((await get('/hooks?x=1', access.signServiceToken(), 'POST')).json(), { queued: true }, 'a query string does not change the route')
+  t.same((await get('/hooks/', access.signServiceToken(), 'POST')).json(), { queued: true }, 'nor a trailing slash')
   t.equal((await get('/hooks', access.signServiceToken())).statusCode, 403, 'authorize admits POST only')
   t.equal((await get('/hooks', access.signToken({ email: 'dev@acme.com' }), 'POST')).statusCode, 403, 'users may not call the hook')
 })

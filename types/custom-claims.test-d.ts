@@ -14,7 +14,7 @@ declare module 'fastify-cloudflare-access' {
 const app = Fastify()
 app.get('/', async (request) => {
   const claims = request.cfAccess
-  if (claims === null || claims.email === undefined) return null
+  if (claims == null || claims.email === undefined) return null
   const custom = claims.custom
   if (custom === undefined) return null
   expectType<string>(custom.department)

@@ -44,11 +44,12 @@ expectError(app.register(cloudflareAccess, { teamDomain: 'acme', audience: 'AUD'
 expectError(app.register(cloudflareAccess, { teamDomain: 'acme', audience: 42 }))
 expectAssignable<FastifyCloudflareAccessOptions>({ teamDomain: 'acme', audience: ['a'] as const })
 
-// request.cfAccess: the verified claims or null, a union told apart by email / common_name
+// request.cfAccess: the verified claims, null, or undefined outside the plugin's scopes; a union told
+// apart by email / common_name
 app.get('/me', async (request) => {
-  expectType<CloudflareAccessClaims | null>(request.cfAccess)
+  expectType<CloudflareAccessClaims | null | undefined>(request.cfAccess)
   const claims = request.cfAccess
-  if (claims === null) return null
+  if (claims == null) return null
   expectType<string | string[]>(claims.aud)
   expectType<string>(claims.iss)
   expectType<number>(claims.exp)
@@ -71,16 +72,17 @@ expectNotAssignable<CloudflareAccessClaims>({ aud: 'a', iss: 'i', exp: '1', emai
 expectAssignable<CloudflareAccessClaims>({ aud: ['a'], iss: 'i', exp: 1, email: 'e' })
 expectAssignable<CloudflareAccessClaims>({ aud: ['a'], iss: 'i', exp: 1, common_name: 'x.access', sub: '' })
 
-// fastify.cfAccess: the route-level hook and verifyToken
-expectType<CloudflareAccessDecorator>(app.cfAccess)
-expectType<(request: FastifyRequest, reply: FastifyReply) => Promise<void>>(app.cfAccess.verify)
-expectType<Promise<CloudflareAccessClaims>>(app.cfAccess.verifyToken('token'))
+// fastify.cfAccess: the route-level hook and verifyToken, on the scopes where the plugin is registered
+expectType<CloudflareAccessDecorator | undefined>(app.cfAccess)
+const access = app.cfAccess!
+expectType<(request: FastifyRequest, reply: FastifyReply) => Promise<void>>(access.verify)
+expectType<Promise<CloudflareAccessClaims>>(access.verifyToken('token'))
 app.get('/ws', async (request) => {
-  expectType<Promise<CloudflareAccessClaims>>(app.cfAccess.verifyToken('token', request))
+  expectType<Promise<CloudflareAccessClaims>>(access.verifyToken('token', request))
 })
-expectError(app.cfAccess.verifyToken('token', 'not a request'))
-app.get('/route', { preHandler: app.cfAccess.verify }, async () => 'ok')
-app.get('/route2', { onRequest: [app.cfAccess.verify] }, async () => 'ok')
+expectError(access.verifyToken('token', 'not a request'))
+app.get('/route', { preHandler: access.verify }, async () => 'ok')
+app.get('/route2', { onRequest: [access.verify] }, async () => 'ok')
 
 // reply.cfAccessLogout: a redirect to the fixed, relative logout path; it takes no destination
 app.post('/logout', async (request, reply) => {
@@ -147,8 +149,8 @@ expectAssignable<CloudflareAccessAllow>({ emailDomains: ['acme.com'] as const })
 // type guards and identity
 app.get('/identity', async (request) => {
   const claims = request.cfAccess
-  if (claims !== null && isServiceToken(claims)) expectType<CloudflareAccessServiceClaims>(claims)
-  if (claims !== null && cloudflareAccess.isUserToken(claims)) expectType<CloudflareAccessUserClaims>(claims)
+  if (claims != null && isServiceToken(claims)) expectType<CloudflareAccessServiceClaims>(claims)
+  if (claims != null && cloudflareAccess.isUserToken(claims)) expectType<CloudflareAccessUserClaims>(claims)
   const identity = await request.cfAccessIdentity()
   expectType<CloudflareAccessIdentity>(identity)
   expectType<string>(identity.email)
