@@ -220,7 +220,7 @@ t.test('route configs are validated when the route is added: boot fails, not the
   const bad: Array<[string, unknown, RegExp]> = [
     ['true', true, /route GET \/x: config.cfAccess must be false or a policy/],
     ['null', null, /must be false or a policy/],
-    ['empty policy', {}, /needs "allow" or "authorize"/],
+    ['empty policy', {}, /needs "allow", "authorize" or "required"/],
     ['unknown key', { allowed: {} }, /unknown key "config.cfAccess.allowed"/],
     ['bad grant', { allow: { emails: 'a@b.c' } }, /"allow.emails" must be a non-empty array/]
   ]

@@ -105,7 +105,7 @@ t.test('require() and import of the installed package', async (t) => {
 })
 
 const consumer = `import Fastify from 'fastify'
-import cloudflareAccess, { isUserToken, type CloudflareAccessClaims } from 'fastify-cloudflare-access'
+import cloudflareAccess, { isUserToken, requireUser, type CloudflareAccessClaims } from 'fastify-cloudflare-access'
 import { createAccessEmulator } from 'fastify-cloudflare-access/testing'
 
 export async function start (): Promise<void> {
@@ -114,8 +114,8 @@ export async function start (): Promise<void> {
   app.register(async (admin) => {
     await admin.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience, allow: { emailDomains: ['acme.com'] } })
     admin.get('/', { config: { cfAccess: { allow: { groups: ['admins'] } } } }, async (request) => {
-      const claims: CloudflareAccessClaims | null = request.cfAccess
-      return claims !== null && isUserToken(claims) ? claims.email : null
+      const claims: CloudflareAccessClaims | null | undefined = request.cfAccess
+      return claims != null && isUserToken(claims) ? claims.email : requireUser(request).email
     })
   }, { prefix: '/admin' })
   await app.ready()
