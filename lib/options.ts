@@ -108,7 +108,7 @@ function isLoopback (hostname: string): boolean {
 export function warnIfLoopbackInProduction (log: { warn: (obj: object, msg: string) => void }, issuer: string): void {
   if (process.env.NODE_ENV !== 'production' || !issuer.startsWith('http://')) return
   log.warn(
-    { plugin: 'fastify-cloudflare-access', teamDomain: issuer },
+    { teamDomain: issuer },
     `fastify-cloudflare-access: teamDomain ${issuer} is a loopback origin (a local emulator or the dev proxy) but NODE_ENV is ` +
     "production: tokens are verified against keys served from this machine, not by Cloudflare. Use your team's domain."
   )

@@ -215,3 +215,35 @@ t.test('dev: prints the options the app must use, serves the keys there, stops o
   child.kill('SIGTERM')
   t.equal(await exited, 0)
 })
+
+t.test('inspect: claims that defeat String() or JSON.stringify (a non-callable toString, deep nesting) are reported, never a stack trace', async (t) => {
+  const access = await emulator(t)
+  const certs = join(mkdtempSync(join(tmpdir(), 'cf-cli-')), 'certs.json')
+  writeFileSync(certs, JSON.stringify(access.jwks()))
+  const header = { alg: 'RS256', kid: access.kids[0] }
+  const base = `"iss":${JSON.stringify(access.teamDomain)},"email":"a@acme.com","exp":${nowSeconds() + 600}`
+  const depth = 100_000
+  const cases: Record<string, string> = {
+    'aud [{"toString":1}]': access.signRaw(header, `{${base},"aud":[{"toString":1}]}`),
+    'aud {"toString":1,"valueOf":1}': access.signRaw(header, `{${base},"aud":{"toString":1,"valueOf":1}}`),
+    'a claim nested 100000 deep': access.signRaw(header, `{${base},"aud":[${JSON.stringify(access.audience)}],"x":${'['.repeat(depth)}${']'.repeat(depth)}}`),
+    'aud nested as deep as 8192 characters allow': access.signRaw(header, `{${base},"aud":${'['.repeat(2800)}${']'.repeat(2800)}}`)
+  }
+  t.ok((cases['aud nested as deep as 8192 characters allow'] as string).length <= 8192, 'the deepest token the plugin would decode')
+  for (const [name, token] of Object.entries(cases)) {
+    for (const mode of [[], ['--json']]) {
+      const run = await cli(['inspect', '-', '--team', access.teamDomain, '--aud', access.audience, '--certs', certs, ...mode], token)
+      t.equal(run.code, 1, `${name}${mode.length === 0 ? '' : ' --json'}: rejected with exit 1`)
+    }
+  }
+})
+
+t.test('inspect: a --certs file cannot write terminal escapes through its parse error', async (t) => {
+  const access = await emulator(t)
+  const certs = join(mkdtempSync(join(tmpdir(), 'cf-cli-')), 'certs.json')
+  writeFileSync(certs, '\u001b]0;pwned\u0007\u001b[2J')
+  const run = await cli(['inspect', access.signToken(), '--team', access.teamDomain, '--aud', access.audience, '--certs', certs])
+  t.equal(run.code, 2, 'a usage error')
+  // eslint-disable-next-line no-control-regex
+  t.notMatch(run.err, /[\u0000-\u0008\u000b-\u001f\u007f-\u009f]/, 'no raw control character on stderr')
+})

@@ -272,3 +272,15 @@ t.test('KeyStore used directly: close stops timers, start is idempotent', async 
   await sleep(1200)
   t.equal(closing.fetchCount, 2, 'and schedules nothing')
 })
+
+t.test('KeyStore.whenReady: at once when ready, bounded when not, and a late success after the bound changes nothing', async (t) => {
+  const access = await emulator(t)
+  access.setLatency(400)
+  const store = new KeyStore({ certsUrl: access.certsUrl, fetchTimeout: 2000, refreshInterval: 60_000, unknownKidCooldown: 0, maxStaleAge: 60_000, log: silent })
+  t.teardown(() => store.close())
+  await t.rejects(store.whenReady(100), { code: 'FST_CF_ACCESS_KEYS_UNAVAILABLE', message: /no key set within 100 ms$/ })
+  await sleep(500)
+  t.equal(store.ready, true, 'the fetch under way completed after the bound')
+  await store.whenReady(1)
+  t.pass('ready: resolves at once')
+})
