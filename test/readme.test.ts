@@ -1,5 +1,5 @@
 import { execFile } from 'node:child_process'
-import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
 import t from 'tap'
@@ -26,8 +26,10 @@ const DECLARATIONS: Record<string, string> = {
   cloudflareAccess: "import cloudflareAccess from 'fastify-cloudflare-access'"
 }
 
-t.test('every TypeScript block of the README type-checks', async (t) => {
-  const readme = readFileSync(join(ROOT, 'README.md'), 'utf8')
+t.test('every TypeScript block of the README and docs/ type-checks', async (t) => {
+  // The README and every page of docs/: each TypeScript block there is checked the same way.
+  const pages = ['README.md', ...readdirSync(join(ROOT, 'docs')).filter((name) => name.endsWith('.md')).map((name) => join('docs', name))]
+  const readme = pages.map((page) => readFileSync(join(ROOT, page), 'utf8')).join('\n')
   const blocks = [...readme.matchAll(/```ts\n([\s\S]*?)```/g)].map((match) => match[1] as string)
   t.ok(blocks.length >= 10, `${blocks.length} blocks`)
   rmSync(DIR, { recursive: true, force: true })
