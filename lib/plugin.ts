@@ -7,7 +7,7 @@ import { normalizeOptions } from './options'
 import { admits, compileRouteConfig, type CompiledPolicy } from './policy'
 import { readToken } from './token'
 import type { CloudflareAccessClaims, CloudflareAccessDecorator, CloudflareAccessIdentity, FastifyCloudflareAccessOptions } from './types'
-import { createTokenVerifier } from './verify'
+import { createTokenVerifier, kCacheCounters } from './verify'
 
 /** Seconds a client should wait before retrying a 503. */
 const RETRY_AFTER = '5'
@@ -147,6 +147,7 @@ export async function cloudflareAccess (fastify: FastifyInstance, rawOptions: Fa
     verify,
     verifyToken
   }
+  Object.defineProperty(decorator, kCacheCounters, { value: verifier.cacheCounters })
   fastify.decorate('cfAccess', decorator)
   fastify.decorateRequest('cfAccess', null)
   fastify.decorateRequest(kToken, null)

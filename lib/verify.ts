@@ -2,9 +2,9 @@ import { createVerifier, type TokenError } from 'fast-jwt'
 import { ClaimInvalidError, errorCodes, TokenExpiredError, TokenInvalidError } from './errors'
 import type { KeyStore, SigningKey } from './keys'
 import type { NormalizedOptions } from './options'
-import { VerifiedCache } from './cache'
+import { TokenCache, type CacheCounters } from './cache'
 import { deepFreeze } from './freeze'
-import { checkStructure, MAX_TOKEN_LENGTH } from './token'
+import { checkStructure, MAX_TOKEN_LENGTH, payloadIsUtf8, StructureMemo } from './token'
 import type { CloudflareAccessClaims } from './types'
 
 type ClaimsVerifier = (token: string) => Record<string, unknown>
@@ -17,7 +17,15 @@ export interface TokenVerifier {
    * and rejections are ordinary traffic. A promise (that rejects with the error) when the key must be fetched.
    */
   verify: (token: unknown) => CloudflareAccessClaims | Error | Promise<CloudflareAccessClaims>
+  /** The verified-token cache's hits, misses and size. */
+  cacheCounters: () => CacheCounters
 }
+
+/**
+ * Where the plugin's decorator keeps `TokenVerifier.cacheCounters`, out of its public shape: for the
+ * benchmark server (and whatever status API comes to report the cache).
+ */
+export const kCacheCounters = Symbol('fastify-cloudflare-access.cacheCounters')
 
 /**
  * Verification of one registration: verified-token cache → structure → key by kid → fast-jwt (RS256,
@@ -34,8 +42,12 @@ export type KeySource = Pick<KeyStore, 'get' | 'isKnownUnknown' | 'resolve'>
 export function createTokenVerifier (options: NormalizedOptions, store: KeySource, at?: number): TokenVerifier {
   // One fast-jwt verifier per key, built the first time the key is used and dropped with the key.
   const verifiers = new WeakMap<SigningKey, ClaimsVerifier>()
-  const cache = new VerifiedCache(options.cacheSize)
+  const cache = new TokenCache(options.cacheSize)
+  const shapes = new StructureMemo()
   const { clockToleranceMs } = options
+  // The `aud` of nearly every token is one configured audience, alone: shared, frozen once, since freezing
+  // an array costs more than all the rest of freezing the claims.
+  const audiences = new Map(options.audience.map((aud) => [aud, Object.freeze([aud])]))
   const currentKey = (kid: string): SigningKey | undefined => store.get(kid)
 
   function verifierFor (key: SigningKey): ClaimsVerifier {
@@ -57,6 +69,16 @@ export function createTokenVerifier (options: NormalizedOptions, store: KeySourc
     return verifier
   }
 
+  /** Deeply, `aud` replaced by the same audience's shared array when it is one. */
+  function freeze (claims: CloudflareAccessClaims): void {
+    const { aud } = claims
+    if (Array.isArray(aud) && aud.length === 1) {
+      const shared = audiences.get(aud[0] as string)
+      if (shared !== undefined) (claims as { aud: readonly string[] }).aud = shared
+    }
+    deepFreeze(claims)
+  }
+
   /** Until when a decision about a token with this `exp` may be reused: the verifier's own bound. */
   function reusableUntil (exp: unknown): number {
     return typeof exp === 'number' ? exp * 1000 + clockToleranceMs : Infinity
@@ -67,17 +89,22 @@ export function createTokenVerifier (options: NormalizedOptions, store: KeySourc
     try {
       payload = verifierFor(key)(token)
     } catch (error) {
+      // What checkStructure refuses gets its answer, as if it had run first (the hot path leaves it to fast-jwt).
+      const structural = checkStructure(token)
+      if (structural instanceof Error) return structural
       const rejection = translate(error as TokenError)
       // A signed token for another application stays wrong: remember that, so that replaying it costs no RSA.
       if (rejection.code === errorCodes.CLAIM_INVALID) cache.reject(token, rejection, key, reusableUntil(payloadOf(token).exp))
       return rejection
     }
+    // The one check of checkStructure that fast-jwt's decoding does not make (it replaces invalid bytes).
+    if (!payloadIsUtf8(token)) return new TokenInvalidError('not valid UTF-8')
     const claims = checkClaims(payload, at ?? Date.now(), clockToleranceMs)
     if (claims instanceof Error) {
       if (claims.code === errorCodes.CLAIM_INVALID) cache.reject(token, claims, key, reusableUntil(payload.exp))
       return claims
     }
-    deepFreeze(claims)
+    freeze(claims)
     cache.set(token, claims, key, reusableUntil(claims.exp))
     return claims
   }
@@ -89,13 +116,19 @@ export function createTokenVerifier (options: NormalizedOptions, store: KeySourc
   }
 
   return {
+    cacheCounters: () => cache.counters(),
     verify (token: unknown): CloudflareAccessClaims | Error | Promise<CloudflareAccessClaims> {
       if (typeof token === 'string' && token.length <= MAX_TOKEN_LENGTH) {
         const cached = cache.get(token, at ?? Date.now(), currentKey)
         if (cached !== undefined) return cached
+        // The hot path: a header seen before, a key at hand (see StructureMemo for what fast-jwt checks).
+        const kid = shapes.kidOf(token)
+        const key = kid === undefined ? undefined : store.get(kid)
+        if (key !== undefined) return verifyWithKey(token, key)
       }
       const kid = checkStructure(token)
       if (typeof kid !== 'string') return kid
+      shapes.remember(token as string, kid)
       const key = store.get(kid)
       if (key !== undefined) return verifyWithKey(token as string, key)
       if (store.isKnownUnknown(kid)) return new TokenInvalidError('unknown key id (kid)')
