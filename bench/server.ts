@@ -2,14 +2,19 @@
  * One benchmark server, in its own process: `node dist/bench/server.js <kind> <config.json>`.
  * Every kind answers `GET /admin` with `{ email }` from a token in `Cf-Access-Jwt-Assertion`, verifying
  * RS256, `iss`, `aud` and `exp` against the emulator's keys (except `bare`, the ceiling), and
- * `GET /__stats` with the process's CPU time, the number of /admin requests served, and its memory
- * (`?gc` first collects garbage when the process runs with --expose-gc).
+ * `GET /__stats` with the process's CPU time, the number of /admin requests served, its memory
+ * (`?gc` first collects garbage when the process runs with --expose-gc), and for `ours` the
+ * verified-token cache's counters (hits, misses, size).
  * `ours` reads BENCH_CACHE_SIZE and BENCH_REFRESH_INTERVAL from the environment, for experiments and the soak.
  */
 import { createPublicKey, verify as rsaVerify, type KeyObject } from 'node:crypto'
 import { readFileSync } from 'node:fs'
 import Fastify, { type FastifyInstance, type FastifyPluginCallback, type FastifyReply, type FastifyRequest } from 'fastify'
 import cloudflareAccess from '../index'
+import type { CacheCounters } from '../lib/cache'
+import { kCacheCounters } from '../lib/verify'
+
+export type { CacheCounters }
 
 export type ServerKind = 'bare' | 'ours' | 'jwt-jwks' | 'jose' | 'raw'
 export const SERVER_KINDS: readonly ServerKind[] = ['bare', 'ours', 'jwt-jwks', 'jose', 'raw']
@@ -31,6 +36,9 @@ function unauthorized (reply: FastifyReply): FastifyReply {
   return reply.code(401).send({ statusCode: 401, error: 'Unauthorized', message: 'invalid token' })
 }
 
+/** This plugin's cache counters, once its server is built. */
+let cacheCounters: (() => CacheCounters) | undefined
+
 async function build (kind: ServerKind, config: BenchConfig): Promise<FastifyInstance> {
   const app = Fastify({ logger: false })
   switch (kind) {
@@ -45,6 +53,7 @@ async function build (kind: ServerKind, config: BenchConfig): Promise<FastifyIns
           cacheSize: numberFromEnv('BENCH_CACHE_SIZE'),
           refreshInterval: numberFromEnv('BENCH_REFRESH_INTERVAL')
         })
+        cacheCounters = (admin.cfAccess as unknown as Record<symbol, () => CacheCounters>)[kCacheCounters]
         admin.get('/', async (request) => ({ email: request.cfAccess?.email }))
       }, { prefix: '/admin' })
       break
@@ -124,7 +133,7 @@ async function main (): Promise<void> {
     if ((request.query as { gc?: string }).gc !== undefined) (globalThis as { gc?: () => void }).gc?.()
     const cpu = process.cpuUsage()
     const memory = process.memoryUsage()
-    return { cpu: cpu.user + cpu.system, served, heap: memory.heapUsed, rss: memory.rss }
+    return { cpu: cpu.user + cpu.system, served, heap: memory.heapUsed, rss: memory.rss, cache: cacheCounters?.() }
   })
   await app.listen({ host: '127.0.0.1', port: 0 })
   app.server.on('request', (req) => { if (req.url !== '/__stats') served++ })
