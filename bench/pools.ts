@@ -20,8 +20,12 @@ export interface Workload {
   mix?: { share: number, recurring: number }
 }
 
-/** Unique tokens of (b), cycled: as many as the cache holds ten times over, so that none is a hit. */
-export const CYCLED_TOKENS = 10_000
+/**
+ * Unique tokens of (b), cycled: so many that each comes back only after the doorkeeper (which remembers
+ * the last 8 to 16 × cacheSize verified tokens, default cacheSize 1000) has forgotten it, as it would
+ * forget a token seen once: each is new to every part of the cache, and to every other server's.
+ */
+export const CYCLED_TOKENS = 20_000
 
 export const WORKLOADS: readonly Workload[] = [
   { id: 'a', name: '(a) one token repeated' },

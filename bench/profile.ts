@@ -1,8 +1,9 @@
 /**
- * `npm run bench:profile [-- --workload b --seconds 10 --top 25]`: this plugin's benchmark server under
- * one workload of `npm run bench`, run with `node --cpu-prof`; prints the profile's top entries by self
- * time and by total time (the share of the server's busy samples), and leaves the .cpuprofile in
- * bench/results/ (git-ignored) for Chrome DevTools. The workloads are those of bench/run.
+ * `npm run bench:profile [-- --workload b --server ours --seconds 10 --top 25]`: one benchmark server
+ * (this plugin's by default) under one workload of `npm run bench`, run with `node --cpu-prof`; prints
+ * the profile's top entries by self time and by total time (shares of the busy samples, idle excluded),
+ * for the whole server and, for this plugin, inside its hook; leaves the .cpuprofile in bench/results/
+ * (git-ignored) for Chrome DevTools.
  */
 import { fork, spawn } from 'node:child_process'
 import { generateKeyPairSync, type KeyObject } from 'node:crypto'
@@ -13,7 +14,7 @@ import { createInterface } from 'node:readline'
 import { createAccessEmulator } from '../lib/testing'
 import type { LoadRequest, LoadResult } from './load'
 import { mintPools, WORKLOADS_BY_ID, type WorkloadId } from './pools'
-import type { BenchConfig } from './server'
+import { SERVER_KINDS, type BenchConfig, type ServerKind } from './server'
 
 /** The plugin's per-request entry point, as the profile names it. */
 const HOOK = 'authenticate lib/plugin.js'
@@ -103,6 +104,8 @@ export function formatSummary (summary: ProfileSummary, title: string): string {
 async function main (): Promise<void> {
   const workload = WORKLOADS_BY_ID[argument('--workload', 'b') as WorkloadId]
   if (workload === undefined) throw new Error(`--workload: one of ${Object.keys(WORKLOADS_BY_ID).join(', ')}`)
+  const kind = argument('--server', 'ours') as ServerKind
+  if (!SERVER_KINDS.includes(kind)) throw new Error(`--server: one of ${SERVER_KINDS.join(', ')}`)
   const seconds = Number(argument('--seconds', '10'))
   const top = Number(argument('--top', '25'))
   const keys: [KeyObject, KeyObject] = [generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey, generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey]
@@ -117,7 +120,7 @@ async function main (): Promise<void> {
   const out = join(__dirname, '..', '..', 'bench', 'results')
   mkdirSync(out, { recursive: true })
   const before = new Set(readdirSync(out))
-  const server = spawn(process.execPath, ['--cpu-prof', '--cpu-prof-interval', '250', '--cpu-prof-dir', out, join(__dirname, 'server.js'), 'ours', configPath], { stdio: ['ignore', 'pipe', 'inherit'] })
+  const server = spawn(process.execPath, ['--cpu-prof', '--cpu-prof-interval', '250', '--cpu-prof-dir', out, join(__dirname, 'server.js'), kind, configPath], { stdio: ['ignore', 'pipe', 'inherit'] })
   const { port } = JSON.parse(await new Promise<string>((resolve) => createInterface({ input: server.stdout as NodeJS.ReadableStream }).once('line', resolve))) as { port: number }
   const generator = fork(join(__dirname, 'load.js'), [poolsPath], { stdio: 'inherit' })
   await new Promise((resolve) => generator.once('message', resolve))
@@ -125,20 +128,23 @@ async function main (): Promise<void> {
     generator.once('message', resolve)
     generator.send(request)
   })
-  const result = await run({ url: `http://127.0.0.1:${port}/admin`, server: 'ours', workload: workload.id, duration: seconds, connections: 16 })
+  const result = await run({ url: `http://127.0.0.1:${port}/admin`, server: kind, workload: workload.id, duration: seconds, connections: 16 })
   generator.kill()
   await new Promise((resolve) => { server.once('exit', resolve); server.kill('SIGTERM') })
   await access.close()
 
   const file = readdirSync(out).find((name) => name.endsWith('.cpuprofile') && !before.has(name))
   if (file === undefined) throw new Error('the server wrote no profile')
-  console.log(`${workload.name}: ${result.requests} requests in ${seconds} s (${JSON.stringify(result.statuses)}); profile bench/results/${basename(file)}\n`)
-  const profile = JSON.parse(readFileSync(join(out, file), 'utf8')) as { nodes: ProfileNode[] }
+  console.log(`${kind}, ${workload.name}: ${result.requests} requests in ${seconds} s (${JSON.stringify(result.statuses)}); profile bench/results/${basename(file)}\n`)
+  const profile = JSON.parse(readFileSync(join(out, file), 'utf8')) as { nodes: ProfileNode[], startTime: number, endTime: number, samples: number[] }
   const all = summarize(profile, top)
-  const hook = summarize(profile, top, HOOK)
-  console.log(formatSummary(all, 'the whole server (busy samples)'))
-  console.log(`\nthe plugin's hook: ${(hook.samples / all.samples * 100).toFixed(1)} % of the busy samples\n`)
-  console.log(formatSummary(hook, 'inside the plugin\'s hook'))
+  const interval = (profile.endTime - profile.startTime) / profile.samples.length
+  console.log(formatSummary(all, `the whole server (busy samples, ${(all.samples * interval / result.requests).toFixed(1)} µs per request)`))
+  if (kind === 'ours') {
+    const hook = summarize(profile, top, HOOK)
+    console.log(`\nthe plugin's hook: ${(hook.samples / all.samples * 100).toFixed(1)} % of the busy samples\n`)
+    console.log(formatSummary(hook, 'inside the plugin\'s hook'))
+  }
 }
 
 if (require.main === module) {
