@@ -92,7 +92,12 @@ export class VerifiedCache {
    * good — if still good at `now` with `currentKey` being the store's key for the entry's kid.
    */
   get (token: string, now: number, currentKey: (kid: string) => SigningKey | undefined): CloudflareAccessClaims | Error | undefined {
-    const entry = this.#entries.get(hashOf(token))
+    return this.find(hashOf(token), token, now, currentKey)
+  }
+
+  /** get, the token's hash already known. */
+  find (hash: number, token: string, now: number, currentKey: (kid: string) => SigningKey | undefined): CloudflareAccessClaims | Error | undefined {
+    const entry = this.#entries.get(hash)
     if (entry === undefined || entry.token !== token) return undefined
     if (now > entry.expiresAt || currentKey(entry.key.kid) !== entry.key) {
       this.#remove(entry)
@@ -185,6 +190,9 @@ export class TokenCache {
   #windowed = 0
   #hits = 0
   #misses = 0
+  /** The last token looked up in vain, and its hash. */
+  #missed = ''
+  #missedHash = 0
 
   constructor (size: number) {
     this.#main = new VerifiedCache(size)
@@ -206,9 +214,16 @@ export class TokenCache {
 
   /** As VerifiedCache.get, over the window and the main part. */
   get (token: string, now: number, currentKey: (kid: string) => SigningKey | undefined): CloudflareAccessClaims | Error | undefined {
-    const found = this.#main.get(token, now, currentKey) ?? this.#fromWindow(token, now, currentKey)
-    if (found === undefined) this.#misses++
-    else this.#hits++
+    const hash = hashOf(token)
+    const found = this.#main.find(hash, token, now, currentKey) ?? this.#fromWindow(hash, token, now, currentKey)
+    if (found === undefined) {
+      this.#misses++
+      // Most misses are verified and remembered next: keep the hash for #record.
+      this.#missed = token
+      this.#missedHash = hash
+    } else {
+      this.#hits++
+    }
     return found
   }
 
@@ -222,9 +237,8 @@ export class TokenCache {
     this.#record(token, null, error, key, expiresAt)
   }
 
-  #fromWindow (token: string, now: number, currentKey: (kid: string) => SigningKey | undefined): CloudflareAccessClaims | Error | undefined {
+  #fromWindow (hash: number, token: string, now: number, currentKey: (kid: string) => SigningKey | undefined): CloudflareAccessClaims | Error | undefined {
     if (this.#mask < 0) return undefined
-    const hash = hashOf(token)
     const slot = hash & this.#mask
     if (this.#hashes[slot] !== hash || this.#tokens[slot] !== token) return undefined
     const claims = this.#claims[slot] as CloudflareAccessClaims | null
@@ -239,7 +253,7 @@ export class TokenCache {
 
   #record (token: string, claims: CloudflareAccessClaims | null, rejection: Error | null, key: SigningKey, expiresAt: number): void {
     if (this.#mask < 0) return
-    const hash = hashOf(token)
+    const hash = token === this.#missed ? this.#missedHash : hashOf(token)
     if (this.#doorkeeper.sighted(hash)) {
       this.#remember(token, claims, rejection, key, expiresAt, false)
       return

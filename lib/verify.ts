@@ -50,7 +50,12 @@ export function createTokenVerifier (options: NormalizedOptions, store: KeySourc
   const audiences = new Map(options.audience.map((aud) => [aud, Object.freeze([aud])]))
   const currentKey = (kid: string): SigningKey | undefined => store.get(kid)
 
+  // The last key used, and its verifier: nearly every token is signed with the current key.
+  let lastKey: SigningKey | undefined
+  let lastVerifier: ClaimsVerifier | undefined
+
   function verifierFor (key: SigningKey): ClaimsVerifier {
+    if (key === lastKey) return lastVerifier as ClaimsVerifier
     let verifier = verifiers.get(key)
     if (verifier === undefined) {
       verifier = createVerifier({
@@ -66,6 +71,8 @@ export function createTokenVerifier (options: NormalizedOptions, store: KeySourc
       }) as ClaimsVerifier
       verifiers.set(key, verifier)
     }
+    lastKey = key
+    lastVerifier = verifier
     return verifier
   }
 
@@ -84,7 +91,7 @@ export function createTokenVerifier (options: NormalizedOptions, store: KeySourc
     return typeof exp === 'number' ? exp * 1000 + clockToleranceMs : Infinity
   }
 
-  function verifyWithKey (token: string, key: SigningKey): CloudflareAccessClaims | Error {
+  function verifyWithKey (token: string, key: SigningKey, now: number): CloudflareAccessClaims | Error {
     let payload: Record<string, unknown>
     try {
       payload = verifierFor(key)(token)
@@ -99,7 +106,7 @@ export function createTokenVerifier (options: NormalizedOptions, store: KeySourc
     }
     // The one check of checkStructure that fast-jwt's decoding does not make (it replaces invalid bytes).
     if (!payloadIsUtf8(token)) return new TokenInvalidError('not valid UTF-8')
-    const claims = checkClaims(payload, at ?? Date.now(), clockToleranceMs)
+    const claims = checkClaims(payload, now, clockToleranceMs)
     if (claims instanceof Error) {
       if (claims.code === errorCodes.CLAIM_INVALID) cache.reject(token, claims, key, reusableUntil(payload.exp))
       return claims
@@ -110,7 +117,7 @@ export function createTokenVerifier (options: NormalizedOptions, store: KeySourc
   }
 
   function verifyWithResolvedKey (token: string, key: SigningKey | undefined): CloudflareAccessClaims {
-    const result = key === undefined ? new TokenInvalidError('unknown key id (kid)') : verifyWithKey(token, key)
+    const result = key === undefined ? new TokenInvalidError('unknown key id (kid)') : verifyWithKey(token, key, at ?? Date.now())
     if (result instanceof Error) throw result
     return result
   }
@@ -118,19 +125,20 @@ export function createTokenVerifier (options: NormalizedOptions, store: KeySourc
   return {
     cacheCounters: () => cache.counters(),
     verify (token: unknown): CloudflareAccessClaims | Error | Promise<CloudflareAccessClaims> {
+      const now = at ?? Date.now()
       if (typeof token === 'string' && token.length <= MAX_TOKEN_LENGTH) {
-        const cached = cache.get(token, at ?? Date.now(), currentKey)
+        const cached = cache.get(token, now, currentKey)
         if (cached !== undefined) return cached
         // The hot path: a header seen before, a key at hand (see StructureMemo for what fast-jwt checks).
         const kid = shapes.kidOf(token)
         const key = kid === undefined ? undefined : store.get(kid)
-        if (key !== undefined) return verifyWithKey(token, key)
+        if (key !== undefined) return verifyWithKey(token, key, now)
       }
       const kid = checkStructure(token)
       if (typeof kid !== 'string') return kid
       shapes.remember(token as string, kid)
       const key = store.get(kid)
-      if (key !== undefined) return verifyWithKey(token as string, key)
+      if (key !== undefined) return verifyWithKey(token as string, key, now)
       if (store.isKnownUnknown(kid)) return new TokenInvalidError('unknown key id (kid)')
       return store.resolve(kid).then((resolved) => verifyWithResolvedKey(token as string, resolved))
     }
