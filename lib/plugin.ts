@@ -16,7 +16,7 @@ import { claimScope } from './scopes'
 import { trackStatus } from './status'
 import { readToken } from './token'
 import type { CloudflareAccessClaims, CloudflareAccessDecorator, CloudflareAccessIdentity, FastifyCloudflareAccessOptions } from './types'
-import { createTokenVerifier } from './verify'
+import { createTokenVerifier, kCacheCounters } from './verify'
 
 const RETRY_AFTER = String(RETRY_AFTER_SECONDS)
 
@@ -187,6 +187,7 @@ export async function cloudflareAccess (fastify: FastifyInstance, rawOptions: Fa
 
   const status = trackStatus(fastify, options, store, verifier, () => identities.size)
   const decorator: CloudflareAccessDecorator = { verify, verifyToken, status }
+  Object.defineProperty(decorator, kCacheCounters, { value: verifier.cacheCounters })
   fastify.decorate('cfAccess', decorator)
   fastify.decorateRequest('cfAccess', null)
   fastify.decorateRequest(kToken, null)

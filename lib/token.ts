@@ -85,7 +85,7 @@ export function checkStructure (token: unknown): string | Error {
 
   const bytes = Buffer.from(token.slice(0, firstDot), 'base64url')
   // JWS headers and JWT claims are UTF-8 JSON: invalid bytes would be silently replaced by U+FFFD.
-  if (!isUtf8(bytes) || !isUtf8(Buffer.from(token.slice(firstDot + 1, lastDot), 'base64url'))) {
+  if (!isUtf8(bytes) || !payloadIsUtf8(token, firstDot, lastDot)) {
     return new TokenInvalidError('not valid UTF-8')
   }
   const text = bytes.toString('utf8')
@@ -105,18 +105,76 @@ export function checkStructure (token: unknown): string | Error {
   return kid
 }
 
+/** Header segments remembered by a `StructureMemo`: Cloudflare signs with one key at a time, two during a rotation. */
+const REMEMBERED_HEADERS = 4
+
+/**
+ * checkStructure for the hot path, where fast-jwt decodes the token next anyway. All the tokens of one
+ * signing key share one header segment, so a header that passed checkStructure is remembered (a few, the
+ * latest first out): a token that starts with one needs, of checkStructure's work, only the canonical
+ * last characters of its other two segments — what fast-jwt's decoder checks itself (three segments of
+ * base64url characters, JSON objects) is left to it. Used so, a token is accepted only if checkStructure
+ * accepts it, provided the caller:
+ *  - answers checkStructure's error whenever fast-jwt rejects the token (the same answer as before);
+ *  - checks `payloadIsUtf8` before it accepts one (fast-jwt would replace invalid bytes by U+FFFD);
+ *  - calls checkStructure before anything but fast-jwt (a key fetch for an unknown kid).
+ */
+export class StructureMemo {
+  readonly #headers: string[] = []
+  readonly #kids: string[] = []
+  #next = 0
+
+  /**
+   * The token's kid, when its header segment is one remembered and its payload and signature end in
+   * canonical characters; otherwise undefined (let checkStructure decide, then `remember`).
+   */
+  kidOf (token: string): string | undefined {
+    for (let i = 0; i < this.#headers.length; i++) {
+      const header = this.#headers[i] as string
+      if (token.startsWith(header)) {
+        // The dot after the payload (indexOf: lastIndexOf scans far slower). A further dot makes a
+        // segment fast-jwt refuses; a payload segment is at least one character long.
+        const dot = token.indexOf('.', header.length)
+        if (dot <= header.length) return undefined
+        return canonical(token, header.length, dot) && canonical(token, dot + 1, token.length) ? this.#kids[i] : undefined
+      }
+    }
+    return undefined
+  }
+
+  /** Remembers the header segment of a token that checkStructure accepted with this kid. */
+  remember (token: string, kid: string): void {
+    const header = token.slice(0, token.indexOf('.') + 1)
+    if (this.#headers.includes(header)) return
+    this.#headers[this.#next] = header
+    this.#kids[this.#next] = kid
+    this.#next = (this.#next + 1) % REMEMBERED_HEADERS
+  }
+}
+
+/** Decoding room for payloadIsUtf8: 3 bytes for every 4 characters of the longest token accepted. */
+const scratch = Buffer.allocUnsafe(MAX_TOKEN_LENGTH * 3 / 4)
+
+/**
+ * Whether a token's payload segment (between its first two dots, or between `firstDot` and `lastDot`;
+ * base64url characters only) decodes to valid UTF-8. Decodes into a buffer kept for the purpose.
+ */
+export function payloadIsUtf8 (token: string, firstDot = token.indexOf('.'), lastDot = token.indexOf('.', firstDot + 1)): boolean {
+  const length = scratch.write(token.slice(firstDot + 1, lastDot), 0, 'base64url')
+  return isUtf8(scratch.subarray(0, length))
+}
+
 // The last character of a base64url segment whose length is 2 or 3 (mod 4) carries 4 or 2 unused bits,
 // which must be zero: otherwise several strings decode to the same bytes, and a token could be altered
-// (the signature especially) and still verify.
-const CANONICAL_LAST_OF_2 = /[AQgw]/
-const CANONICAL_LAST_OF_3 = /[AEIMQUYcgkosw048]/
+// (the signature especially) and still verify. By character code: 1 if it may end a segment whose length
+// is 3 (mod 4), 2 if one of length 2 or 3; a table lookup, not a regular expression: it runs on every token.
+const CANONICAL_LAST = new Uint8Array(128)
+for (const char of 'AEIMQUYcgkosw048') CANONICAL_LAST[char.charCodeAt(0)] = 1
+for (const char of 'AQgw') CANONICAL_LAST[char.charCodeAt(0)] = 2
 
 /** Whether `token.slice(start, end)` (base64url characters only) is the canonical encoding of its bytes. */
 function canonical (token: string, start: number, end: number): boolean {
-  switch ((end - start) % 4) {
-    case 0: return true
-    case 2: return CANONICAL_LAST_OF_2.test(token.charAt(end - 1))
-    case 3: return CANONICAL_LAST_OF_3.test(token.charAt(end - 1))
-    default: return false // one character cannot encode a whole byte
-  }
+  const length = (end - start) % 4
+  // length 1 needs 3: one character cannot encode a whole byte; past the table, undefined is never ≥
+  return length === 0 || (CANONICAL_LAST[token.charCodeAt(end - 1)] as number) >= 4 - length
 }

@@ -2,9 +2,9 @@ import { createVerifier, type TokenError } from 'fast-jwt'
 import { ClaimInvalidError, errorCodes, TokenExpiredError, TokenInvalidError } from './errors'
 import type { KeyStore, SigningKey } from './keys'
 import type { NormalizedOptions } from './options'
-import { VerifiedCache, type CacheCounters } from './cache'
+import { TokenCache, type CacheCounters } from './cache'
 import { deepFreeze } from './freeze'
-import { checkStructure, MAX_TOKEN_LENGTH } from './token'
+import { checkStructure, MAX_TOKEN_LENGTH, payloadIsUtf8, StructureMemo } from './token'
 import type { CloudflareAccessClaims } from './types'
 
 type ClaimsVerifier = (token: string) => Record<string, unknown>
@@ -22,6 +22,12 @@ export interface TokenVerifier {
 }
 
 /**
+ * Where the plugin's decorator keeps `TokenVerifier.cacheCounters`, out of its public shape: for the
+ * benchmark server (and whatever status API comes to report the cache).
+ */
+export const kCacheCounters = Symbol('fastify-cloudflare-access.cacheCounters')
+
+/**
  * Verification of one registration: verified-token cache → structure → key by kid → fast-jwt (RS256,
  * signature, aud, iss, exp, nbf) → the checks fast-jwt does not make (iat, claim types, `type`, user or
  * service token). Claims are frozen: one object may serve many requests.
@@ -36,11 +42,20 @@ export type KeySource = Pick<KeyStore, 'get' | 'isKnownUnknown' | 'resolve'>
 export function createTokenVerifier (options: NormalizedOptions, store: KeySource, at?: number): TokenVerifier {
   // One fast-jwt verifier per key, built the first time the key is used and dropped with the key.
   const verifiers = new WeakMap<SigningKey, ClaimsVerifier>()
-  const cache = new VerifiedCache(options.cacheSize)
+  const cache = new TokenCache(options.cacheSize)
+  const shapes = new StructureMemo()
   const { clockToleranceMs } = options
+  // The `aud` of nearly every token is one configured audience, alone: shared, frozen once, since freezing
+  // an array costs more than all the rest of freezing the claims.
+  const audiences = new Map(options.audience.map((aud) => [aud, Object.freeze([aud])]))
   const currentKey = (kid: string): SigningKey | undefined => store.get(kid)
 
+  // The last key used, and its verifier: nearly every token is signed with the current key.
+  let lastKey: SigningKey | undefined
+  let lastVerifier: ClaimsVerifier | undefined
+
   function verifierFor (key: SigningKey): ClaimsVerifier {
+    if (key === lastKey) return lastVerifier as ClaimsVerifier
     let verifier = verifiers.get(key)
     if (verifier === undefined) {
       verifier = createVerifier({
@@ -56,7 +71,19 @@ export function createTokenVerifier (options: NormalizedOptions, store: KeySourc
       }) as ClaimsVerifier
       verifiers.set(key, verifier)
     }
+    lastKey = key
+    lastVerifier = verifier
     return verifier
+  }
+
+  /** Deeply, `aud` replaced by the same audience's shared array when it is one. */
+  function freeze (claims: CloudflareAccessClaims): void {
+    const { aud } = claims
+    if (Array.isArray(aud) && aud.length === 1) {
+      const shared = audiences.get(aud[0] as string)
+      if (shared !== undefined) (claims as { aud: readonly string[] }).aud = shared
+    }
+    deepFreeze(claims)
   }
 
   /** Until when a decision about a token with this `exp` may be reused: the verifier's own bound. */
@@ -64,28 +91,33 @@ export function createTokenVerifier (options: NormalizedOptions, store: KeySourc
     return typeof exp === 'number' ? exp * 1000 + clockToleranceMs : Infinity
   }
 
-  function verifyWithKey (token: string, key: SigningKey): CloudflareAccessClaims | Error {
+  function verifyWithKey (token: string, key: SigningKey, now: number): CloudflareAccessClaims | Error {
     let payload: Record<string, unknown>
     try {
       payload = verifierFor(key)(token)
     } catch (error) {
+      // What checkStructure refuses gets its answer, as if it had run first (the hot path leaves it to fast-jwt).
+      const structural = checkStructure(token)
+      if (structural instanceof Error) return structural
       const rejection = translate(error as TokenError)
       // A signed token for another application stays wrong: remember that, so that replaying it costs no RSA.
       if (rejection.code === errorCodes.CLAIM_INVALID) cache.reject(token, rejection, key, reusableUntil(payloadOf(token).exp))
       return rejection
     }
-    const claims = checkClaims(payload, at ?? Date.now(), clockToleranceMs)
+    // The one check of checkStructure that fast-jwt's decoding does not make (it replaces invalid bytes).
+    if (!payloadIsUtf8(token)) return new TokenInvalidError('not valid UTF-8')
+    const claims = checkClaims(payload, now, clockToleranceMs)
     if (claims instanceof Error) {
       if (claims.code === errorCodes.CLAIM_INVALID) cache.reject(token, claims, key, reusableUntil(payload.exp))
       return claims
     }
-    deepFreeze(claims)
+    freeze(claims)
     cache.set(token, claims, key, reusableUntil(claims.exp))
     return claims
   }
 
   function verifyWithResolvedKey (token: string, key: SigningKey | undefined): CloudflareAccessClaims {
-    const result = key === undefined ? new TokenInvalidError('unknown key id (kid)') : verifyWithKey(token, key)
+    const result = key === undefined ? new TokenInvalidError('unknown key id (kid)') : verifyWithKey(token, key, at ?? Date.now())
     if (result instanceof Error) throw result
     return result
   }
@@ -93,14 +125,20 @@ export function createTokenVerifier (options: NormalizedOptions, store: KeySourc
   return {
     cacheCounters: () => cache.counters(),
     verify (token: unknown): CloudflareAccessClaims | Error | Promise<CloudflareAccessClaims> {
+      const now = at ?? Date.now()
       if (typeof token === 'string' && token.length <= MAX_TOKEN_LENGTH) {
-        const cached = cache.get(token, at ?? Date.now(), currentKey)
+        const cached = cache.get(token, now, currentKey)
         if (cached !== undefined) return cached
+        // The hot path: a header seen before, a key at hand (see StructureMemo for what fast-jwt checks).
+        const kid = shapes.kidOf(token)
+        const key = kid === undefined ? undefined : store.get(kid)
+        if (key !== undefined) return verifyWithKey(token, key, now)
       }
       const kid = checkStructure(token)
       if (typeof kid !== 'string') return kid
+      shapes.remember(token as string, kid)
       const key = store.get(kid)
-      if (key !== undefined) return verifyWithKey(token as string, key)
+      if (key !== undefined) return verifyWithKey(token as string, key, now)
       if (store.isKnownUnknown(kid)) return new TokenInvalidError('unknown key id (kid)')
       return store.resolve(kid).then((resolved) => verifyWithResolvedKey(token as string, resolved))
     }

@@ -2,9 +2,13 @@ import { randomBytes } from 'node:crypto'
 import Fastify from 'fastify'
 import t from 'tap'
 import cloudflareAccess from '../index'
-import { VerifiedCache } from '../lib/cache'
-import type { SigningKey } from '../lib/keys'
-import { attackerKey, emulator, eventually, HEADER, nowSeconds, rawToken, setup, sleep } from './helpers'
+import { Doorkeeper, hashOf, TokenCache, VerifiedCache } from '../lib/cache'
+import { ClaimInvalidError } from '../lib/errors'
+import { KeyStore, type SigningKey } from '../lib/keys'
+import type { CloudflareAccessClaims } from '../lib/types'
+import { normalizeOptions } from '../lib/options'
+import { createTokenVerifier, kCacheCounters } from '../lib/verify'
+import { attackerKey, decode, emulator, eventually, HEADER, nowSeconds, rawToken, setup, sleep } from './helpers'
 
 // The verified-token cache may change the cost of a decision, never the decision.
 
@@ -180,4 +184,221 @@ t.test('VerifiedCache keeps its recency order through hits, replacements and rem
   t.equal(cache.size, 0, 'emptied through every position')
   cache.set(token(7), claims, key, Infinity)
   t.equal(cache.get(token(7), 0, () => key), claims, 'usable again after being emptied')
+})
+
+// — the admission policy: a window for first sightings, a doorkeeper, the segmented LRU —
+
+const fakeKey = (kid: string): SigningKey => ({ kid, pem: '', key: null }) as unknown as SigningKey
+const someClaims = { aud: 'a', iss: 'i', exp: 1, email: 'e' } as const
+
+/** A deterministic pseudo-random generator (mulberry32), so that a failure replays. */
+function prng (seed: number): () => number {
+  return () => {
+    seed = (seed + 0x6d2b79f5) | 0
+    let x = Math.imul(seed ^ (seed >>> 15), seed | 1)
+    x ^= x + Math.imul(x ^ (x >>> 7), x | 61)
+    return ((x ^ (x >>> 14)) >>> 0) / 4294967296
+  }
+}
+
+t.test('TokenCache: a first sighting takes a window slot; its next request moves it to the main part', async (t) => {
+  const key = fakeKey('k')
+  const current = (): SigningKey => key
+  const token = (n: number): string => `token-${n}-${'x'.repeat(20)}${n}`
+  const cache = new TokenCache(64) // 2 window slots
+  cache.set(token(1), someClaims, key, Infinity)
+  t.same(cache.counters(), { hits: 0, misses: 0, size: 1 })
+  t.equal(cache.get(token(1), 0, current), someClaims, 'a hit in the window')
+  t.equal(cache.get(token(1), 0, current), someClaims, 'then in the main part')
+  t.same(cache.counters(), { hits: 2, misses: 0, size: 1 }, 'moved, not copied')
+  t.equal(cache.get(token(2), 0, current), undefined)
+  t.same(cache.counters(), { hits: 2, misses: 1, size: 1 })
+
+  cache.set(token(3), someClaims, key, 10)
+  t.equal(cache.get(token(3), 11, current), undefined, 'past expiresAt in the window')
+  cache.set(token(4), someClaims, key, Infinity)
+  t.equal(cache.get(token(4), 0, () => undefined), undefined, 'its key left the set')
+  t.equal(cache.get(token(4), 0, current), undefined, 'and the slot is empty since')
+  t.equal(cache.counters().size, 1, 'only token 1 is left')
+
+  const rejection = new ClaimInvalidError('aud does not name this application')
+  cache.reject(token(5), rejection, key, Infinity)
+  for (const where of ['window', 'main part']) {
+    const answer = cache.get(token(5), 0, current) as Error & { code: string }
+    t.not(answer, rejection, `${where}: a copy of the rejection`)
+    t.ok(answer instanceof ClaimInvalidError, `${where}: of its class`)
+    t.same([answer.code, answer.message], [rejection.code, rejection.message], `${where}: with its code and message`)
+  }
+
+  const off = new TokenCache(0)
+  off.set(token(1), someClaims, key, Infinity)
+  off.reject(token(2), rejection, key, Infinity)
+  t.equal(off.get(token(1), 0, current), undefined)
+  t.same(off.counters(), { hits: 0, misses: 1, size: 0 }, 'size 0 keeps nothing')
+})
+
+t.test('TokenCache: a token verified again after it left the window goes to the main part', async (t) => {
+  const key = fakeKey('k')
+  const current = (): SigningKey => key
+  const cache = new TokenCache(1) // one window slot, one main entry
+  cache.set('session-token-aaaaaaaaaaaa', someClaims, key, Infinity)
+  cache.set('another-token-bbbbbbbbbbbb', someClaims, key, Infinity) // takes the only window slot
+  t.equal(cache.get('session-token-aaaaaaaaaaaa', 0, current), undefined, 'pushed out of the window')
+  cache.set('session-token-aaaaaaaaaaaa', someClaims, key, Infinity)
+  t.same(cache.counters().size, 2, 'the doorkeeper knew it: main part, not window')
+  t.equal(cache.get('another-token-bbbbbbbbbbbb', 0, current), someClaims, 'the window kept the other one')
+  t.equal(cache.get('session-token-aaaaaaaaaaaa', 0, current), undefined, 'and the main part, of one entry, let it go for it')
+  t.equal(cache.get('another-token-bbbbbbbbbbbb', 0, current), someClaims)
+})
+
+t.test('Doorkeeper: a sighting is remembered for one generation or two, then forgotten', async (t) => {
+  const doorkeeper = new Doorkeeper(8) // generations of 64 sightings
+  t.notOk(doorkeeper.sighted(hashOf('recurring')), 'first sighting')
+  t.ok(doorkeeper.sighted(hashOf('recurring')), 'second sighting')
+  for (let i = 0; i < 64; i++) doorkeeper.sighted(hashOf(`one-off ${i}`))
+  t.ok(doorkeeper.sighted(hashOf('recurring')), 'remembered across a change of generation')
+  for (let i = 64; i < 64 * 4; i++) doorkeeper.sighted(hashOf(`one-off ${i}`))
+  t.notOk(doorkeeper.sighted(hashOf('recurring')), 'forgotten two generations later')
+
+  const large = new Doorkeeper(1000)
+  for (let i = 0; i < 8000; i++) large.sighted(hashOf(randomBytes(12).toString('base64url')))
+  let falsePositives = 0
+  for (let i = 0; i < 10_000; i++) if (large.sighted(hashOf(randomBytes(12).toString('base64url')))) falsePositives++
+  t.ok(falsePositives < 200, `${falsePositives} of 10000 never-seen tokens taken for seen ones (< 2 %)`)
+})
+
+const BASE64URL = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_'
+
+/**
+ * Replays a workload on a cache: `share` of the requests carry one of `recurring` session tokens (picked
+ * at random), the rest a token never seen before. A miss is verified and remembered. Answers the
+ * recurring tokens' hit ratio from their third sighting on.
+ */
+function replay (cache: { get: TokenCache['get'], set: TokenCache['set'] }, share: number, recurring: number, requests: number, seed: number): number {
+  const key = fakeKey('k')
+  const current = (): SigningKey => key
+  const random = prng(seed)
+  // like a signature's end: 12 random base64url characters
+  const tail = (): string => Array.from({ length: 12 }, () => BASE64URL[Math.floor(random() * 64)]).join('')
+  const sessions = Array.from({ length: recurring }, (_, i) => `session-${i}-${tail()}`)
+  const sightings = new Array<number>(recurring).fill(0)
+  let hits = 0
+  let counted = 0
+  for (let i = 0; i < requests; i++) {
+    const session = random() < share ? Math.floor(random() * recurring) : -1
+    const token = session === -1 ? `fresh-${i}-${tail()}` : sessions[session] as string
+    const hit = cache.get(token, 0, current) !== undefined
+    if (!hit) cache.set(token, someClaims, key, Infinity)
+    if (session !== -1 && ++sightings[session]! > 2) {
+      counted++
+      if (hit) hits++
+    }
+  }
+  return hits / counted
+}
+
+t.test('a flood of unique tokens does not flush the tokens that recur (workloads (e) and (f) of the benchmark)', async (t) => {
+  const mixed = replay(new TokenCache(1000), 0.9, 200, 50_000, 1)
+  t.ok(mixed >= 0.99, `(e) 90 % from 200 sessions: ${(mixed * 100).toFixed(2)} % hits`)
+  const flood = replay(new TokenCache(1000), 0.01, 50, 150_000, 2)
+  t.ok(flood >= 0.99, `(f) 99 % unique: ${(flood * 100).toFixed(2)} % hits`)
+  const small = replay(new TokenCache(100), 0.01, 5, 100_000, 3)
+  t.ok(small >= 0.99, `(f) with cacheSize 100 and 5 sessions: ${(small * 100).toFixed(2)} % hits`)
+  // A plain LRU takes every miss: each unique token pushes a session's token closer to the door, and
+  // only a session back within 1000 requests (not 5000, on average) still finds its token.
+  const lru = replay(new PlainLru(1000), 0.01, 50, 150_000, 2)
+  t.ok(lru < 0.25, `the same flood on a plain LRU: ${(lru * 100).toFixed(2)} % hits`)
+})
+
+/** The least recently used first out, every miss admitted: what the cache was before. */
+class PlainLru {
+  readonly #entries = new Map<string, CloudflareAccessClaims>()
+  constructor (readonly size: number) {}
+  get (token: string): CloudflareAccessClaims | undefined {
+    const claims = this.#entries.get(token)
+    if (claims !== undefined) {
+      this.#entries.delete(token)
+      this.#entries.set(token, claims)
+    }
+    return claims
+  }
+
+  set (token: string, claims: CloudflareAccessClaims): void {
+    this.#entries.set(token, claims)
+    if (this.#entries.size > this.size) this.#entries.delete(this.#entries.keys().next().value as string)
+  }
+}
+
+t.test('every decision is identical with the cache on and off, at every size, through window, doorkeeper and both segments', async (t) => {
+  const access = await emulator(t, { audience: ['a'.repeat(64), 'b'.repeat(64)] })
+  const silent = { info () {}, warn () {}, error () {} }
+  const options = (cacheSize: number) => normalizeOptions({ teamDomain: access.teamDomain, audience: access.audiences as string[], clockTolerance: 0, cacheSize })
+  const store = new KeyStore({ certsUrl: access.certsUrl, fetchTimeout: 2000, refreshInterval: 600_000, unknownKidCooldown: 0, maxStaleAge: 600_000, log: silent })
+  t.teardown(() => store.close())
+  const sizes = [0, 1, 2, 8, 64, 1000]
+  const verifiers = sizes.map((size) => createTokenVerifier(options(size), store))
+  const now = nowSeconds()
+  const valid = access.signToken()
+  const [h, , s] = valid.split('.') as [string, string, string]
+  // Tokens that come back (as sessions do), of every outcome, and fresh ones minted as the run goes.
+  const recurring = [
+    ...Array.from({ length: 6 }, (_, i) => access.signToken({ email: `user${i}@acme.com` })),
+    access.signServiceToken(),
+    access.signToken({ aud: ['b'.repeat(64)] }),
+    ...Array.from({ length: 3 }, () => access.signToken({ aud: [randomBytes(32).toString('hex')] })),
+    access.signToken({ type: 'org' }),
+    ...Array.from({ length: 3 }, () => access.signToken({ exp: now + 2 })),
+    ...Array.from({ length: 3 }, () => access.signToken({}, { key: 'previous' })),
+    access.signToken({}, { key: attackerKey() }),
+    `${h}.${Buffer.from(JSON.stringify({ email: 'admin@acme.com' })).toString('base64url')}.${s}`,
+    access.signRaw({ alg: 'RS256', kid: access.kids[0] }, Buffer.concat([Buffer.from(JSON.stringify(decode(valid).payload).slice(0, -1) + ',"x":"'), Buffer.from([0xff]), Buffer.from('"}')])),
+    'garbage'
+  ]
+  const random = prng(7)
+  const describe = (answer: unknown): string => answer instanceof Error
+    ? `${(answer as { statusCode?: number }).statusCode} ${(answer as { code?: string }).code} ${answer.message}`
+    : JSON.stringify(answer)
+  const answers: string[][] = sizes.map(() => [])
+  async function phase (requests: number): Promise<void> {
+    for (let i = 0; i < requests; i++) {
+      const token = random() < 0.6 ? recurring[Math.floor(random() * recurring.length)] as string : access.signToken({ email: `fresh${i}@acme.com` })
+      for (const [index, verifier] of verifiers.entries()) {
+        let answer: unknown
+        try {
+          answer = await verifier.verify(token)
+        } catch (error) {
+          answer = error
+        }
+        answers[index]?.push(describe(answer))
+      }
+    }
+  }
+  await phase(300)
+  await sleep(2100) // the short-lived tokens expire, cached or not
+  await access.rotateKeys() // the previous key leaves the set...
+  await verifiers[0]?.verify(access.signToken()) // ... once a token of the new key makes the store refetch
+  await phase(300)
+  for (const [index, size] of sizes.entries()) {
+    if (size === 0) continue
+    t.same(answers[index], answers[0], `cacheSize ${size}: the same ${answers[0]?.length} answers as without a cache`)
+    t.ok((verifiers[index]?.cacheCounters().hits ?? 0) > 0, `cacheSize ${size}: the cache answered some`)
+  }
+  t.equal(verifiers[0]?.cacheCounters().hits, 0, 'cacheSize 0 answered none')
+  t.ok(answers[0]?.some((answer) => answer.includes('EXPIRED')) && answers[0]?.some((answer) => answer.includes('unknown key id')), 'expiry and key removal were exercised')
+})
+
+t.test('the cache counters are on the decorator, under a symbol, for the benchmark and status reports', async (t) => {
+  const access = await emulator(t)
+  const app = Fastify()
+  t.teardown(() => app.close())
+  await app.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience })
+  app.get('/', async () => 'ok')
+  const get = (token: string) => app.inject({ url: '/', headers: { [HEADER]: token } })
+  const counters = (app.cfAccess as unknown as Record<symbol, () => { hits: number, misses: number, size: number }>)[kCacheCounters]
+  t.same(counters?.(), { hits: 0, misses: 0, size: 0 })
+  const token = access.signToken()
+  await get(token)
+  await get(token)
+  t.same(counters?.(), { hits: 1, misses: 1, size: 1 })
+  t.notOk(Object.keys(app.cfAccess).some((name) => /counter/i.test(name)), 'not part of the public shape')
 })

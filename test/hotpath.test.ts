@@ -1,0 +1,138 @@
+import fc from 'fast-check'
+import t from 'tap'
+import { KeyStore } from '../lib/keys'
+import { normalizeOptions } from '../lib/options'
+import { createAccessEmulator, type AccessEmulator } from '../lib/testing'
+import { checkStructure, StructureMemo } from '../lib/token'
+import { createTokenVerifier, type TokenVerifier } from '../lib/verify'
+import { decode } from './helpers'
+
+// The hot path: for a token whose header segment was seen before, the verifier skips checkStructure,
+// leaves the segments' alphabet and JSON to fast-jwt, and checks the payload's UTF-8 after it (see
+// StructureMemo). These tests prove that every answer is the full path's: a verifier that has seen the
+// header against a new one (nothing remembered: checkStructure first, as before the hot path existed).
+
+let access: AccessEmulator
+let store: KeyStore
+let valid: string
+let warm: TokenVerifier
+
+const RUNS = { numRuns: 300 }
+const BASE64URL = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_'
+
+t.before(async () => {
+  access = await createAccessEmulator()
+  const silent = { info () {}, warn () {}, error () {} }
+  store = new KeyStore({ certsUrl: access.certsUrl, fetchTimeout: 2000, refreshInterval: 600_000, unknownKidCooldown: 600_000, maxStaleAge: 600_000, log: silent })
+  valid = access.signToken()
+  warm = verifier()
+  t.notOk((await warm.verify(valid)) instanceof Error, 'the warm verifier has seen the header')
+})
+t.teardown(async () => {
+  store.close()
+  await access.close()
+})
+
+/** A verifier without a cache, so that every answer is computed. */
+function verifier (): TokenVerifier {
+  return createTokenVerifier(normalizeOptions({ teamDomain: access.teamDomain, audience: access.audience, cacheSize: 0 }), store)
+}
+
+async function answer (by: TokenVerifier, token: string): Promise<string> {
+  try {
+    const result = await by.verify(token)
+    return result instanceof Error ? `${(result as { code?: string }).code} ${result.message}` : JSON.stringify(result)
+  } catch (error) {
+    return `${(error as { code?: string }).code} ${(error as Error).message}`
+  }
+}
+
+async function same (token: string): Promise<boolean> {
+  return (await answer(warm, token)) === (await answer(verifier(), token))
+}
+
+/** Ways to change a token: a character, the segments, the encoding (as in properties.test.ts). */
+function mutation (): fc.Arbitrary<(token: string) => string> {
+  const at = fc.nat()
+  const char = fc.constantFrom(...BASE64URL, '.', '=', '+', '/', ' ', '%', '\t', 'é')
+  return fc.oneof(
+    fc.tuple(at, char).map(([index, c]) => (token: string) => { const i = index % token.length; return token.slice(0, i) + c + token.slice(i + 1) }),
+    fc.tuple(at, char).map(([index, c]) => (token: string) => { const i = index % (token.length + 1); return token.slice(0, i) + c + token.slice(i) }),
+    at.map((index) => (token: string) => { const i = index % token.length; return token.slice(0, i) + token.slice(i + 1) }),
+    fc.constantFrom(
+      (token: string) => token + '.',
+      (token: string) => token + '.' + token.split('.')[2],
+      (token: string) => token.replace(/\.[^.]*\./, '..'),
+      (token: string) => token.replace(/-/g, '+').replace(/_/g, '/'),
+      (token: string) => token.split('.').map((part) => part + '='.repeat((4 - part.length % 4) % 4)).join('.')
+    ),
+    fc.tuple(fc.constantFrom(1, 2), at).map(([segment, bit]) => (token: string) => {
+      // flip one bit of the payload or signature and re-encode it canonically: the header stays the one seen
+      const parts = token.split('.')
+      const index = Math.min(segment, parts.length - 1)
+      const bytes = Buffer.from(parts[index] as string, 'base64url')
+      if (bytes.length === 0) return token + 'A'
+      const i = bit % (bytes.length * 8)
+      bytes[i >> 3] = (bytes[i >> 3] as number) ^ (1 << (i & 7))
+      parts[index] = bytes.toString('base64url')
+      return parts.join('.')
+    })
+  )
+}
+
+t.test('changed tokens get the same answer on the hot path as on the full path', async (t) => {
+  let tried = 0
+  await fc.assert(fc.asyncProperty(fc.array(mutation(), { minLength: 1, maxLength: 3 }), async (changes) => {
+    const changed = changes.reduce((token, change) => change(token), valid)
+    tried++
+    return await same(changed)
+  }), RUNS)
+  t.ok(tried >= 300, `${tried} changed tokens`)
+})
+
+t.test('signed tokens with the header seen before: the same answer on both paths', async (t) => {
+  const header = { alg: 'RS256', kid: access.kids[0] }
+  const claims = decode(access.signToken()).payload
+  const json = JSON.stringify(claims)
+  const withBytes = (bytes: number[], extra: Record<string, unknown> = {}): Buffer =>
+    Buffer.concat([Buffer.from(JSON.stringify({ ...claims, ...extra }).slice(0, -1) + ',"x":"'), Buffer.from(bytes), Buffer.from('"}')])
+  const cases: Array<[string, string]> = [
+    ['valid', access.signRaw(header, claims)],
+    ['invalid UTF-8 in the payload', access.signRaw(header, withBytes([0xff, 0xfe]))],
+    ['invalid UTF-8 in the payload, and another application', access.signRaw(header, withBytes([0xc3, 0x28], { aud: ['f'.repeat(64)] }))],
+    ['invalid UTF-8 in the payload, and expired', access.signRaw(header, withBytes([0xed, 0xa0, 0x80], { exp: 1 }))],
+    ['invalid UTF-8 in the payload, and not a user nor a service', access.signRaw(header, withBytes([0x80], { email: undefined }))],
+    ['invalid UTF-8 where a duplicate key overrides it', access.signRaw(header, Buffer.concat([Buffer.from(json.slice(0, -1) + ',"x":"'), Buffer.from([0xff]), Buffer.from('","x":"fine"}')]))],
+    ['a real U+FFFD (valid UTF-8)', access.signRaw(header, { ...claims, x: '\ufffd' })],
+    ['non-ASCII claims', access.signRaw(header, { ...claims, name: 'Zoë Ünal 名前' })],
+    ['a payload that is not JSON', access.signRaw(header, 'not json')],
+    ['a payload that is a JSON array', access.signRaw(header, '[1]')],
+    ['an empty payload', access.signRaw(header, '')],
+    ['another application', access.signRaw(header, { ...claims, aud: ['f'.repeat(64)] })],
+    ['wrong issuer', access.signRaw(header, { ...claims, iss: 'https://evil.cloudflareaccess.com' })],
+    ['type org', access.signRaw(header, { ...claims, type: 'org' })]
+  ]
+  for (const [name, token] of cases) {
+    t.ok(token.startsWith(valid.slice(0, valid.indexOf('.') + 1)), `${name}: the header seen before`)
+    t.equal(await answer(warm, token), await answer(verifier(), token), name)
+  }
+  t.match(await answer(warm, cases[1]?.[1] as string), /not valid UTF-8/, 'invalid UTF-8 is refused on the hot path')
+  t.match(await answer(warm, cases[5]?.[1] as string), /not valid UTF-8/, 'even where the claims fast-jwt parsed show no trace of it')
+})
+
+t.test('StructureMemo remembers a few headers, the latest first out, and only what checkStructure accepted', async (t) => {
+  const memo = new StructureMemo()
+  const tokens = Array.from({ length: 6 }, (_, i) => access.signToken({}, { kid: `kid-${i}` }))
+  t.equal(memo.kidOf(tokens[0] as string), undefined, 'nothing remembered yet')
+  for (const token of tokens.slice(0, 4)) memo.remember(token, checkStructure(token) as string)
+  memo.remember(tokens[0] as string, 'kid-0') // already there: not twice
+  t.same(tokens.slice(0, 4).map((token) => memo.kidOf(token)), ['kid-0', 'kid-1', 'kid-2', 'kid-3'])
+  memo.remember(tokens[4] as string, 'kid-4')
+  t.same(tokens.slice(0, 5).map((token) => memo.kidOf(token)), [undefined, 'kid-1', 'kid-2', 'kid-3', 'kid-4'], 'the fifth replaces the first')
+  const [h, p, s] = (tokens[1] as string).split('.') as [string, string, string]
+  t.equal(memo.kidOf(`${h}.${p}`), undefined, 'two segments')
+  t.equal(memo.kidOf(`${h}..${s}`), undefined, 'an empty payload')
+  t.equal(memo.kidOf(`${h}.${p}.${s.slice(0, -1)}B`), undefined, 'a non-canonical signature')
+  const oneTooMany = p + 'A'.repeat((5 - p.length % 4) % 4 || 4) // a length of 1 (mod 4)
+  t.equal(memo.kidOf(`${h}.${oneTooMany}.${s}`), undefined, 'a payload of a length no base64url has')
+})
