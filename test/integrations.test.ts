@@ -457,6 +457,31 @@ t.test('CORS (examples/cors.ts): @fastify/cors at the root and inside the protec
   t.equal((await scoped.inject({ method: 'OPTIONS', url: '/api/data', headers: { origin: 'https://app.acme.com' } })).statusCode, 401, 'Origin alone is not a preflight')
 })
 
+t.test('corsPreflight: only a real preflight skips verification; a tokened request merely carrying CORS headers is verified and reaches its handler', async (t) => {
+  const access = await emulator(t)
+  const token = access.signToken({ email: 'ann@acme.com' })
+  const notPreflights: Array<[string, 'OPTIONS' | 'POST', Record<string, string>]> = [
+    ['POST with both preflight headers', 'POST', PREFLIGHT],
+    ['OPTIONS with an empty Origin', 'OPTIONS', { ...PREFLIGHT, origin: '' }],
+    ['OPTIONS with an empty Access-Control-Request-Method', 'OPTIONS', { ...PREFLIGHT, 'access-control-request-method': '' }],
+    ['OPTIONS without Origin', 'OPTIONS', { 'access-control-request-method': 'GET' }],
+    ['OPTIONS with Origin only', 'OPTIONS', { origin: 'https://app.acme.com' }]
+  ]
+  for (const hook of ['onRequest', 'preHandler'] as const) {
+    const app = Fastify()
+    t.teardown(() => app.close())
+    await app.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience, hook, corsPreflight: true })
+    app.route({ method: ['OPTIONS', 'POST'], url: '/x', handler: async (request) => ({ for: request.cfAccess?.email }) })
+    for (const [name, method, headers] of notPreflights) {
+      const res = await app.inject({ method, url: '/x', headers: { ...headers, [HEADER]: token } })
+      t.same([res.statusCode, res.json()], [200, { for: 'ann@acme.com' }], `${hook}: ${name} is verified, not passed as a preflight`)
+      t.equal((await app.inject({ method, url: '/x', headers })).statusCode, 401, `${hook}: ${name} without a token is refused`)
+    }
+    const unanswered = await app.inject({ method: 'OPTIONS', url: '/x', headers: { ...PREFLIGHT, [HEADER]: token } })
+    t.equal(unanswered.statusCode, 401, `${hook}: a real preflight nothing answers is refused, token or not`)
+  }
+})
+
 t.test('CORS wired wrong: a preflight that nothing answers never reaches a handler', async (t) => {
   const access = await emulator(t)
   const options = { teamDomain: access.teamDomain, audience: access.audience }
