@@ -775,6 +775,20 @@ t.test('optional authentication wired wrong', async (t) => {
     }
   })
 
+  t.test('a route with required: true under a plugin with required: false refuses a request without a token', async (t) => {
+    for (const hook of ['onRequest', 'preHandler'] as const) {
+      const app = Fastify()
+      t.teardown(() => app.close())
+      await app.register(cloudflareAccess, { ...options, hook, required: false })
+      app.get('/strict', { config: { cfAccess: { required: true } } }, async (request) => ({ claims: request.cfAccess }))
+      app.get('/open', async (request) => ({ claims: request.cfAccess }))
+      const res = await app.inject('/strict')
+      t.same([res.statusCode, res.json().code], [401, 'FST_CF_ACCESS_TOKEN_MISSING'], `${hook}: the route's required: true wins`)
+      t.same((await app.inject('/open')).json(), { claims: null }, `${hook}: the plugin's required: false holds elsewhere`)
+      t.equal((await app.inject({ url: '/strict', headers: { [HEADER]: token } })).json().claims.email, 'ann@acme.com')
+    }
+  })
+
   t.test('a policy is never optional: refused at boot, and a route added before the plugin requires a token', async (t) => {
     const boot = async (register: (app: FastifyInstance) => Promise<void>) => {
       const app = Fastify()

@@ -1,0 +1,63 @@
+// StrykerJS configuration: mutation testing of the security core (docs/mutation.md says how and why).
+
+// The tap runner starts each test file with plain `node`; tap's own TypeScript loader compiles it. Stryker's
+// instrumented sources carry `// @ts-nocheck`, and type checking belongs to `tsc`, so transpile only.
+process.env.TS_NODE_TRANSPILE_ONLY = '1'
+
+/** @type {import('@stryker-mutator/api/core').PartialStrykerOptions} */
+export default {
+  testRunner: 'tap',
+  tap: {
+    // Only tests that run lib/ in this process can see a mutant: cli, package and readme spawn dist/.
+    testFiles: [
+      'test/adversarial.test.ts',
+      'test/authorization.test.ts',
+      'test/cache.test.ts',
+      'test/dev-proxy.test.ts',
+      'test/emulator.test.ts',
+      'test/examples.test.ts',
+      'test/identity.test.ts',
+      'test/integrations.test.ts',
+      'test/keys.test.ts',
+      'test/operations.test.ts',
+      'test/options.test.ts',
+      'test/plugin.test.ts',
+      'test/properties.test.ts',
+      'test/seams.test.ts',
+      'test/verify.test.ts'
+    ],
+    nodeArgs: ['--import=@tapjs/typescript/import', '-r', '{{hookFile}}', '{{testFile}}']
+  },
+  coverageAnalysis: 'perTest',
+  // Only the mutated sources get `// @ts-nocheck` (not dist/*.d.ts, which Babel cannot parse).
+  disableTypeChecks: 'lib/**/*.ts',
+  // The security core: every module that takes part in admitting a request.
+  mutate: [
+    'lib/policy.ts',
+    'lib/scopes.ts',
+    'lib/routes.ts',
+    'lib/optional.ts',
+    'lib/preflight.ts',
+    'lib/claims.ts',
+    'lib/identity.ts',
+    'lib/fetch.ts',
+    'lib/options.ts',
+    'lib/keys.ts',
+    'lib/plugin.ts',
+    'lib/token.ts',
+    'lib/verify.ts',
+    'lib/cache.ts'
+  ],
+  // Two cores shared with other work: one test process at a time.
+  concurrency: 1,
+  incremental: true,
+  incrementalFile: 'reports/stryker-incremental.json',
+  reporters: ['clear-text', 'progress', 'html', 'json'],
+  htmlReporter: { fileName: 'reports/mutation/mutation.html' },
+  jsonReporter: { fileName: 'reports/mutation/mutation.json' },
+  clearTextReporter: { allowColor: false, logTests: false },
+  // Many tests wait on real timers (refresh intervals, cooldowns): a mutant that stretches one is a timeout.
+  timeoutMS: 10000,
+  tempDirName: '.stryker-tmp',
+  cleanTempDir: true
+}
