@@ -38,9 +38,9 @@ const onlyServers = listArgument('--servers')
 const onlyWorkloads = listArgument('--workloads')
 const ROUNDS = Number(listArgument('--rounds')?.[0] ?? (quick ? 1 : full ? 5 : 3))
 /** Seconds per measurement of (a)–(d). */
-const DURATION = quick ? 1 : full ? 4 : 3
+const DURATION = quick ? 1 : full ? 4 : 2
 /** Requests per measurement of (e) and (f), which spend fresh tokens. */
-const AMOUNT = quick ? 5_000 : 15_000
+const AMOUNT = quick ? 5_000 : full ? 15_000 : 10_000
 const CONNECTIONS = 16
 /**
  * Who runs what outside --full: (e) and (f) ask this plugin's cache, so bare and raw frame it; the

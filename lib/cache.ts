@@ -169,7 +169,7 @@ export class VerifiedCache {
  *  - a token found in the window on a later request has proven to recur: it moves to the main part
  *    (VerifiedCache, `cacheSize` entries), straight into its protected segment;
  *  - a *doorkeeper* remembers which tokens were verified lately (at least the last 8 × cacheSize): a token
- *    verified again after it left the window (a session whose requests are minutes apart, under a flood)
+ *    verified again after it left the window (a session whose requests are far apart, under a flood)
  *    goes to the main part's probation, and its next hit to protected.
  * Unique tokens thus only ever displace each other in the window (and, for the doorkeeper's rare false
  * positives, in probation); the tokens that recur stay. O(1) per request, memory bounded by cacheSize

@@ -30,7 +30,9 @@ export const kCacheCounters = Symbol('fastify-cloudflare-access.cacheCounters')
 /**
  * Verification of one registration: verified-token cache → structure → key by kid → fast-jwt (RS256,
  * signature, aud, iss, exp, nbf) → the checks fast-jwt does not make (iat, claim types, `type`, user or
- * service token). Claims are frozen: one object may serve many requests.
+ * service token). Claims are frozen: one object may serve many requests. The structure is checked in
+ * full for a header not seen before; for one seen before, only what fast-jwt's decoder does not check
+ * (see StructureMemo), so that a token is decoded once.
  */
 /** Where keys come from: the plugin's KeyStore, or a fixed set (the CLI's `--certs`). */
 export type KeySource = Pick<KeyStore, 'get' | 'isKnownUnknown' | 'resolve'>
