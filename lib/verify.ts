@@ -127,8 +127,8 @@ export function createTokenVerifier (options: NormalizedOptions, store: KeySourc
   return {
     cacheCounters: () => cache.counters(),
     verify (token: unknown): CloudflareAccessClaims | Error | Promise<CloudflareAccessClaims> {
-      const now = at ?? Date.now()
       if (typeof token === 'string' && token.length <= MAX_TOKEN_LENGTH) {
+        const now = at ?? Date.now()
         const cached = cache.get(token, now, currentKey)
         if (cached !== undefined) return cached
         // The hot path: a header seen before, a key at hand (see StructureMemo for what fast-jwt checks).
@@ -138,9 +138,12 @@ export function createTokenVerifier (options: NormalizedOptions, store: KeySourc
       }
       const kid = checkStructure(token)
       if (typeof kid !== 'string') return kid
-      shapes.remember(token as string, kid)
       const key = store.get(kid)
-      if (key !== undefined) return verifyWithKey(token as string, key, now)
+      if (key !== undefined) {
+        // Only the header of a key at hand: random kids would push the real one out.
+        shapes.remember(token as string, kid)
+        return verifyWithKey(token as string, key, at ?? Date.now())
+      }
       if (store.isKnownUnknown(kid)) return new TokenInvalidError('unknown key id (kid)')
       return store.resolve(kid).then((resolved) => verifyWithResolvedKey(token as string, resolved))
     }
