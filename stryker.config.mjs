@@ -6,7 +6,9 @@ process.env.TS_NODE_TRANSPILE_ONLY = '1'
 
 /** @type {import('@stryker-mutator/api/core').PartialStrykerOptions} */
 export default {
-  testRunner: 'tap',
+  // Our own runner (test/mutation/runner.mjs): the same tap test files, in one process, test by test.
+  plugins: ['@stryker-mutator/*', './test/mutation/runner.mjs'],
+  testRunner: 'tap-in-process',
   tap: {
     // Only tests that run lib/ in this process can see a mutant: cli, package and readme spawn dist/.
     testFiles: [
@@ -56,6 +58,8 @@ export default {
   htmlReporter: { fileName: 'reports/mutation/mutation.html' },
   jsonReporter: { fileName: 'reports/mutation/mutation.json' },
   clearTextReporter: { allowColor: false, logTests: false },
+  // Module-level code runs at load: such mutants run their covering tests after a reload (runner.mjs).
+  ignoreStatic: true,
   // Many tests wait on real timers (refresh intervals, cooldowns): a mutant that stretches one is a timeout.
   timeoutMS: 10000,
   tempDirName: '.stryker-tmp',
