@@ -1,6 +1,6 @@
 // A Stryker test runner: the tap test files run in this process, one top-level test at a time (docs/mutation.md).
 import Module, { createRequire } from 'node:module'
-import { existsSync, readFileSync, writeFileSync } from 'node:fs'
+import { existsSync, readFileSync, writeFileSync, writeSync } from 'node:fs'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { commonTokens, declareClassPlugin, PluginKind, tokens } from '@stryker-mutator/api/plugin'
@@ -49,7 +49,7 @@ function install () {
 function purgeProjectModules () {
   const root = path.resolve('.') + path.sep
   for (const key of Object.keys(Module._cache)) {
-    if (key.startsWith(root) && !key.includes(`${path.sep}node_modules${path.sep}`)) delete Module._cache[key]
+    if (key.startsWith(root) && !key.includes(`${path.sep}node_modules${path.sep}`) && key !== shimPath) delete Module._cache[key]
   }
 }
 
@@ -128,6 +128,7 @@ class InProcessTapRunner {
     const state = ns()
     if (coverage) state.currentTestId = id
     const started = performance.now()
+    if (process.env.MUTATION_TRACE) writeSync(2, `${id}\n`)
     this.#strays.length = 0
     shim.takeLate()
     let failures

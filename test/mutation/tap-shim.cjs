@@ -34,11 +34,11 @@ class Test {
   ok (value, message = 'expected truthy') { return this.#check(Boolean(value), message) }
   notOk (value, message = 'expected falsy') { return this.#check(!value, message) }
   equal (found, wanted, message = 'should be equal') {
-    return this.#check(found === wanted || Object.is(found, wanted), message, `found ${show(found)}, wanted ${show(wanted)}`)
+    return this.#check(found === wanted, message, `found ${show(found)}, wanted ${show(wanted)}`)
   }
 
   not (found, notWanted, message = 'should not be equal') {
-    return this.#check(!(found === notWanted || Object.is(found, notWanted)), message, `found ${show(found)}`)
+    return this.#check(found !== notWanted, message, `found ${show(found)}`)
   }
 
   same (found, wanted, message = 'should be equivalent') { return this.#compare(same, true, found, wanted, message) }
@@ -55,7 +55,7 @@ class Test {
   type (value, type, message = 'type is ' + (typeof type === 'function' ? type.name : type)) {
     const ok = typeof type === 'function'
       ? value instanceof type || (value !== null && value !== undefined && Object(value) instanceof type)
-      : typeof value === type || (value !== null && value !== undefined && value.constructor && value.constructor.name === type)
+      : typeOf(value) === type || (value !== null && value !== undefined && value.constructor && value.constructor.name === type)
     return this.#check(ok, message)
   }
 
@@ -64,7 +64,7 @@ class Test {
     try {
       fn()
     } catch (error) {
-      if (wanted !== undefined) this.#compare(match, true, error, wanted, message || 'expected to throw a matching error')
+      if (wanted !== undefined) this.#compare(match, true, wanted instanceof RegExp ? error?.message : error, wanted, message || 'expected to throw a matching error')
       return error
     }
     return this.fail(message || 'expected to throw')
@@ -76,7 +76,7 @@ class Test {
       try {
         await (typeof promiseOrFn === 'function' ? promiseOrFn() : promiseOrFn)
       } catch (error) {
-        if (wanted !== undefined) this.#compare(match, true, error, wanted, message || 'expected to reject with a matching error')
+        if (wanted !== undefined) this.#compare(match, true, wanted instanceof RegExp ? error?.message : error, wanted, message || 'expected to reject with a matching error')
         return
       }
       this.fail(message || 'expected to reject')
@@ -113,6 +113,8 @@ class Test {
 }
 
 const root = new Test('', null)
+
+function typeOf (value) { return typeof value }
 
 function show (value) {
   try {
