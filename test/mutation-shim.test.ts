@@ -3,7 +3,6 @@ import t from 'tap'
 // The mutation runner (test/mutation/runner.mjs) runs the test files through this shim of tap's API: a shim
 // that passed what tap fails would let mutants survive unseen, one that failed what tap passes would count
 // mutants as killed that no test noticed. Each assertion is checked both ways.
-// eslint-disable-next-line @typescript-eslint/no-require-imports
 const shim = require('./mutation/tap-shim.cjs') as {
   run: (name: string, fn: (t: any) => unknown) => Promise<string[]>
   takeLate: () => string[]
