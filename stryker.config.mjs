@@ -54,7 +54,8 @@ export default {
   concurrency: 2,
   incremental: true,
   incrementalFile: 'reports/stryker-incremental.json',
-  reporters: ['clear-text', 'progress', 'html', 'json'],
+  // live: each result as it comes, in reports/mutation/live.jsonl (test/mutation/runner.mjs)
+  reporters: ['clear-text', 'progress', 'html', 'json', 'live'],
   htmlReporter: { fileName: 'reports/mutation/mutation.html' },
   jsonReporter: { fileName: 'reports/mutation/mutation.json' },
   clearTextReporter: { allowColor: false, logTests: false },

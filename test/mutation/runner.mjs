@@ -1,6 +1,6 @@
 // A Stryker test runner: the tap test files run in this process, one top-level test at a time (docs/mutation.md).
 import Module, { createRequire } from 'node:module'
-import { existsSync, readFileSync, writeFileSync, writeSync } from 'node:fs'
+import { appendFileSync, existsSync, mkdirSync, readFileSync, writeFileSync, writeSync } from 'node:fs'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { commonTokens, declareClassPlugin, PluginKind, tokens } from '@stryker-mutator/api/plugin'
@@ -238,4 +238,27 @@ class InProcessTapRunner {
   }
 }
 
-export const strykerPlugins = [declareClassPlugin(PluginKind.TestRunner, 'tap-in-process', InProcessTapRunner)]
+/**
+ * A reporter that appends each mutant's result as it comes (reports/mutation/live.jsonl): a long run can be
+ * read, and its survivors worked on, before it ends; and what it found survives an interrupted run.
+ */
+class LiveReporter {
+  static inject = tokens()
+  #file = path.resolve('reports', 'mutation', 'live.jsonl')
+
+  onDryRunCompleted () {
+    mkdirSync(path.dirname(this.#file), { recursive: true })
+    writeFileSync(this.#file, '')
+  }
+
+  onMutantTested (result) {
+    const { id, fileName, mutatorName, replacement, location, status, statusReason, killedBy, coveredBy } = result
+    const line = { id, file: path.relative(path.resolve('.'), fileName), line: location.start.line, column: location.start.column + 1, mutatorName, replacement, status, statusReason: status === 'Killed' ? undefined : statusReason, killedBy: killedBy?.[0], covering: coveredBy?.length }
+    appendFileSync(this.#file, JSON.stringify(line) + '\n')
+  }
+}
+
+export const strykerPlugins = [
+  declareClassPlugin(PluginKind.TestRunner, 'tap-in-process', InProcessTapRunner),
+  declareClassPlugin(PluginKind.Reporter, 'live', LiveReporter)
+]
