@@ -130,7 +130,7 @@ export class VerifiedCache {
   }
 
   #put (token: string, claims: CloudflareAccessClaims | null, rejection: Error | null, key: SigningKey, expiresAt: number, recurs: boolean): void {
-    if (this.#size === 0) return
+    // Size 0 keeps nothing: the entry is evicted as soon as it is in (TokenCache never gets here then).
     const hash = hashOf(token)
     const previous = this.#entries.get(hash)
     // The same token verified twice at once (both waited for a key), or another one of the same hash:

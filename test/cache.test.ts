@@ -402,3 +402,84 @@ t.test('the cache counters are on the decorator, under a symbol, for the benchma
   t.same(counters?.(), { hits: 1, misses: 1, size: 1 })
   t.notOk(Object.keys(app.cfAccess ?? {}).some((name) => /counter/i.test(name)), 'not part of the public shape')
 })
+
+/**
+ * The segmented LRU as plain arrays (newest first): what VerifiedCache must do, operation by operation.
+ * A hit in probation moves a token to protected; protected holds at most 80 % of the entries and its
+ * overflow goes back to probation as its newest; over the bound, probation's oldest goes.
+ */
+class SegmentedModel {
+  probation: string[] = []
+  protected: string[] = []
+  constructor (readonly size: number) {}
+  get limit (): number { return Math.floor(this.size * 0.8) }
+  get (token: string): boolean {
+    if (this.protected.includes(token)) {
+      this.protected = [token, ...this.protected.filter((other) => other !== token)]
+      return true
+    }
+    if (!this.probation.includes(token)) return false
+    this.probation = this.probation.filter((other) => other !== token)
+    this.protect(token)
+    return true
+  }
+
+  set (token: string, recurs: boolean): void {
+    if (this.size === 0) return
+    this.probation = this.probation.filter((other) => other !== token)
+    this.protected = this.protected.filter((other) => other !== token)
+    if (recurs) this.protect(token)
+    else this.probation.unshift(token)
+    if (this.probation.length + this.protected.length > this.size) this.probation.pop()
+  }
+
+  protect (token: string): void {
+    this.protected.unshift(token)
+    if (this.protected.length > this.limit) this.probation.unshift(this.protected.pop() as string)
+  }
+}
+
+t.test('VerifiedCache answers hit or miss exactly as a model of the segmented LRU, through random gets and sets', async (t) => {
+  const key = fakeKey('k')
+  const pool = Array.from({ length: 24 }, (_, n) => `token-${n}-`.padEnd(40, String.fromCharCode(65 + n)))
+  t.equal(new Set(pool.map(hashOf)).size, pool.length, 'no two tokens of the pool share a hash')
+  for (const size of [1, 2, 3, 5, 10]) {
+    const random = prng(size)
+    const cache = new VerifiedCache(size)
+    const model = new SegmentedModel(size)
+    const steps: string[] = []
+    let diverged = ''
+    for (let step = 0; step < 3000 && diverged === ''; step++) {
+      const token = pool[Math.floor(random() * (2 * size + 4))] as string
+      const roll = random()
+      if (roll < 0.5) {
+        const hit = cache.get(token, 0, () => key) !== undefined
+        steps.push(`get ${token.slice(6, 8)} ${hit ? 'hit' : 'miss'}`)
+        if (hit !== model.get(token)) diverged = steps.slice(-12).join(', ')
+      } else {
+        // The default (no recurs argument) is a first entry into probation, as for set and reject alike.
+        const recurs = roll < 0.6 ? true : roll < 0.7 ? false : undefined
+        if (roll < 0.85) {
+          if (recurs === undefined) cache.set(token, someClaims, key, Infinity)
+          else cache.set(token, someClaims, key, Infinity, recurs)
+        } else {
+          if (recurs === undefined) cache.reject(token, new Error('no'), key, Infinity)
+          else cache.reject(token, new Error('no'), key, Infinity, recurs)
+        }
+        model.set(token, recurs === true)
+        steps.push(`set ${token.slice(6, 8)}${recurs === true ? ' recurs' : ''}`)
+      }
+      if (diverged === '' && cache.size !== model.probation.length + model.protected.length) diverged = `size after ${steps.slice(-12).join(', ')}`
+    }
+    t.equal(diverged, '', `size ${size}: the cache and the model agree`)
+  }
+})
+
+t.test('VerifiedCache: an entry answers up to and including its expiresAt, and not a millisecond after', async (t) => {
+  const key = fakeKey('k')
+  const cache = new VerifiedCache(4)
+  cache.set('e'.repeat(40), someClaims, key, 1000)
+  t.equal(cache.get('e'.repeat(40), 1000, () => key), someClaims, 'at expiresAt')
+  t.equal(cache.get('e'.repeat(40), 1001, () => key), undefined, 'one millisecond after')
+  t.equal(cache.size, 0, 'and the entry is gone')
+})
