@@ -483,3 +483,38 @@ t.test('VerifiedCache: an entry answers up to and including its expiresAt, and n
   t.equal(cache.get('e'.repeat(40), 1001, () => key), undefined, 'one millisecond after')
   t.equal(cache.size, 0, 'and the entry is gone')
 })
+
+t.test('TokenCache: a token hit in the window is protected; one the doorkeeper recognises waits in probation', async (t) => {
+  const key = fakeKey('k')
+  const current = (): SigningKey => key
+  // The cache finds entries by the last 12 characters (the signature's): make those differ.
+  const token = (name: string, n: number): string => 'x'.repeat(30) + `${name}-${n}`.padStart(12, '-')
+  /** 64 tokens that each reach the main part's probation: a first sighting in the window, then the doorkeeper. */
+  const flood = (cache: TokenCache): void => {
+    for (let n = 0; n < 64; n++) {
+      cache.set(token('flood', n), someClaims, key, Infinity)
+      cache.set(token('flood', n), someClaims, key, Infinity)
+    }
+  }
+
+  const hit = new TokenCache(64) // 2 window slots; 64 entries, of which 51 protected
+  hit.set(token('session', 1), someClaims, key, Infinity)
+  t.equal(hit.get(token('session', 1), 0, current), someClaims, 'a hit in the window')
+  flood(hit)
+  t.equal(hit.get(token('session', 1), 0, current), someClaims, 'protected: 64 entries through probation did not push it out')
+
+  const recognised = new TokenCache(64)
+  recognised.set(token('seen', 1), someClaims, key, Infinity)
+  recognised.set(token('seen', 1), someClaims, key, Infinity)
+  flood(recognised)
+  t.equal(recognised.get(token('seen', 1), 0, current), undefined, 'probation: the 64 entries after it pushed it out')
+})
+
+t.test('TokenCache: a window entry answers up to and including its expiresAt, and not a millisecond after', async (t) => {
+  const key = fakeKey('k')
+  const cache = new TokenCache(64)
+  cache.set('w'.repeat(40), someClaims, key, 1000)
+  t.equal(cache.get('w'.repeat(40), 1000, () => key), someClaims, 'at expiresAt')
+  cache.set('v'.repeat(40), someClaims, key, 1000)
+  t.equal(cache.get('v'.repeat(40), 1001, () => key), undefined, 'one millisecond after')
+})
