@@ -1,4 +1,6 @@
+import Fastify from 'fastify'
 import t from 'tap'
+import cloudflareAccess from '../index'
 import { hashOf, TokenCache } from '../lib/cache'
 import { KeyStore, type SigningKey } from '../lib/keys'
 import { normalizeOptions } from '../lib/options'
@@ -218,4 +220,52 @@ t.test('a cached token is refused with a 503 once the key set is older than maxS
   await withClock(120_000, async () => {
     t.match(await answer(cached, token), /KEYS_UNAVAILABLE 503/)
   })
+})
+
+t.test('a rejection one request\'s error handler changed is not what the next request gets', async (t) => {
+  const app = Fastify()
+  t.teardown(() => app.close())
+  await app.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience })
+  // An error handler that annotates the error it is given, as many do (a request id, the user's name).
+  app.setErrorHandler((error: Error & { seenBy?: string }, request, reply) => {
+    error.seenBy = String(request.headers['x-user'])
+    error.message = `${error.message} (seen by ${error.seenBy})`
+    reply.send(error)
+  })
+  app.get('/', async () => 'ok')
+  const otherApp = access.signToken({ aud: ['e'.repeat(64)] })
+  const messages: string[] = []
+  for (const user of ['alice', 'bob', 'carol']) {
+    const res = await app.inject({ url: '/', headers: { 'cf-access-jwt-assertion': otherApp, 'x-user': user } })
+    t.equal(res.statusCode, 401)
+    messages.push(res.json().message)
+  }
+  t.same(messages, ['alice', 'bob', 'carol'].map((user) => `Cloudflare Access token rejected: aud does not name this application (seen by ${user})`),
+    'each request gets its own error, untouched by the one before')
+})
+
+t.test('two registrations with different audiences keep their decisions apart', async (t) => {
+  const a = 'a'.repeat(64)
+  const b = 'b'.repeat(64)
+  const app = Fastify()
+  t.teardown(() => app.close())
+  for (const [prefix, audience] of [['/a', [a]], ['/b', [b]], ['/ab', [a, b]]] as const) {
+    await app.register(async (scope) => {
+      await scope.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: [...audience] })
+      scope.get('/', async (request) => ({ aud: request.cfAccess?.aud }))
+    }, { prefix })
+  }
+  const forA = access.signToken({ aud: [a] })
+  const forB = access.signToken({ aud: [b] })
+  const expected: Array<[string, string, number, string[] | undefined]> = [
+    ['/a/', forA, 200, [a]], ['/b/', forA, 401, undefined], ['/ab/', forA, 200, [a]],
+    ['/a/', forB, 401, undefined], ['/b/', forB, 200, [b]], ['/ab/', forB, 200, [b]]
+  ]
+  for (let round = 0; round < 3; round++) {
+    for (const [url, token, status, aud] of expected) {
+      const res = await app.inject({ url, headers: { 'cf-access-jwt-assertion': token } })
+      t.equal(res.statusCode, status, `${url} ${token === forA ? 'A' : 'B'} round ${round}`)
+      if (aud !== undefined) t.same(res.json().aud, aud)
+    }
+  }
 })
