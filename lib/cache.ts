@@ -132,7 +132,9 @@ export class VerifiedCache {
    * since after `exp` the same token is answered "expired" instead.
    */
   reject (token: string, error: Error, key: SigningKey, expiresAt: number, validFrom = -Infinity, recurs = false): void {
-    this.#put(token, null, error, key, expiresAt, validFrom, recurs)
+    // A copy: the caller's error is answered, and whoever handles it may change it (an error handler
+    // annotating it with the request's id or user) — none of that may reach the next request.
+    this.#put(token, null, copy(error), key, expiresAt, validFrom, recurs)
   }
 
   #put (token: string, claims: CloudflareAccessClaims | null, rejection: Error | null, key: SigningKey, expiresAt: number, validFrom: number, recurs: boolean): void {
@@ -240,9 +242,9 @@ export class TokenCache {
     this.#record(token, claims, null, key, expiresAt, validFrom)
   }
 
-  /** Remembers a token rejected for good, as VerifiedCache.reject. */
+  /** Remembers a token rejected for good, as VerifiedCache.reject (a copy of `error`: the caller's is answered). */
   reject (token: string, error: Error, key: SigningKey, expiresAt: number, validFrom = -Infinity): void {
-    this.#record(token, null, error, key, expiresAt, validFrom)
+    this.#record(token, null, copy(error), key, expiresAt, validFrom)
   }
 
   #fromWindow (hash: number, token: string, now: number, currentKey: (kid: string) => SigningKey | undefined): CloudflareAccessClaims | Error | undefined {
