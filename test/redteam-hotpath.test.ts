@@ -269,3 +269,26 @@ t.test('two registrations with different audiences keep their decisions apart', 
     }
   }
 })
+
+t.test('a rejection changed by its receiver stays changed only there: key fetched or at hand, window or main part', async (t) => {
+  const silent = { info () {}, warn () {}, error () {} }
+  for (const keys of ['fetched', 'at hand']) {
+    const own = new KeyStore({ certsUrl: access.certsUrl, fetchTimeout: 2000, refreshInterval: 600_000, unknownKidCooldown: 600_000, maxStaleAge: 600_000, log: silent })
+    t.teardown(() => own.close())
+    if (keys === 'at hand') await own.resolve(access.kids[0] as string)
+    const cached = createTokenVerifier(normalizeOptions({ teamDomain: access.teamDomain, audience: access.audience }), own)
+    const token = access.signToken({ type: 'org' })
+    for (let i = 0; i < 4; i++) {
+      let error: Error & { mark?: number }
+      try {
+        error = await cached.verify(token) as Error
+      } catch (thrown) {
+        error = thrown as Error
+      }
+      t.equal(error.message, 'Cloudflare Access token rejected: type is not "app"', `${keys}, request ${i}: the message as first answered`)
+      t.equal(error.mark, undefined, `${keys}, request ${i}: nothing of an earlier request`)
+      error.message = 'changed'
+      error.mark = i
+    }
+  }
+})
