@@ -24,6 +24,11 @@ interface Entry {
   key: SigningKey
   /** The token's `exp` in milliseconds, plus the clock tolerance: the same bound the verifier applies. */
   expiresAt: number
+  /**
+   * Its `nbf` and `iat` in milliseconds, minus the clock tolerance (the later of the two; -Infinity: none):
+   * before then (a clock stepped back) the verifier would answer "not valid yet", so the entry does not.
+   */
+  validFrom: number
   /** The segment the entry is in. */
   segment: Segment
   /** Recency list of the segment: towards the most recently used, and towards the least. */
@@ -63,7 +68,8 @@ const PROTECTED_SHARE = 0.8
  * The verified-token cache's main part: a segmented LRU. Only a byte-identical token hits: entries are
  * found by a hash of the signature's last characters (hashing a whole 1 KB token on every request costs
  * more than the rest of the lookup) and then compared whole. An entry is used only while the token would
- * still pass the clock check and its key is still the one the key store serves — a key Cloudflare removed
+ * still pass the clock checks (`exp`, and `nbf` and `iat` should the clock step back) and its key is still
+ * the one the key store serves — a key Cloudflare removed
  * takes its cached tokens with it.
  *
  * A token enters *probation*, or *protected* when it is known to recur; a hit in probation moves it to
@@ -99,7 +105,7 @@ export class VerifiedCache {
   find (hash: number, token: string, now: number, currentKey: (kid: string) => SigningKey | undefined): CloudflareAccessClaims | Error | undefined {
     const entry = this.#entries.get(hash)
     if (entry === undefined || entry.token !== token) return undefined
-    if (now > entry.expiresAt || currentKey(entry.key.kid) !== entry.key) {
+    if (now > entry.expiresAt || now < entry.validFrom || currentKey(entry.key.kid) !== entry.key) {
       this.#remove(entry)
       return undefined
     }
@@ -115,9 +121,9 @@ export class VerifiedCache {
     return entry.claims ?? copy(entry.rejection as Error)
   }
 
-  /** Remembers a verified token; in protected if it is known to recur. */
-  set (token: string, claims: CloudflareAccessClaims, key: SigningKey, expiresAt: number, recurs = false): void {
-    this.#put(token, claims, null, key, expiresAt, recurs)
+  /** Remembers a verified token, good from `validFrom` to `expiresAt`; in protected if it is known to recur. */
+  set (token: string, claims: CloudflareAccessClaims, key: SigningKey, expiresAt: number, validFrom = -Infinity, recurs = false): void {
+    this.#put(token, claims, null, key, expiresAt, validFrom, recurs)
   }
 
   /**
@@ -125,18 +131,20 @@ export class VerifiedCache {
    * a claim of the wrong type): replaying it costs no RSA. Bounded by `exp` and the key like any entry,
    * since after `exp` the same token is answered "expired" instead.
    */
-  reject (token: string, error: Error, key: SigningKey, expiresAt: number, recurs = false): void {
-    this.#put(token, null, error, key, expiresAt, recurs)
+  reject (token: string, error: Error, key: SigningKey, expiresAt: number, validFrom = -Infinity, recurs = false): void {
+    // A copy: the caller's error is answered, and whoever handles it may change it (an error handler
+    // annotating it with the request's id or user) — none of that may reach the next request.
+    this.#put(token, null, copy(error), key, expiresAt, validFrom, recurs)
   }
 
-  #put (token: string, claims: CloudflareAccessClaims | null, rejection: Error | null, key: SigningKey, expiresAt: number, recurs: boolean): void {
+  #put (token: string, claims: CloudflareAccessClaims | null, rejection: Error | null, key: SigningKey, expiresAt: number, validFrom: number, recurs: boolean): void {
     // Size 0 keeps nothing: the entry is evicted as soon as it is in (TokenCache never gets here then).
     const hash = hashOf(token)
     const previous = this.#entries.get(hash)
     // The same token verified twice at once (both waited for a key), or another one of the same hash:
     // the new entry takes the old one's place.
     if (previous !== undefined) this.#remove(previous)
-    const entry: Entry = { hash, token, claims, rejection, key, expiresAt, segment: this.#probation, newer: null, older: null }
+    const entry: Entry = { hash, token, claims, rejection, key, expiresAt, validFrom, segment: this.#probation, newer: null, older: null }
     this.#entries.set(hash, entry)
     if (recurs) this.#protect(entry)
     else this.#probation.pushNewest(entry)
@@ -187,6 +195,7 @@ export class TokenCache {
   readonly #rejections: Array<Error | null>
   readonly #keys: Array<SigningKey | null>
   readonly #expiries: Float64Array
+  readonly #starts: Float64Array
   #windowed = 0
   #hits = 0
   #misses = 0
@@ -205,6 +214,7 @@ export class TokenCache {
     this.#rejections = new Array<Error | null>(slots).fill(null)
     this.#keys = new Array<SigningKey | null>(slots).fill(null)
     this.#expiries = new Float64Array(slots)
+    this.#starts = new Float64Array(slots)
   }
 
   /** How many lookups hit and missed since the cache was made, and how many entries it holds now. */
@@ -227,14 +237,14 @@ export class TokenCache {
     return found
   }
 
-  /** Remembers a verified token (see the class). */
-  set (token: string, claims: CloudflareAccessClaims, key: SigningKey, expiresAt: number): void {
-    this.#record(token, claims, null, key, expiresAt)
+  /** Remembers a verified token, good from `validFrom` to `expiresAt` (see the class). */
+  set (token: string, claims: CloudflareAccessClaims, key: SigningKey, expiresAt: number, validFrom = -Infinity): void {
+    this.#record(token, claims, null, key, expiresAt, validFrom)
   }
 
-  /** Remembers a token rejected for good, as VerifiedCache.reject. */
-  reject (token: string, error: Error, key: SigningKey, expiresAt: number): void {
-    this.#record(token, null, error, key, expiresAt)
+  /** Remembers a token rejected for good, as VerifiedCache.reject (a copy of `error`: the caller's is answered). */
+  reject (token: string, error: Error, key: SigningKey, expiresAt: number, validFrom = -Infinity): void {
+    this.#record(token, null, copy(error), key, expiresAt, validFrom)
   }
 
   #fromWindow (hash: number, token: string, now: number, currentKey: (kid: string) => SigningKey | undefined): CloudflareAccessClaims | Error | undefined {
@@ -245,17 +255,18 @@ export class TokenCache {
     const rejection = this.#rejections[slot] as Error | null
     const key = this.#keys[slot] as SigningKey
     const expiresAt = this.#expiries[slot] as number
+    const validFrom = this.#starts[slot] as number
     this.#clear(slot)
-    if (now > expiresAt || currentKey(key.kid) !== key) return undefined
-    this.#remember(token, claims, rejection, key, expiresAt, true)
+    if (now > expiresAt || now < validFrom || currentKey(key.kid) !== key) return undefined
+    this.#remember(token, claims, rejection, key, expiresAt, validFrom, true)
     return claims ?? copy(rejection as Error)
   }
 
-  #record (token: string, claims: CloudflareAccessClaims | null, rejection: Error | null, key: SigningKey, expiresAt: number): void {
+  #record (token: string, claims: CloudflareAccessClaims | null, rejection: Error | null, key: SigningKey, expiresAt: number, validFrom: number): void {
     if (this.#mask < 0) return
     const hash = token === this.#missed ? this.#missedHash : hashOf(token)
     if (this.#doorkeeper.sighted(hash)) {
-      this.#remember(token, claims, rejection, key, expiresAt, false)
+      this.#remember(token, claims, rejection, key, expiresAt, validFrom, false)
       return
     }
     const slot = hash & this.#mask
@@ -266,12 +277,13 @@ export class TokenCache {
     this.#rejections[slot] = rejection
     this.#keys[slot] = key
     this.#expiries[slot] = expiresAt
+    this.#starts[slot] = validFrom
   }
 
   /** Into the main part. */
-  #remember (token: string, claims: CloudflareAccessClaims | null, rejection: Error | null, key: SigningKey, expiresAt: number, recurs: boolean): void {
-    if (claims === null) this.#main.reject(token, rejection as Error, key, expiresAt, recurs)
-    else this.#main.set(token, claims, key, expiresAt, recurs)
+  #remember (token: string, claims: CloudflareAccessClaims | null, rejection: Error | null, key: SigningKey, expiresAt: number, validFrom: number, recurs: boolean): void {
+    if (claims === null) this.#main.reject(token, rejection as Error, key, expiresAt, validFrom, recurs)
+    else this.#main.set(token, claims, key, expiresAt, validFrom, recurs)
   }
 
   #clear (slot: number): void {

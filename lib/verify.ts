@@ -93,6 +93,17 @@ export function createTokenVerifier (options: NormalizedOptions, store: KeySourc
     return typeof exp === 'number' ? exp * 1000 + clockToleranceMs : Infinity
   }
 
+  /**
+   * From when a decision about a token with these claims may be reused: the verifier's own lower bounds
+   * (`nbf`, and `iat` as checkClaims checks it). A clock does step back (NTP, a restored VM): a token
+   * verified just after it was issued is then not valid yet, cached or not.
+   */
+  function reusableFrom (claims: Record<string, unknown>): number {
+    const { nbf, iat } = claims
+    const from = typeof nbf === 'number' ? nbf * 1000 - clockToleranceMs : -Infinity
+    return typeof iat === 'number' ? Math.max(from, iat * 1000 - clockToleranceMs) : from
+  }
+
   function verifyWithKey (token: string, key: SigningKey, now: number): CloudflareAccessClaims | Error {
     let payload: Record<string, unknown>
     try {
@@ -103,18 +114,21 @@ export function createTokenVerifier (options: NormalizedOptions, store: KeySourc
       if (structural instanceof Error) return structural
       const rejection = translate(error as TokenError)
       // A signed token for another application stays wrong: remember that, so that replaying it costs no RSA.
-      if (rejection.code === errorCodes.CLAIM_INVALID) cache.reject(token, rejection, key, reusableUntil(payloadOf(token).exp))
+      if (rejection.code === errorCodes.CLAIM_INVALID) {
+        const claims = payloadOf(token)
+        cache.reject(token, rejection, key, reusableUntil(claims.exp), reusableFrom(claims))
+      }
       return rejection
     }
     // The one check of checkStructure that fast-jwt's decoding does not make (it replaces invalid bytes).
     if (!payloadIsUtf8(token)) return new TokenInvalidError('not valid UTF-8')
     const claims = checkClaims(payload, now, clockToleranceMs)
     if (claims instanceof Error) {
-      if (claims.code === errorCodes.CLAIM_INVALID) cache.reject(token, claims, key, reusableUntil(payload.exp))
+      if (claims.code === errorCodes.CLAIM_INVALID) cache.reject(token, claims, key, reusableUntil(payload.exp), reusableFrom(payload))
       return claims
     }
     freeze(claims)
-    cache.set(token, claims, key, reusableUntil(claims.exp))
+    cache.set(token, claims, key, reusableUntil(claims.exp), reusableFrom(payload))
     return claims
   }
 

@@ -461,10 +461,10 @@ t.test('VerifiedCache answers hit or miss exactly as a model of the segmented LR
         const recurs = roll < 0.6 ? true : roll < 0.7 ? false : undefined
         if (roll < 0.85) {
           if (recurs === undefined) cache.set(token, someClaims, key, Infinity)
-          else cache.set(token, someClaims, key, Infinity, recurs)
+          else cache.set(token, someClaims, key, Infinity, -Infinity, recurs)
         } else {
           if (recurs === undefined) cache.reject(token, new Error('no'), key, Infinity)
-          else cache.reject(token, new Error('no'), key, Infinity, recurs)
+          else cache.reject(token, new Error('no'), key, Infinity, -Infinity, recurs)
         }
         model.set(token, recurs === true)
         steps.push(`set ${token.slice(6, 8)}${recurs === true ? ' recurs' : ''}`)
