@@ -25,6 +25,7 @@ export default {
       'test/options.test.ts',
       'test/plugin.test.ts',
       'test/properties.test.ts',
+      'test/redteam-hotpath.test.ts',
       'test/seams.test.ts',
       'test/verify.test.ts'
     ],
