@@ -1,6 +1,6 @@
 import Fastify, { type FastifyInstance } from 'fastify'
 import t, { type Test } from 'tap'
-import cloudflareAccess from '../index'
+import cloudflareAccess, { requireServiceToken, requireUser } from '../index'
 import type { AccessEmulator } from '../lib/testing'
 import type { FastifyCloudflareAccessOptions } from '../lib/types'
 import { captureLogs, emulator, HEADER } from './helpers'
@@ -250,4 +250,20 @@ t.test('isUserToken and isServiceToken tell the two kinds of claims apart', asyn
   })
   t.equal((await server.inject({ url: '/', headers: { [HEADER]: access.signToken({ email: 'a@b.co' }) } })).body, 'user a@b.co')
   t.equal((await server.inject({ url: '/', headers: { [HEADER]: access.signServiceToken({ common_name: 'x.access' }) } })).body, 'service x.access')
+})
+
+t.test('requireUser and requireServiceToken: the 403 of the wrong kind of token is logged with the route and the subject', async (t) => {
+  const access = await emulator(t)
+  const logs = captureLogs()
+  const server = Fastify({ logger: logs.logger })
+  t.teardown(() => server.close())
+  await server.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience })
+  server.get('/people', async (request) => requireUser(request).email)
+  server.get('/robots', async (request) => requireServiceToken(request).common_name)
+  const robot = await server.inject({ url: '/people', headers: { [HEADER]: access.signServiceToken({ common_name: 'bot.access' }) } })
+  t.equal(robot.statusCode, 403)
+  const person = await server.inject({ url: '/robots', headers: { [HEADER]: access.signToken({ email: 'alice@acme.com' }) } })
+  t.equal(person.statusCode, 403)
+  const refusals = logs.lines.filter((entry) => entry.err?.code === 'FST_CF_ACCESS_FORBIDDEN')
+  t.match(refusals, [{ level: 30, err: { route: '/people', subject: 'bot.access' } }, { level: 30, err: { route: '/robots', subject: 'alice@acme.com' } }])
 })

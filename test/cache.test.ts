@@ -518,3 +518,44 @@ t.test('TokenCache: a window entry answers up to and including its expiresAt, an
   cache.set('v'.repeat(40), someClaims, key, 1000)
   t.equal(cache.get('v'.repeat(40), 1001, () => key), undefined, 'one millisecond after')
 })
+
+t.test('TokenCache: the window has the largest power of two of slots up to cacheSize / 32', async (t) => {
+  const key = fakeKey('k')
+  /** A token whose hash has these low bits (the window slot is the hash's low bits). */
+  const withLowBits = (bits: number, mask: number, avoid: string[] = []): string => {
+    for (let n = 0; ; n++) {
+      const token = `window-token-${n}`.padStart(40, '.')
+      if ((hashOf(token) & mask) === bits && !avoid.includes(token)) return token
+    }
+  }
+  /** Whether two first sightings whose hashes differ in `mask`'s bits both stay in the window. */
+  const bothKept = (size: number, bitsA: number, bitsB: number, mask: number): boolean => {
+    const cache = new TokenCache(size)
+    const a = withLowBits(bitsA, mask)
+    const b = withLowBits(bitsB, mask, [a])
+    cache.set(a, someClaims, key, Infinity)
+    cache.set(b, someClaims, key, Infinity)
+    return cache.get(a, 0, () => key) !== undefined && cache.get(b, 0, () => key) !== undefined
+  }
+  for (const [size, slots] of [[1, 1], [63, 1], [64, 2], [127, 2], [128, 4], [1000, 16], [1024, 32]] as const) {
+    const mask = 2 * slots - 1
+    // Differing in the lowest bits the window reads: two slots; differing only in the next bit: one slot.
+    if (slots > 1) t.ok(bothKept(size, 0, slots - 1, mask), `cacheSize ${size}: ${slots} slots, two of them used`)
+    t.notOk(bothKept(size, 0, slots, mask), `cacheSize ${size}: not ${2 * slots} slots`)
+  }
+})
+
+t.test('Doorkeeper: a generation is exactly 8 × size sightings (at least 64)', async (t) => {
+  const spread = (i: number): number => Math.imul(i + 1, 0x9e3779b1) >>> 2
+  /** Whether the first of 1 + `others` sightings is still remembered by the next one. */
+  const remembered = (size: number, others: number): boolean => {
+    const doorkeeper = new Doorkeeper(size)
+    doorkeeper.sighted(spread(0))
+    for (let i = 1; i <= others; i++) doorkeeper.sighted(spread(i))
+    return doorkeeper.sighted(spread(0))
+  }
+  for (const [size, generation] of [[1, 64], [8, 64], [9, 72], [40, 320]] as const) {
+    t.ok(remembered(size, 2 * generation - 1), `size ${size}: remembered through two generations of ${generation}`)
+    t.notOk(remembered(size, 2 * generation), `size ${size}: forgotten one sighting later`)
+  }
+})
