@@ -284,3 +284,13 @@ t.test('KeyStore.whenReady: at once when ready, bounded when not, and a late suc
   await store.whenReady(1)
   t.pass('ready: resolves at once')
 })
+
+t.test('fetchKeySet: an answer of exactly the size cap is read; the request asks for JSON and names the plugin', async (t) => {
+  const body = JSON.stringify({ keys: [], pad: 'x'.repeat(1000) })
+  let headers: http.IncomingHttpHeaders = {}
+  const exact = await rawServer(t, (req, res) => { headers = req.headers; res.end(body) })
+  t.same(await fetchKeySet(exact.url, 1000, Buffer.byteLength(body)), { keys: [], pad: 'x'.repeat(1000) }, 'maxBytes bytes: read')
+  await t.rejects(fetchKeySet(exact.url, 1000, Buffer.byteLength(body) - 1), /answered more than/, 'one byte more than maxBytes: refused')
+  t.equal(headers.accept, 'application/json')
+  t.equal(headers['user-agent'], 'fastify-cloudflare-access')
+})
