@@ -65,6 +65,7 @@ export function getJson (url: string, options: GetJsonOptions): Promise<unknown>
     let settled = false
     function done (error: FetchError | null, value?: unknown): void {
       if (settled) return
+      // Stryker disable next-line BooleanLiteral: equivalent, a promise settles once and the rest is idempotent (the guard saves the work)
       settled = true
       clearTimeout(timer)
       signal?.removeEventListener('abort', abort)

@@ -1,5 +1,7 @@
+import http from 'node:http'
+import type { AddressInfo } from 'node:net'
 import Fastify from 'fastify'
-import t from 'tap'
+import t, { type Test } from 'tap'
 import cloudflareAccess from '../index'
 import { IdentityClient } from '../lib/identity'
 import { emulator, HEADER, nowSeconds, setup, sleep } from './helpers'
@@ -134,4 +136,55 @@ t.test('IdentityClient: cache expiry, never beyond exp, bounded size, odd groups
   access.setIdentity('b@acme.com', { groups: 'admins' as never })
   const noGroups = await tiny.get(access.signToken({ email: 'b@acme.com' }), exp)
   t.same(noGroups.groups, [], 'groups that are not an array count as none')
+})
+
+/** An identity endpoint of our own: answers `answer()` as JSON, or never when it returns null. */
+async function identityServer (t: Test, answer: () => string | null): Promise<string> {
+  const server = http.createServer((_req, res) => {
+    const body = answer()
+    if (body !== null) res.setHeader('content-type', 'application/json').end(body)
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => new Promise<void>((resolve) => { server.closeAllConnections(); server.close(() => resolve()) }))
+  return `http://127.0.0.1:${(server.address() as AddressInfo).port}/cdn-cgi/access/get-identity`
+}
+
+t.test('IdentityClient: a document that is not an identity is a 503; groups keep only entries with a string id and name', async (t) => {
+  let body = 'null'
+  const client = new IdentityClient({ url: await identityServer(t, () => body), timeout: 1000, ttl: 60_000, size: 10 })
+  const exp = nowSeconds() + 3600
+  for (const document of ['null', '42', '"a@acme.com"', '[]', '{}', '{"email":5}', '{"email":null}']) {
+    body = document
+    await t.rejects(client.get(`token for ${document}`, exp), { statusCode: 503, code: 'FST_CF_ACCESS_IDENTITY_UNAVAILABLE' }, document)
+  }
+  body = JSON.stringify({ email: 'a@acme.com', groups: [{ id: 'g', name: 'ok' }, { id: 5, name: 'n' }, { id: 'i', name: null }, { id: 'i' }, { name: 'n' }, null, 'x', [1]] })
+  t.same((await client.get('token with groups', exp)).groups, [{ id: 'g', name: 'ok' }])
+  body = JSON.stringify({ email: 'a@acme.com' })
+  t.same((await client.get('token without groups', exp)).groups, [], 'no groups: none')
+})
+
+t.test('IdentityClient.close() ends a lookup under way at once, with a 503', async (t) => {
+  const client = new IdentityClient({ url: await identityServer(t, () => null), timeout: 30_000, ttl: 60_000, size: 10 })
+  const pending = client.get('a token', nowSeconds() + 3600)
+  await sleep(50)
+  const started = Date.now()
+  client.close()
+  await t.rejects(pending, { statusCode: 503, code: 'FST_CF_ACCESS_IDENTITY_UNAVAILABLE' })
+  t.ok(Date.now() - started < 1000, 'at once, not after the 30 s timeout')
+})
+
+t.test('IdentityClient: an entry answers until its expiry, and not at it', async (t) => {
+  const client = new IdentityClient({ url: await identityServer(t, () => JSON.stringify({ email: 'a@acme.com' })), timeout: 1000, ttl: 1000, size: 10 })
+  const exp = nowSeconds() + 3600
+  const realNow = Date.now
+  let now = realNow()
+  Date.now = () => now
+  t.teardown(() => { Date.now = realNow })
+  await client.get('a token', exp)
+  now += 999
+  await client.get('a token', exp)
+  t.equal(client.fetchCount, 1, '1 ms before: cached')
+  now += 1
+  await client.get('a token', exp)
+  t.equal(client.fetchCount, 2, 'at the expiry: fetched again')
 })

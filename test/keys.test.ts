@@ -1,4 +1,5 @@
 import { generateKeyPairSync, randomBytes } from 'node:crypto'
+import { getEventListeners } from 'node:events'
 import http from 'node:http'
 import type { AddressInfo } from 'node:net'
 import t, { type Test } from 'tap'
@@ -293,4 +294,15 @@ t.test('fetchKeySet: an answer of exactly the size cap is read; the request asks
   await t.rejects(fetchKeySet(exact.url, 1000, Buffer.byteLength(body) - 1), /answered more than/, 'one byte more than maxBytes: refused')
   t.equal(headers.accept, 'application/json')
   t.equal(headers['user-agent'], 'fastify-cloudflare-access')
+})
+
+t.test('fetchKeySet: each fetch leaves no listener on the app\'s abort signal, however it ends', async (t) => {
+  const controller = new AbortController()
+  const ok = await rawServer(t, (_req, res) => { res.end('{"keys":[]}') })
+  const failing = await rawServer(t, (_req, res) => { res.writeHead(500).end() })
+  for (let i = 0; i < 3; i++) {
+    await fetchKeySet(ok.url, 1000, 1024, controller.signal)
+    await fetchKeySet(failing.url, 1000, 1024, controller.signal).catch(() => undefined)
+  }
+  t.equal(getEventListeners(controller.signal, 'abort').length, 0)
 })

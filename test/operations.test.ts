@@ -162,6 +162,8 @@ t.test('diagnostics channels: each event is published with its documented shape,
   t.match(seen.keyStale[0], { ageMs: Number, failures: 1 })
   t.match(seen.keyDropped[0], { ageMs: Number })
   t.match(seen.identity, [{ cached: false, ok: true, durationMs: Number }, { cached: true, ok: true, durationMs: 0 }])
+  const times = Object.values(seen).flat().flatMap((message) => ['durationMs', 'ageMs'].map((name) => (message as Record<string, unknown>)[name]).filter((value) => value !== undefined))
+  t.ok(times.length > 5 && times.every((value) => typeof value === 'number' && value >= 0 && value < 60_000), 'durations and ages are milliseconds elapsed, not timestamps')
   const all = JSON.stringify(seen)
   for (const token of [user, ops]) t.notOk(all.includes(token.slice(-20)), 'no token in any message')
 })
@@ -177,6 +179,8 @@ t.test('the identity channel reports failed lookups with their code', async (t) 
   access.setOutage('error', 'identity')
   await app.inject({ url: '/', headers: { [HEADER]: access.signToken() } })
   t.match(seen.identity, [{ cached: false, ok: false, code: 'FST_CF_ACCESS_IDENTITY_UNAVAILABLE' }])
+  const { durationMs } = seen.identity[0] as { durationMs: number }
+  t.ok(durationMs >= 0 && durationMs < 60_000, 'milliseconds elapsed')
 })
 
 t.test('the Prometheus recipe: rejections by code, key fetch latency and failures, cache hit ratio', async (t) => {
