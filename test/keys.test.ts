@@ -306,3 +306,19 @@ t.test('fetchKeySet: each fetch leaves no listener on the app\'s abort signal, h
   }
   t.equal(getEventListeners(controller.signal, 'abort').length, 0)
 })
+
+t.test('KeyStore cold: never called stale; whenReady retries a failed fetch and resolves once one succeeds', async (t) => {
+  const access = await emulator(t)
+  access.setOutage('error')
+  const errors: string[] = []
+  const log = { info () {}, warn () {}, error (_object: unknown, message: string) { errors.push(message) } }
+  const store = new KeyStore({ certsUrl: access.certsUrl, fetchTimeout: 1000, refreshInterval: 60_000, unknownKidCooldown: 0, maxStaleAge: 1000, log })
+  t.teardown(() => store.close())
+  t.equal(store.ready, false)
+  t.same(store.kids, [])
+  setTimeout(() => access.setOutage(false), 300)
+  await store.whenReady(3000)
+  t.equal(store.ready, true, 'resolved by a later attempt')
+  t.ok(access.certsRequestCount >= 2, 'after a failed one')
+  t.notOk(errors.some((message) => /maxStaleAge/.test(message)), 'a store that never had keys is not "stale"')
+})
