@@ -322,3 +322,34 @@ t.test('KeyStore cold: never called stale; whenReady retries a failed fetch and 
   t.ok(access.certsRequestCount >= 2, 'after a failed one')
   t.notOk(errors.some((message) => /maxStaleAge/.test(message)), 'a store that never had keys is not "stale"')
 })
+
+t.test('KeyStore cold: a lookup fetches on demand; while a retry is scheduled after a failure, lookups do not fetch', async (t) => {
+  const access = await emulator(t)
+  const options = { certsUrl: access.certsUrl, fetchTimeout: 1000, refreshInterval: 60_000, unknownKidCooldown: 0, maxStaleAge: 60_000, log: silent }
+  const store = new KeyStore(options)
+  t.teardown(() => store.close())
+  const kid = access.kids[0] as string
+  t.equal((await store.resolve(kid))?.kid, kid, 'never started: the lookup fetches')
+  t.equal(access.certsRequestCount, 1)
+
+  const down = await emulator(t)
+  down.setOutage('error')
+  const failing = new KeyStore({ ...options, certsUrl: down.certsUrl })
+  t.teardown(() => failing.close())
+  await t.rejects(failing.resolve(kid), { code: 'FST_CF_ACCESS_KEYS_UNAVAILABLE' }, 'the first lookup fetches, and fails')
+  for (let i = 0; i < 10; i++) await t.rejects(failing.resolve(kid), { code: 'FST_CF_ACCESS_KEYS_UNAVAILABLE' })
+  t.equal(down.certsRequestCount, 1, 'ten lookups one after another while the retry is scheduled: no further fetch')
+})
+
+t.test('KeyStore: a set that aged past maxStaleAge between refreshes is fetched again on the next lookup, not refused', async (t) => {
+  const access = await emulator(t)
+  const store = new KeyStore({ certsUrl: access.certsUrl, fetchTimeout: 1000, refreshInterval: 60_000, unknownKidCooldown: 0, maxStaleAge: 200, log: silent })
+  t.teardown(() => store.close())
+  store.start()
+  await store.whenReady(2000)
+  await sleep(300)
+  t.equal(store.ready, false, 'older than maxStaleAge, no failure, the next refresh a minute away')
+  const kid = access.kids[0] as string
+  t.equal((await store.resolve(kid))?.kid, kid, 'the lookup fetches a fresh set')
+  t.equal(access.certsRequestCount, 2)
+})
