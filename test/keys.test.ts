@@ -353,3 +353,43 @@ t.test('KeyStore: a set that aged past maxStaleAge between refreshes is fetched 
   t.equal((await store.resolve(kid))?.kid, kid, 'the lookup fetches a fresh set')
   t.equal(access.certsRequestCount, 2)
 })
+
+/** Resolves once `store` has started another fetch than the `seen` ones (polled every 5 ms). */
+async function fetchStarted (store: KeyStore, seen: number): Promise<void> {
+  while (store.fetchCount === seen) await sleep(5)
+}
+
+t.test('KeyStore: an unknown kid is answered at once only while no fetch is under way and the set is usable', async (t) => {
+  const access = await emulator(t)
+  const store = new KeyStore({ certsUrl: access.certsUrl, fetchTimeout: 2000, refreshInterval: 600, unknownKidCooldown: 60_000, maxStaleAge: 1000, log: silent })
+  t.teardown(() => store.close())
+  store.start()
+  await store.whenReady(2000)
+  t.equal(await store.resolve('a kid nobody publishes'), undefined, 'a refetch that arms the cooldown')
+  t.equal(store.isKnownUnknown('another kid'), true, 'within the cooldown: answered at once')
+  access.setLatency(300)
+  await fetchStarted(store, store.fetchCount)
+  t.equal(store.ready, true)
+  t.equal(store.isKnownUnknown('another kid'), false, 'a fetch under way: wait for it instead')
+  access.setLatency(0)
+  access.setOutage('error')
+  t.ok(await eventually(() => !store.ready, 4000), 'no usable set: refreshes failed beyond maxStaleAge')
+  t.equal(store.isKnownUnknown('another kid'), false, 'without a usable set nothing is known')
+})
+
+t.test('KeyStore: a lookup that joins a fetch under way does not arm the unknown-kid cooldown', async (t) => {
+  const access = await emulator(t)
+  const store = new KeyStore({ certsUrl: access.certsUrl, fetchTimeout: 2000, refreshInterval: 1500, unknownKidCooldown: 60_000, maxStaleAge: 60_000, log: silent })
+  t.teardown(() => store.close())
+  store.start()
+  await store.whenReady(2000)
+  const first = await access.rotateKeys()
+  access.setLatency(300)
+  await fetchStarted(store, store.fetchCount)
+  t.equal((await store.resolve(first))?.kid, first, 'joined the periodic refresh under way')
+  access.setLatency(0)
+  const second = await access.rotateKeys()
+  const fetches = store.fetchCount
+  t.equal((await store.resolve(second))?.kid, second, 'the next rotated-in kid is fetched at once: no cooldown was armed')
+  t.equal(store.fetchCount, fetches + 1)
+})
