@@ -51,8 +51,9 @@ export default {
     'lib/verify.ts',
     'lib/cache.ts'
   ],
-  // One test process per core: each runs its tests one at a time (a test may wait on real timers).
-  concurrency: 2,
+  // Four test processes on two cores: each runs its tests one at a time, and many wait on real timers
+  // (refresh intervals, cooldowns, expiries), so that two processes kept the cores only a third busy.
+  concurrency: 4,
   incremental: true,
   incrementalFile: 'reports/stryker-incremental.json',
   // live: each result as it comes, in reports/mutation/live.jsonl (test/mutation/runner.mjs)
