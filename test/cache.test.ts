@@ -559,3 +559,24 @@ t.test('Doorkeeper: a generation is exactly 8 × size sightings (at least 64)', 
     t.notOk(remembered(size, 2 * generation), `size ${size}: forgotten one sighting later`)
   }
 })
+
+t.test('an entry answers from its validFrom on, to the millisecond, in the window and in the main part', async (t) => {
+  const key = fakeKey('k')
+  const main = new VerifiedCache(4)
+  main.set('m'.repeat(40), someClaims, key, Infinity, 1000)
+  t.equal(main.get('m'.repeat(40), 1000, () => key), someClaims, 'main part, at validFrom')
+  main.set('n'.repeat(40), someClaims, key, Infinity, 1000)
+  t.equal(main.get('n'.repeat(40), 999, () => key), undefined, 'main part, 1 ms before')
+  const window = new TokenCache(64)
+  window.set('w'.repeat(40), someClaims, key, Infinity, 1000)
+  t.equal(window.get('w'.repeat(40), 1000, () => key), someClaims, 'window, at validFrom')
+  window.set('v'.repeat(40), someClaims, key, Infinity, 1000)
+  t.equal(window.get('v'.repeat(40), 999, () => key), undefined, 'window, 1 ms before')
+})
+
+t.test('the doorkeeper holds 32 bytes per cache entry (two generations of 16 bits per sighting), at least 256 bytes', async (t) => {
+  t.equal(new Doorkeeper(1).bytes, 256, 'a generation of 64 sightings: 2 × 1024 bits')
+  t.equal(new Doorkeeper(8).bytes, 256)
+  t.equal(new Doorkeeper(16).bytes, 512, '128 sightings: 2 × 2048 bits')
+  t.equal(new Doorkeeper(1000).bytes, 32768, 'the default cacheSize: 32 KiB')
+})
