@@ -51,6 +51,7 @@ export function getJson (url: string, options: GetJsonOptions): Promise<unknown>
         try {
           done(null, JSON.parse(Buffer.concat(chunks).toString('utf8')))
         } catch {
+          // Stryker disable next-line StringLiteral: message text only (the rejection is tested)
           done(new FetchError(`${name} answered something that is not JSON`))
         }
       })

@@ -114,7 +114,8 @@ export class IdentityClient {
       throw new IdentityUnavailableError('the identity endpoint answered an unexpected document')
     }
     identity.groups = Array.isArray(identity.groups)
-      ? identity.groups.filter((group) => group !== null && typeof group === 'object' && typeof group.id === 'string' && typeof group.name === 'string')
+      // null has no properties; any other JSON value without a string id and name is dropped by the checks.
+      ? identity.groups.filter((group) => group !== null && typeof group.id === 'string' && typeof group.name === 'string')
       : []
     // Shared by every request of the token: nobody may change it.
     if (!deepFreezeBounded(identity, MAX_DEPTH)) {

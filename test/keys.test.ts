@@ -393,3 +393,20 @@ t.test('KeyStore: a lookup that joins a fetch under way does not arm the unknown
   t.equal((await store.resolve(second))?.kid, second, 'the next rotated-in kid is fetched at once: no cooldown was armed')
   t.equal(store.fetchCount, fetches + 1)
 })
+
+t.test('KeyStore: the unknown-kid cooldown lasts exactly unknownKidCooldown milliseconds from the refetch it follows', async (t) => {
+  const access = await emulator(t)
+  const store = new KeyStore({ certsUrl: access.certsUrl, fetchTimeout: 2000, refreshInterval: 60_000, unknownKidCooldown: 1000, maxStaleAge: 3_600_000, log: silent })
+  t.teardown(() => store.close())
+  store.start()
+  await store.whenReady(2000)
+  const realNow = Date.now
+  let now = realNow()
+  Date.now = () => now
+  t.teardown(() => { Date.now = realNow })
+  t.equal(await store.resolve('a kid nobody publishes'), undefined, 'the refetch, at "now"')
+  now += 999
+  t.equal(store.isKnownUnknown('another kid'), true, '999 ms later: still cooling down')
+  now += 1
+  t.equal(store.isKnownUnknown('another kid'), false, '1000 ms later: over')
+})
