@@ -410,3 +410,37 @@ t.test('KeyStore: the unknown-kid cooldown lasts exactly unknownKidCooldown mill
   now += 1
   t.equal(store.isKnownUnknown('another kid'), false, '1000 ms later: over')
 })
+
+t.test('KeyStore.start: nothing more once a refresh is scheduled or the store is closed', async (t) => {
+  const access = await emulator(t)
+  const store = new KeyStore({ certsUrl: access.certsUrl, fetchTimeout: 1000, refreshInterval: 60_000, unknownKidCooldown: 0, maxStaleAge: 60_000, log: silent })
+  store.start()
+  await store.whenReady(2000)
+  store.start()
+  t.equal(store.fetchCount, 1, 'a refresh is scheduled: start again fetches nothing')
+  store.close()
+  const closed = new KeyStore({ certsUrl: access.certsUrl, fetchTimeout: 1000, refreshInterval: 60_000, unknownKidCooldown: 0, maxStaleAge: 60_000, log: silent })
+  closed.close()
+  closed.start()
+  t.equal(closed.fetchCount, 0, 'closed: start fetches nothing')
+  await t.rejects(closed.resolve(access.kids[0] as string), { code: 'FST_CF_ACCESS_KEYS_UNAVAILABLE' }, 'and a lookup gets a 503')
+})
+
+t.test('KeyStore: a set is usable up to maxStaleAge milliseconds after it was fetched, then dropped with an error log', async (t) => {
+  const access = await emulator(t)
+  const errors: object[] = []
+  const log = { info () {}, warn () {}, error (object: object) { errors.push(object) } }
+  const realNow = Date.now
+  let now = realNow()
+  Date.now = () => now
+  t.teardown(() => { Date.now = realNow })
+  const store = new KeyStore({ certsUrl: access.certsUrl, fetchTimeout: 1000, refreshInterval: 3_600_000, unknownKidCooldown: 0, maxStaleAge: 5000, log })
+  t.teardown(() => store.close())
+  store.start()
+  await store.whenReady(2000)
+  now += 5000
+  t.equal(store.ready, true, 'maxStaleAge after the fetch: still usable')
+  now += 1
+  t.equal(store.ready, false, '1 ms later: dropped')
+  t.match(errors, [{ certsUrl: access.certsUrl, staleForMs: 5001 }])
+})
