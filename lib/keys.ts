@@ -276,10 +276,12 @@ export class KeyStore {
     this.#failingSince ??= Date.now()
     const level = this.ready ? 'warn' : 'error'
     if (level === 'warn' && channels.keyStale.hasSubscribers) channels.keyStale.publish({ ageMs: Date.now() - this.#fetchedAt, failures: this.#failures })
+    // Stryker disable StringLiteral: message text only (the level and the fields are tested)
     this.#opts.log[level]({ certsUrl: this.#opts.certsUrl, failures: this.#failures, reason: this.#lastError },
       this.ready
         ? 'cloudflare access: key refresh failed; the last good key set keeps serving'
         : 'cloudflare access: cannot fetch signing keys; requests get 503')
+    // Stryker restore StringLiteral
     throw error
   }
 
@@ -298,10 +300,8 @@ export class KeyStore {
   }
 
   #clearTimer (): void {
-    if (this.#timer !== null) {
-      clearTimeout(this.#timer)
-      this.#timer = null
-    }
+    clearTimeout(this.#timer ?? undefined)
+    this.#timer = null
   }
 }
 

@@ -1,8 +1,10 @@
 import { generateKeyPairSync, randomBytes } from 'node:crypto'
+import diagnosticsChannel from 'node:diagnostics_channel'
 import { getEventListeners } from 'node:events'
 import http from 'node:http'
 import type { AddressInfo } from 'node:net'
 import t, { type Test } from 'tap'
+import { channelNames } from '../lib/channels'
 import { fetchKeySet, KeyStore, parseKeySet } from '../lib/keys'
 import { attackerKey, captureLogs, emulator, eventually, setup, sleep } from './helpers'
 
@@ -443,4 +445,58 @@ t.test('KeyStore: a set is usable up to maxStaleAge milliseconds after it was fe
   now += 1
   t.equal(store.ready, false, '1 ms later: dropped')
   t.match(errors, [{ certsUrl: access.certsUrl, staleForMs: 5001 }])
+})
+
+t.test('KeyStore logs and stale events: a failure at error without a set and at warn with one, recovery and rotation at info, nothing after close', async (t) => {
+  const access = await emulator(t)
+  const lines: Array<[string, object]> = []
+  const log = { info (object: object) { lines.push(['info', object]) }, warn (object: object) { lines.push(['warn', object]) }, error (object: object) { lines.push(['error', object]) } }
+  const stale: unknown[] = []
+  const onStale = (message: unknown): void => { stale.push(message) }
+  diagnosticsChannel.subscribe(channelNames.keyStale, onStale)
+  t.teardown(() => diagnosticsChannel.unsubscribe(channelNames.keyStale, onStale))
+  access.setOutage('error')
+  const store = new KeyStore({ certsUrl: access.certsUrl, fetchTimeout: 1000, refreshInterval: 400, unknownKidCooldown: 0, maxStaleAge: 60_000, log })
+  t.teardown(() => store.close())
+  await t.rejects(store.resolve(access.kids[0] as string), { code: 'FST_CF_ACCESS_KEYS_UNAVAILABLE' })
+  t.match(lines, [['error', { certsUrl: access.certsUrl, failures: 1, reason: /HTTP 503/ }]], 'no set: error')
+  t.same(stale, [], 'no set: nothing stale')
+  access.setOutage(false)
+  t.ok(await eventually(() => store.ready, 3000))
+  t.same(lines.slice(1), [['info', { certsUrl: access.certsUrl, kids: [...access.kids] }]], 'recovered, once, with the kids')
+  const [current, previous] = access.kids as [string, string]
+  const added = await access.rotateKeys()
+  t.ok(await eventually(() => lines.length > 2, 3000))
+  t.same(lines.slice(2), [['info', { added: [added], removed: [previous] }]], 'a rotation, once')
+  t.ok(store.kids.includes(current))
+  await sleep(500)
+  t.equal(lines.length, 3, 'a refresh of the same set logs nothing')
+  access.setOutage('error')
+  t.ok(await eventually(() => lines.length > 3, 3000))
+  t.match(lines[3], ['warn', { certsUrl: access.certsUrl, failures: 1, reason: /HTTP 503/ }], 'with a set: warn')
+  t.match(stale, [{ ageMs: Number, failures: 1 }], 'and a stale event')
+  store.close()
+  const fetches = store.fetchCount
+  const logged = lines.length
+  await sleep(800)
+  t.equal(store.fetchCount, fetches, 'closed: no timer fetches any more')
+  t.equal(lines.length, logged, 'and nothing is logged')
+})
+
+t.test('KeyStore logs a key added alone, and a key removed alone, as rotations', async (t) => {
+  const access = await emulator(t)
+  const [first, second] = access.jwks().keys as [{ kid: string }, { kid: string }]
+  let keys = [first]
+  const server = await rawServer(t, (_req, res) => { res.end(JSON.stringify({ keys })) })
+  const rotations: object[] = []
+  const log = { info (object: object) { if ('added' in object) rotations.push(object) }, warn () {}, error () {} }
+  const store = new KeyStore({ certsUrl: server.url, fetchTimeout: 1000, refreshInterval: 300, unknownKidCooldown: 0, maxStaleAge: 60_000, log })
+  t.teardown(() => store.close())
+  store.start()
+  await store.whenReady(2000)
+  keys = [first, second]
+  t.ok(await eventually(() => rotations.length === 1, 3000))
+  keys = [second]
+  t.ok(await eventually(() => rotations.length === 2, 3000))
+  t.same(rotations, [{ added: [second.kid], removed: [] }, { added: [], removed: [first.kid] }])
 })
