@@ -313,10 +313,11 @@ function noop (): void {}
  */
 export function parseKeySet (jwks: unknown, previous: ReadonlyMap<string, SigningKey>): Map<string, SigningKey> {
   const keys = new Map<string, SigningKey>()
-  const list = (jwks !== null && typeof jwks === 'object') ? (jwks as { keys?: unknown }).keys : undefined
+  const list = (jwks as { keys?: unknown } | null | undefined)?.keys
   if (!Array.isArray(list)) throw new FetchError('response has no "keys" array')
   for (const jwk of list) {
-    if (jwk === null || typeof jwk !== 'object') continue
+    // null has no properties; any other JSON value that is not an RSA JWK fails the checks below.
+    if (jwk === null) continue
     const { kty, alg, use, kid, n, e } = jwk as Record<string, unknown>
     if (kty !== 'RSA' || typeof kid !== 'string' || !KID.test(kid) || typeof n !== 'string' || typeof e !== 'string') continue
     if ((alg !== undefined && alg !== 'RS256') || (use !== undefined && use !== 'sig') || keys.has(kid)) continue

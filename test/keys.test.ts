@@ -212,6 +212,7 @@ t.test('parseKeySet keeps only RSA keys for RS256 signatures', async (t) => {
   const [good, second] = access.jwks().keys as [Record<string, string>, Record<string, string>]
   const ec = generateKeyPairSync('ec', { namedCurve: 'P-256' }).publicKey.export({ format: 'jwk' })
   const small = generateKeyPairSync('rsa', { modulusLength: 1024 }).publicKey.export({ format: 'jwk' })
+  const large = generateKeyPairSync('rsa', { modulusLength: 4096 }).publicKey.export({ format: 'jwk' })
   const keys = parseKeySet({
     keys: [
       good,
@@ -225,11 +226,19 @@ t.test('parseKeySet keeps only RSA keys for RS256 signatures', async (t) => {
       { ...second, kid: 'bad kid with spaces' },
       { ...second, kid: good.kid },
       { ...second, kid: 'no-alg', alg: undefined, use: undefined },
+      { ...second, kid: 'labelled-ec', kty: 'EC' },
+      { ...second, kid: 12345 },
+      { ...second, kid: 'no-e', e: undefined },
+      { ...second, kid: 'number-n', n: 5 },
+      { ...large, kid: 'rsa-4096' },
       null,
-      'string'
+      'string',
+      7
     ]
   }, new Map())
-  t.same([...keys.keys()], [good.kid, 'no-alg'])
+  t.same([...keys.keys()], [good.kid, 'no-alg', 'rsa-4096'], 'RS256 keys from 2048 to 4096 bits only')
+  t.throws(() => parseKeySet('keys', new Map()), /no "keys" array/)
+  t.throws(() => parseKeySet(7, new Map()), /no "keys" array/)
   t.throws(() => parseKeySet({ nokeys: true }, new Map()), /no "keys" array/)
   t.throws(() => parseKeySet(null, new Map()), /no "keys" array/)
   const again = parseKeySet({ keys: [good] }, keys)
