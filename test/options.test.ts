@@ -22,7 +22,11 @@ t.test('teamDomain: accepted forms normalise to the team origin', async (t) => {
     ['http://127.1.2.3:9', 'http://127.1.2.3:9'],
     ['http://localhost:3000', 'http://localhost:3000'],
     ['http://[::1]:3000', 'http://[::1]:3000'],
-    ['http://127.1:3000', 'http://127.0.0.1:3000']
+    ['http://127.1:3000', 'http://127.0.0.1:3000'],
+    ['a', 'https://a.cloudflareaccess.com'],
+    ['a.cloudflareaccess.com', 'https://a.cloudflareaccess.com'],
+    ['http://127.10.200.1', 'http://127.10.200.1'],
+    ['http://127.0.10.1', 'http://127.0.10.1']
   ]
   for (const [input, origin] of cases) t.equal(normalizeTeamDomain(input), origin, input)
 })
@@ -43,7 +47,12 @@ t.test('teamDomain: look-alikes and other hosts are rejected', async (t) => {
   for (const input of rejected) {
     t.throws(() => normalizeTeamDomain(input), /option "teamDomain" must be a team name/, JSON.stringify(input) ?? String(input))
   }
-  t.throws(() => normalizeTeamDomain('x'.repeat(200)), /…/, 'long values are cut in the message')
+  t.throws(() => normalizeTeamDomain('x'.repeat(200)), { message: new RegExp(`got "${'x'.repeat(80)}…"$`) }, 'long values are cut to 80 characters in the message')
+  t.throws(() => normalizeTeamDomain('x'.repeat(80) + ' '), { message: new RegExp(`got "${'x'.repeat(80)}…"$`) }, '81 characters: cut')
+  t.throws(() => normalizeTeamDomain('_'.repeat(80)), { message: new RegExp(`got "${'_'.repeat(80)}"$`) }, '80 characters: whole')
+  for (const [input, got] of [[['acme'], 'an array'], [null, 'null'], [42, 'number'], [undefined, 'undefined'], [{}, 'object']] as const) {
+    t.throws(() => normalizeTeamDomain(input), { message: new RegExp(`got ${got}$`) }, `a non-string says what it is: ${got}`)
+  }
 })
 
 t.test('audience: one tag or a non-empty array of non-empty strings', async (t) => {
