@@ -87,8 +87,9 @@ export function normalizeTeamDomain (value: unknown): string {
   } catch {
     return fail('teamDomain', TEAM_DOMAIN_FORMS, describe(value))
   }
-  const plainOrigin = url.username === '' && url.password === '' && url.pathname === '/' &&
-    url.search === '' && url.hash === '' && !value.includes('@') && !value.includes('?') && !value.includes('#')
+  // No credentials, query or fragment anywhere in what was written (stricter than asking URL, which drops an
+  // empty '?' or '#'), and no path.
+  const plainOrigin = url.pathname === '/' && !value.includes('@') && !value.includes('?') && !value.includes('#')
   if (plainOrigin) {
     if (url.protocol === 'https:' && url.port === '' && ACCESS_HOST.test(url.hostname)) return url.origin
     if (url.protocol === 'http:' && isLoopback(url.hostname)) return url.origin
