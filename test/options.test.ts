@@ -42,7 +42,8 @@ t.test('teamDomain: look-alikes and other hosts are rejected', async (t) => {
     'http://127.0.0.1.evil.com', 'http://127.0.0.1@evil.com', 'http://user@127.0.0.1', 'http://evil.com#@127.0.0.1',
     'http://127.0.0.1:80/path', 'http://10.0.0.1', 'http://192.168.1.1', 'http://[::2]', 'http://localhost.evil.com',
     'http://0x7f000001.evil', 'http://127.0.0.1?@evil.com', 'https://xn--acme.cloudflareaccess.com.evil',
-    'acme.cloudflareaccess.com/cdn-cgi', 'not a url', 42, null, undefined, ['acme'], { host: 'acme' }
+    'acme.cloudflareaccess.com/cdn-cgi', 'not a url', 42, null, undefined, ['acme'], { host: 'acme' },
+    'https://127.0.0.1:8443', 'https://localhost', 'https://[::1]'
   ]
   for (const input of rejected) {
     t.throws(() => normalizeTeamDomain(input), /option "teamDomain" must be a team name/, JSON.stringify(input) ?? String(input))
@@ -58,6 +59,8 @@ t.test('teamDomain: look-alikes and other hosts are rejected', async (t) => {
 t.test('audience: one tag or a non-empty array of non-empty strings', async (t) => {
   t.same(normalizeOptions({ teamDomain: 'acme', audience: AUD }).audience, [AUD])
   t.same(normalizeOptions({ teamDomain: 'acme', audience: [AUD, 'b', AUD] }).audience, [AUD, 'b'], 'duplicates collapse')
+  t.same(normalizeOptions({ teamDomain: 'acme', audience: 'x'.repeat(256) }).audience, ['x'.repeat(256)], '256 characters: the longest tag')
+  t.equal(normalizeOptions({ teamDomain: 'acme', audience: AUD, required: true }).required, true, 'required: true, said')
   for (const audience of [[], '', ' ', 'has space', 5, null, undefined, [AUD, 3], [''], 'x'.repeat(257), { 0: AUD }]) {
     t.throws(() => normalizeOptions({ teamDomain: 'acme', audience } as never), /option "audience" must be/, JSON.stringify(audience) ?? 'undefined')
   }
