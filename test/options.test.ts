@@ -151,3 +151,18 @@ t.test('a loopback teamDomain under NODE_ENV=production logs a warning at regist
   t.same(await warnings(undefined, 'http://127.0.0.1:8787'), [], 'NODE_ENV unset')
   t.same(await warnings('test', 'http://127.0.0.1:8787'), [], 'tests')
 })
+
+t.test('refusals name the option, its unit and its range, and a policy option says where it is', async (t) => {
+  const refused = (extra: Record<string, unknown>): string => {
+    try {
+      normalizeOptions({ teamDomain: 'acme', audience: AUD, ...extra } as never)
+    } catch (error) {
+      return (error as Error).message
+    }
+    return 'accepted'
+  }
+  t.match(refused({ fetchTimeout: -1 }), /option "fetchTimeout" must be a number of milliseconds from 1 to 60000, got number$/)
+  t.match(refused({ clockTolerance: 601 }), /option "clockTolerance" must be a number of seconds from 0 to 600, got number$/)
+  t.match(refused({ refreshInterval: 10 }), /option "refreshInterval" must be a number of milliseconds from 1000 to 86400000, got number$/)
+  t.match(refused({ allow: { emails: 'x' } }), /^fastify-cloudflare-access: options: "allow.emails" must be/)
+})
