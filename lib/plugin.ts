@@ -85,6 +85,7 @@ export async function cloudflareAccess (fastify: FastifyInstance, rawOptions: Fa
   /** Clears what an earlier admission set, tells a 503's client when to come back, and hands the error on. */
   function rejected (request: FastifyRequest, reply: FastifyReply, error: Error): Error {
     const req = request as Request
+    // Stryker disable next-line ConditionalExpression: equivalent, clearing what is already null changes nothing (the check saves the writes)
     if (req[kAdmitted] !== null) {
       req.cfAccess = null
       req[kToken] = null

@@ -263,6 +263,19 @@ t.test('503 answers carry Retry-After', async (t) => {
   t.equal(res.headers['retry-after'], '5')
 })
 
+t.test('503 answers carry Retry-After through an error handler of the application that sends its own body', async (t) => {
+  const access = await emulator(t)
+  access.setOutage(true)
+  const app = Fastify()
+  t.teardown(() => app.close())
+  app.setErrorHandler((error: Error & { statusCode?: number, code?: string }, _request, reply) => reply.code(error.statusCode ?? 500).send({ failed: error.code }))
+  await app.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience })
+  app.get('/', async () => 'ok')
+  const res = await app.inject({ url: '/', headers: { [HEADER]: access.signToken() } })
+  t.same([res.statusCode, res.json()], [503, { failed: 'FST_CF_ACCESS_KEYS_UNAVAILABLE' }])
+  t.equal(res.headers['retry-after'], '5')
+})
+
 t.test('exports: the plugin, .default, the named export and the error constructors', async (t) => {
   t.equal(cloudflareAccess.default, cloudflareAccess)
   t.equal(cloudflareAccess.fastifyCloudflareAccess, cloudflareAccess)
