@@ -105,6 +105,7 @@ export async function cloudflareAccess (fastify: FastifyInstance, rawOptions: Fa
   function accept (request: FastifyRequest, token: string, claims: CloudflareAccessClaims, routeConfig: object | undefined, cached: boolean): void {
     const req = request as Request
     req[kToken] = token
+    // Stryker disable next-line BooleanLiteral: equivalent, any value that is neither null nor a route config marks an admission without a route policy
     req[kAdmitted] = routeConfig ?? true
     req.cfAccess = claims
     // Stryker disable next-line ConditionalExpression: equivalent, publishing to a channel nobody subscribes to does nothing (the check saves building the message)
@@ -173,6 +174,7 @@ export async function cloudflareAccess (fastify: FastifyInstance, rawOptions: Fa
     const claims = await verifier.verify(token)
     if (claims instanceof Error) throw claims
     const routeConfig = request?.routeOptions.config.cfAccess
+    // Stryker disable next-line ConditionalExpression: equivalent, config.cfAccess: null is refused when the route is added (lib/routes.ts)
     const policies = [options.policy, typeof routeConfig === 'object' && routeConfig !== null ? routes.policyOf(routeConfig) : null]
     for (const policy of policies) {
       if (policy === null) continue

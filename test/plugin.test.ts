@@ -274,6 +274,25 @@ t.test('503 answers carry Retry-After through an error handler of the applicatio
   const res = await app.inject({ url: '/', headers: { [HEADER]: access.signToken() } })
   t.same([res.statusCode, res.json()], [503, { failed: 'FST_CF_ACCESS_KEYS_UNAVAILABLE' }])
   t.equal(res.headers['retry-after'], '5')
+
+  const working = await emulator(t)
+  working.setOutage('error', 'identity')
+  const policies = Fastify()
+  t.teardown(() => policies.close())
+  policies.setErrorHandler((error: Error & { statusCode?: number, code?: string }, _request, reply) => reply.code(error.statusCode ?? 500).send({ failed: error.code }))
+  await policies.register(async (scope) => {
+    await scope.register(cloudflareAccess, { teamDomain: working.teamDomain, audience: working.audience, allow: { groups: ['admins'] } })
+    scope.get('/groups', async () => 'ok')
+  })
+  await policies.register(async (scope) => {
+    await scope.register(cloudflareAccess, { teamDomain: working.teamDomain, audience: working.audience, authorize: () => new Promise<boolean>(() => {}), authorizeTimeout: 50 })
+    scope.get('/slow', async () => 'ok')
+  })
+  for (const [url, code] of [['/groups', 'FST_CF_ACCESS_IDENTITY_UNAVAILABLE'], ['/slow', 'FST_CF_ACCESS_AUTHORIZE_TIMEOUT']] as const) {
+    const answer = await policies.inject({ url, headers: { [HEADER]: working.signToken() } })
+    t.same([answer.statusCode, answer.json()], [503, { failed: code }], url)
+    t.equal(answer.headers['retry-after'], '5', `${url}: Retry-After`)
+  }
 })
 
 t.test('exports: the plugin, .default, the named export and the error constructors', async (t) => {
