@@ -49,6 +49,26 @@ t.test('without a verified token: 401', async (t) => {
   t.equal(res.json().code, 'FST_CF_ACCESS_TOKEN_MISSING')
 })
 
+t.test('cfAccessIdentity() wired wrong: claims set by application code without a verified token, or cleared after one, get 401', async (t) => {
+  const access = await emulator(t)
+  const server = Fastify()
+  t.teardown(() => server.close())
+  await server.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience })
+  server.get('/forged', { config: { cfAccess: false } }, async (request) => {
+    request.cfAccess = { aud: [access.audience], iss: access.teamDomain, exp: 2e9, email: 'admin@acme.com' } as never
+    return request.cfAccessIdentity()
+  })
+  server.get('/cleared', async (request) => {
+    request.cfAccess = null
+    return request.cfAccessIdentity()
+  })
+  for (const url of ['/forged', '/cleared']) {
+    const res = await server.inject({ url, headers: { [HEADER]: access.signToken() } })
+    t.same([res.statusCode, res.json().code], [401, 'FST_CF_ACCESS_TOKEN_MISSING'], url)
+  }
+  t.equal(access.identityRequestCount, 0, 'the identity endpoint was never asked')
+})
+
 t.test('single flight: concurrent lookups for one token share one request', async (t) => {
   const access = await emulator(t)
   access.setLatency(150, 'identity')
