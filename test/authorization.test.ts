@@ -1,6 +1,7 @@
 import Fastify, { type FastifyInstance } from 'fastify'
 import t, { type Test } from 'tap'
 import cloudflareAccess, { requireServiceToken, requireUser } from '../index'
+import { compilePolicy } from '../lib/policy'
 import type { AccessEmulator } from '../lib/testing'
 import type { FastifyCloudflareAccessOptions } from '../lib/types'
 import { captureLogs, emulator, HEADER } from './helpers'
@@ -266,4 +267,22 @@ t.test('requireUser and requireServiceToken: the 403 of the wrong kind of token 
   t.equal(person.statusCode, 403)
   const refusals = logs.lines.filter((entry) => entry.err?.code === 'FST_CF_ACCESS_FORBIDDEN')
   t.match(refusals, [{ level: 30, err: { route: '/people', subject: 'bot.access' } }, { level: 30, err: { route: '/robots', subject: 'alice@acme.com' } }])
+})
+
+t.test('policy lists: domains of any number of labels, an email needs something before its @, and the grants a 403 names are the given ones', async (t) => {
+  t.same([...compilePolicy('options', { emailDomains: ['eu.acme.com', 'a.b.c', 'x.io'] }, undefined).emailDomains ?? []], ['eu.acme.com', 'a.b.c', 'x.io'])
+  for (const bad of ['@acme.com', 'acme.com']) {
+    t.throws(() => compilePolicy('options', { emails: [bad] }, undefined), /"allow.emails" must be/, bad)
+  }
+  t.same(compilePolicy('options', { emails: ['a@acme.com'], groups: undefined }, undefined).grantKinds, ['emails'], 'an undefined grant is no grant')
+  t.same(compilePolicy('options', undefined, () => true).grantKinds, [], 'authorize alone: no grant kinds')
+
+  const access = await emulator(t)
+  const logs = captureLogs()
+  const server = Fastify({ logger: logs.logger })
+  t.teardown(() => server.close())
+  await server.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience, authorize: () => false })
+  server.get('/', async () => 'ok')
+  t.equal((await server.inject({ url: '/', headers: { [HEADER]: access.signToken() } })).statusCode, 403)
+  t.same(logs.lines.find((entry) => entry.err?.code === 'FST_CF_ACCESS_FORBIDDEN')?.err.grants, ['authorize'], 'authorize refused: authorize is named, no list')
 })
