@@ -286,3 +286,22 @@ t.test('policy lists: domains of any number of labels, an email needs something 
   t.equal((await server.inject({ url: '/', headers: { [HEADER]: access.signToken() } })).statusCode, 403)
   t.same(logs.lines.find((entry) => entry.err?.code === 'FST_CF_ACCESS_FORBIDDEN')?.err.grants, ['authorize'], 'authorize refused: authorize is named, no list')
 })
+
+t.test('a route with a policy keeps its own preHandlers, in every form, before the policy guard', async (t) => {
+  const access = await emulator(t)
+  const server = Fastify()
+  t.teardown(() => server.close())
+  await server.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience })
+  const policy = { cfAccess: { allow: { emails: ['alice@acme.com'] } } }
+  const teapot = async (_request: unknown, reply: { code: (n: number) => { send: (body: string) => unknown } }) => reply.code(418).send('mine')
+  server.get('/one', { config: policy, preHandler: teapot as never }, async () => 'ok')
+  server.get('/list', { config: policy, preHandler: [async () => {}, teapot as never] }, async () => 'ok')
+  server.get('/none', { config: policy }, async () => 'ok')
+  const alice = access.signToken({ email: 'alice@acme.com' })
+  for (const url of ['/one', '/list']) {
+    const res = await server.inject({ url, headers: { [HEADER]: alice } })
+    t.same([res.statusCode, res.body], [418, 'mine'], `${url}: the route's own preHandler ran`)
+  }
+  t.equal((await server.inject({ url: '/none', headers: { [HEADER]: alice } })).statusCode, 200)
+  t.equal((await server.inject({ url: '/one', headers: { [HEADER]: access.signToken({ email: 'bob@acme.com' }) } })).statusCode, 403, 'and the policy still applies')
+})
