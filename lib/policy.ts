@@ -162,8 +162,7 @@ function runAuthorize (authorize: CloudflareAccessAuthorize, claims: CloudflareA
 }
 
 function isThenable (value: unknown): value is PromiseLike<unknown> {
-  return (typeof value === 'object' || typeof value === 'function') && value !== null &&
-    typeof (value as { then?: unknown }).then === 'function'
+  return typeof (value as { then?: unknown } | null | undefined)?.then === 'function'
 }
 
 async function allowed (policy: CompiledPolicy, claims: CloudflareAccessClaims, identity: () => Promise<CloudflareAccessIdentity>): Promise<boolean> {

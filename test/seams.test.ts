@@ -131,6 +131,16 @@ t.test('an authorize returning a truthy non-true value, or a thenable that rejec
   }
 })
 
+t.test('an authorize returning a falsy value (null, undefined, 0, empty, NaN, false) is a plain refusal: 403, never a 500', async (t) => {
+  const access = await emulator(t)
+  for (const value of [null, undefined, 0, '', Number.NaN, false]) {
+    const { app, handled } = await appWith(t, access, 'plugin onRequest', 'plugin', () => value as boolean)
+    const res = await app.inject({ url: '/', headers: { [HEADER]: access.signToken() } })
+    t.same([res.statusCode, res.json().code], [403, 'FST_CF_ACCESS_FORBIDDEN'], String(value))
+    t.equal(handled(), 0)
+  }
+})
+
 t.test('explicit verify always verifies, even on a route whose config.cfAccess is false: route hooks, scope hooks and wrappers', async (t) => {
   const access = await emulator(t)
   const app = Fastify()
