@@ -18,6 +18,7 @@ export default {
       'test/dev-proxy.test.ts',
       'test/emulator.test.ts',
       'test/examples.test.ts',
+      'test/hotpath.test.ts',
       'test/identity.test.ts',
       'test/integrations.test.ts',
       'test/keys.test.ts',
