@@ -1,4 +1,5 @@
 import t from 'tap'
+import { checkStructure, readCookie } from '../lib/token'
 import { decode, nowSeconds, setup } from './helpers'
 
 // Every test here drives real HTTP-shaped requests through the plugin against the emulator's real keys.
@@ -170,4 +171,40 @@ t.test('non-canonical base64url is rejected: the same bytes spelt differently ar
     parts[segment] = text.slice(0, -1) + (text.length % 4 === 2 ? 'B' : 'B')
     t.equal((await get(parts.join('.'))).statusCode, 401, `segment ${segment} respelt`)
   }
+})
+
+t.test('readCookie trims what String.prototype.trim trims around the name, and unquotes a quoted value', async (t) => {
+  const spaces = [32, 9, 10, 11, 12, 13, 0xa0, 0xfeff, 0x1680, 0x2000, 0x2005, 0x200a, 0x2028, 0x2029, 0x202f, 0x205f, 0x3000]
+  for (const code of spaces) {
+    const s = String.fromCharCode(code)
+    t.equal(readCookie(`a=b;${s}CF_Authorization${s}=${s}token${s}`), 'token', `U+${code.toString(16).padStart(4, '0')} around the name`)
+  }
+  for (const code of [0x1fff, 0x200b, 0x2027, 0x3001, 0x5f]) {
+    const s = String.fromCharCode(code)
+    t.equal(readCookie(`a=b;${s}CF_Authorization=token`), undefined, `U+${code.toString(16).padStart(4, '0')} before the name makes another name`)
+    t.equal(readCookie(`CF_Authorization${s}=token`), undefined, `U+${code.toString(16).padStart(4, '0')} after the name makes another name`)
+  }
+  t.equal(readCookie('CF_Authorization="quoted"'), 'quoted')
+  t.equal(readCookie('CF_Authorization=""'), undefined, 'two quotes: an empty value, no token')
+  t.equal(readCookie('CF_Authorization="'), '"', 'one quote is a value, not a quoted empty one')
+})
+
+t.test('checkStructure: nothing is a missing token, anything else not a string an invalid one; each refusal says what is wrong', async (t) => {
+  for (const value of [undefined, null, '']) t.match(checkStructure(value), { code: 'FST_CF_ACCESS_TOKEN_MISSING' }, String(value))
+  for (const value of [5, {}, ['a.b.c']]) t.match(checkStructure(value), { code: 'FST_CF_ACCESS_TOKEN_INVALID' }, JSON.stringify(value))
+  const b64 = (value: unknown): string => Buffer.from(JSON.stringify(value)).toString('base64url')
+  const payload = b64({ sub: 'x' })
+  t.match(checkStructure(`${b64({ alg: 'RS256' })}.${payload}.AAAA`), { message: /no key id/ })
+  t.match(checkStructure(`${b64({ alg: 'RS256', kid: 5 })}.${payload}.AAAA`), { message: /malformed key id/ })
+  t.match(checkStructure(`${b64({ alg: 'HS256', kid: 'k' })}.${payload}.AAAA`), { message: /not RS256/ })
+  // '{"alg":"RS256","kid":"k"}' encodes to a segment whose last character carries unused bits: spell it otherwise.
+  const header = b64({ alg: 'RS256', kid: 'kk' })
+  const last = header.at(-1) as string
+  const sibling = String.fromCharCode(last.charCodeAt(0) + 1)
+  t.equal(Buffer.from(header.slice(0, -1) + sibling, 'base64url').equals(Buffer.from(header, 'base64url')), true, 'the same bytes spelt otherwise')
+  t.match(checkStructure(`${header.slice(0, -1)}${sibling}.${payload}.AAAA`), { message: /not canonical/ }, 'a header spelt otherwise')
+  const body = payload // 11 bytes: 15 characters, the last with 2 unused bits
+  const bodySibling = String.fromCharCode((body.at(-1) as string).charCodeAt(0) + 1)
+  t.equal(Buffer.from(body.slice(0, -1) + bodySibling, 'base64url').equals(Buffer.from(body, 'base64url')), true)
+  t.match(checkStructure(`${header}.${body.slice(0, -1)}${bodySibling}.AAAA`), { message: /not canonical/ }, 'a payload spelt otherwise')
 })
