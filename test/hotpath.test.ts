@@ -136,3 +136,17 @@ t.test('StructureMemo remembers a few headers, the latest first out, and only wh
   const oneTooMany = p + 'A'.repeat((5 - p.length % 4) % 4 || 4) // a length of 1 (mod 4)
   t.equal(memo.kidOf(`${h}.${oneTooMany}.${s}`), undefined, 'a payload of a length no base64url has')
 })
+
+t.test('tokens naming one configured audience share one frozen aud array; a token naming two keeps both', async (t) => {
+  const other = 'f'.repeat(64)
+  const two = createTokenVerifier(normalizeOptions({ teamDomain: access.teamDomain, audience: [access.audience, other], cacheSize: 0 }), store)
+  const first = await two.verify(access.signToken()) as { aud: string[] }
+  const second = await two.verify(access.signToken()) as { aud: string[] }
+  t.same(first.aud, [access.audience])
+  t.equal(first.aud, second.aud, 'one array for both')
+  t.ok(Object.isFrozen(first.aud))
+  const both = await two.verify(access.signToken({ aud: [access.audience, other] })) as { aud: string[] }
+  t.same(both.aud, [access.audience, other], 'two audiences: both kept')
+  const foreign = await two.verify(access.signToken({ aud: [access.audience, 'e'.repeat(64)] })) as { aud: string[] }
+  t.same(foreign.aud, [access.audience, 'e'.repeat(64)], 'one of ours and another: both kept')
+})
