@@ -84,6 +84,20 @@ t.test('a token issued in the future (iat) is not admitted from the cache after 
   })
 })
 
+t.test('a token bounded by nbf alone (no iat) is not admitted from the cache after the clock steps back', async (t) => {
+  const cached = verifier()
+  const now = Math.floor(Date.now() / 1000)
+  const token = access.signToken({ iat: undefined, nbf: now, exp: now + 3600 })
+  t.notOk((await cached.verify(token)) instanceof Error)
+  t.notOk((await cached.verify(token)) instanceof Error)
+  t.notOk((await cached.verify(token)) instanceof Error, 'in the main part by now')
+  await withClock(-60_000, async () => {
+    const fresh = await answer(verifier(0), token)
+    t.notMatch(fresh, /^\{/, 'a fresh verification refuses it: not valid yet')
+    t.equal(await answer(cached, token), fresh, 'and so does the cache')
+  })
+})
+
 t.test('byte-level variants of a cached, hot-path token are refused exactly as by a fresh verifier', async (t) => {
   const cached = verifier()
   const valid = access.signToken()
