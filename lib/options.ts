@@ -54,6 +54,7 @@ const KNOWN_OPTIONS = new Set([
 
 const TEAM_NAME = /^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$/
 const ACCESS_HOST = /^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.(?:fed\.)?cloudflareaccess\.com$/
+// Stryker disable next-line Regex: equivalent, URL parses a host ending in four numbers as an IPv4 address (canonical, or a refusal), so nothing precedes the 127
 const LOOPBACK_V4 = /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/
 // Printable ASCII without spaces: anything else in an option is a copy-paste accident.
 const PRINTABLE = /^[\x21-\x7e]+$/
@@ -66,11 +67,13 @@ function fail (option: string, expected: string, got: string): never {
   throw new Error(`fastify-cloudflare-access: option "${option}" must be ${expected}, got ${got}`)
 }
 
+// Stryker disable all: message text only, how a refused value is shown (the refusals are tested)
 function describe (value: unknown): string {
   if (typeof value === 'string') return JSON.stringify(value.length > 80 ? value.slice(0, 80) + '…' : value)
   if (Array.isArray(value)) return 'an array'
   return value === null ? 'null' : typeof value
 }
+// Stryker restore all
 
 /** Normalises a team domain to the origin that issues tokens and serves keys, or throws. */
 export function normalizeTeamDomain (value: unknown): string {

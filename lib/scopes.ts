@@ -8,6 +8,7 @@ const registered = new WeakSet<object>()
 const holding = new WeakSet<object>()
 
 const TWICE = 'fastify-cloudflare-access is already registered in this scope, a parent scope or a child scope. ' +
+  // Stryker disable next-line StringLiteral: message text only, the advice after the refusal (the refusal and its first sentence are tested)
   'Register it once per protected scope; give one registration several audiences with audience: [...] instead of registering twice.'
 
 /** Records a registration in `scope`, or throws when this scope, a parent or a child already has one. */

@@ -580,3 +580,51 @@ t.test('the doorkeeper holds 32 bytes per cache entry (two generations of 16 bit
   t.equal(new Doorkeeper(16).bytes, 512, '128 sightings: 2 × 2048 bits')
   t.equal(new Doorkeeper(1000).bytes, 32768, 'the default cacheSize: 32 KiB')
 })
+
+t.test('what a verifier remembers: every admitted token, whichever time claims it lacks, and the refusals of signed tokens that time cannot heal', async (t) => {
+  const access = await emulator(t)
+  const silent = { info () {}, warn () {}, error () {} }
+  const store = new KeyStore({ certsUrl: access.certsUrl, fetchTimeout: 2000, refreshInterval: 600_000, unknownKidCooldown: 0, maxStaleAge: 600_000, log: silent })
+  t.teardown(() => store.close())
+  const verifier = createTokenVerifier(normalizeOptions({ teamDomain: access.teamDomain, audience: access.audience, clockTolerance: 30 }), store)
+  const answer = async (token: string): Promise<string> => {
+    try {
+      const claims = await verifier.verify(token)
+      return claims instanceof Error ? (claims as Error & { code: string }).code : 'admitted'
+    } catch (error) {
+      return (error as Error & { code: string }).code
+    }
+  }
+  /** The answer twice, and whether the second came from the cache. */
+  const twice = async (token: string): Promise<[string, boolean]> => {
+    const first = await answer(token)
+    const { hits } = verifier.cacheCounters()
+    t.equal(await answer(token), first, 'the same answer the second time')
+    return [first, verifier.cacheCounters().hits === hits + 1]
+  }
+  const now = nowSeconds()
+  const remembered: Array<[string, string, string]> = [
+    ['a plain token', access.signToken(), 'admitted'],
+    ['no nbf', access.signToken({ nbf: undefined }), 'admitted'],
+    ['no iat', access.signToken({ iat: undefined }), 'admitted'],
+    ['neither nbf nor iat', access.signToken({ nbf: undefined, iat: undefined }), 'admitted'],
+    ['expired 10 s ago, within the 30 s tolerance', access.signToken({ exp: now - 10 }), 'admitted'],
+    ['another application (fast-jwt refuses aud)', access.signToken({ aud: ['c'.repeat(64)] }), 'FST_CF_ACCESS_CLAIM_INVALID'],
+    ['another team (fast-jwt refuses iss)', access.signToken({ iss: 'https://other.cloudflareaccess.com' }), 'FST_CF_ACCESS_CLAIM_INVALID'],
+    ['no exp (fast-jwt requires it)', access.signToken({ exp: undefined }), 'FST_CF_ACCESS_CLAIM_INVALID'],
+    ['exp a string of a past time (fast-jwt refuses its type)', access.signToken({ exp: '1000' }), 'FST_CF_ACCESS_CLAIM_INVALID'],
+    ['type "org" (our own check)', access.signToken({ type: 'org' }), 'FST_CF_ACCESS_CLAIM_INVALID']
+  ]
+  for (const [name, token, expected] of remembered) {
+    t.same(await twice(token), [expected, true], `${name}: ${expected}, and remembered`)
+  }
+  // Refusals that time heals are never remembered: the same token is admitted once its time comes.
+  const early = access.signToken({ iat: now + 32, nbf: undefined })
+  t.same(await twice(early), ['FST_CF_ACCESS_TOKEN_EXPIRED', false], 'issued beyond the tolerance in the future: refused, not remembered')
+  await sleep(3100)
+  t.equal(await answer(early), 'admitted', 'admitted once its iat is within the tolerance')
+  const notYet = access.signToken({ nbf: nowSeconds() + 32 })
+  t.same(await twice(notYet), ['FST_CF_ACCESS_TOKEN_EXPIRED', false], 'nbf beyond the tolerance: refused, not remembered')
+  await sleep(2100)
+  t.equal(await answer(notYet), 'admitted', 'admitted once its nbf is within the tolerance')
+})

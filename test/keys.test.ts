@@ -509,3 +509,17 @@ t.test('KeyStore logs a key added alone, and a key removed alone, as rotations',
   t.ok(await eventually(() => rotations.length === 2, 3000))
   t.same(rotations, [{ added: [second.kid], removed: [] }, { added: [], removed: [first.kid] }])
 })
+
+t.test('KeyStore: while fetches fail, retries back off from 500 ms, doubling', async (t) => {
+  const down = await emulator(t)
+  down.setOutage('error')
+  const store = new KeyStore({ certsUrl: down.certsUrl, fetchTimeout: 1000, refreshInterval: 60_000, unknownKidCooldown: 0, maxStaleAge: 60_000, log: silent })
+  t.teardown(() => store.close())
+  const started = Date.now()
+  store.start()
+  // Fetches at about 0, 500 and 1 500 ms, then 3 500 ms: counted between them.
+  await sleep(1200 - (Date.now() - started))
+  t.equal(down.certsRequestCount, 2, 'at 1.2 s: the first fetch and one retry after 500 ms')
+  await sleep(2400 - (Date.now() - started))
+  t.equal(down.certsRequestCount, 3, 'at 2.4 s: one more retry, 1 s after the previous one')
+})

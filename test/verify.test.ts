@@ -49,6 +49,21 @@ t.test('clockTolerance: 0 means zero', async (t) => {
   t.equal((await get(access.signToken())).statusCode, 200)
 })
 
+t.test('a token whose key is fetched for it gets every check: the first token of a rotated-in key issued in the future is refused', async (t) => {
+  const { access, get } = await setup(t, { clockTolerance: 0, unknownKidCooldown: 0 })
+  t.equal((await get(access.signToken())).statusCode, 200, 'keys loaded')
+  for (const [name, claims, code] of [
+    ['issued in the future (our own iat check)', { iat: nowSeconds() + 60, nbf: undefined }, 'FST_CF_ACCESS_TOKEN_EXPIRED'],
+    ['not valid yet (fast-jwt)', { nbf: nowSeconds() + 60 }, 'FST_CF_ACCESS_TOKEN_EXPIRED'],
+    ['type "org"', { type: 'org' }, 'FST_CF_ACCESS_CLAIM_INVALID']
+  ] as Array<[string, Record<string, unknown>, string]>) {
+    await access.rotateKeys() // a kid the plugin has not fetched: this request waits for the refetch
+    const fetches = access.certsRequestCount
+    t.equal((await get(access.signToken(claims))).json.code, code, name)
+    t.equal(access.certsRequestCount, fetches + 1, `${name}: the key was fetched for this very token`)
+  }
+})
+
 t.test('audience and issuer look-alikes are rejected with FST_CF_ACCESS_CLAIM_INVALID', async (t) => {
   const { access, get } = await setup(t)
   const aud = access.audience
@@ -116,6 +131,23 @@ t.test('malformed and oversized tokens are rejected before any key lookup', asyn
     t.equal(res.json.code, 'FST_CF_ACCESS_TOKEN_INVALID', name)
   }
   t.equal(access.certsRequestCount, fetchesBefore, 'no malformed token caused a key fetch')
+  // Under a kid the team does not publish, a malformed token that got past the structure check would cost
+  // a key fetch (the kid may have been rotated in): each must be refused before that.
+  const unpublished = Buffer.from(JSON.stringify({ alg: 'RS256', kid: 'not-published' })).toString('base64url')
+  for (const [name, token] of [
+    ['a character outside base64url before the header', `!${unpublished}.${p}.${s}`],
+    ['a fourth segment', `${unpublished}.${p}.${s}.${s}`],
+    ['a character outside base64url after the signature', `${unpublished}.${p}.${s}!`],
+    ['two characters outside base64url after the signature', `${unpublished}.${p}.${s}!!`],
+    ['the word undefined', 'undefined'],
+    ['segments named undefined', 'undefined.undefined.undefined']
+  ]) {
+    const res = await get(token as string)
+    t.equal(res.json.code, 'FST_CF_ACCESS_TOKEN_INVALID', `unpublished kid, ${name}`)
+    t.equal(access.certsRequestCount, fetchesBefore, `unpublished kid, ${name}: no key fetch`)
+  }
+  t.equal((await get(`${unpublished}.${p}.${s}`)).json.code, 'FST_CF_ACCESS_TOKEN_INVALID', 'unpublished kid, well formed')
+  t.equal(access.certsRequestCount, fetchesBefore + 1, 'unpublished kid, well formed: the one key fetch')
   const big = await app.inject({ url: '/admin/me', headers: { cookie: `CF_Authorization=${'a'.repeat(9000)}.b.c` } })
   t.equal(big.json().code, 'FST_CF_ACCESS_TOKEN_INVALID', 'an oversized cookie')
   t.equal((await get(valid)).statusCode, 200)
