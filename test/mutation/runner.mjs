@@ -53,6 +53,28 @@ function purgeProjectModules () {
   }
 }
 
+/**
+ * Where each named test starts in its file's source (0-based line and column), for Stryker's incremental
+ * mode: with a location, a test whose text changed (up to the next located test) counts as a new test, and
+ * the mutants it killed or covered run again. Found by its name's literal, in order; a name built at run
+ * time gets no location, and then any change to its file counts as a change to it.
+ */
+function locateTests (source, names) {
+  const found = new Map()
+  let from = 0
+  for (const name of names) {
+    if (found.has(name)) continue
+    const spellings = [`'${name.replace(/\\/g, '\\\\').replace(/'/g, "\\'")}'`, JSON.stringify(name), `\`${name}\``]
+    const at = Math.min(...spellings.map((text) => source.indexOf(text, from)).filter((index) => index !== -1))
+    if (!Number.isFinite(at)) continue
+    const before = source.slice(0, at)
+    const line = before.split('\n').length - 1
+    found.set(name, { line, column: at - (before.lastIndexOf('\n') + 1) })
+    from = at + 1
+  }
+  return found
+}
+
 const describe = (error) => (error && error.stack) ? error.stack : String(error)
 
 class InProcessTapRunner {
@@ -97,16 +119,23 @@ class InProcessTapRunner {
     const active = state.activeMutant
     state.activeMutant = mutant
     state.currentTestId = `load:${file}`
-    const entry = { tests: new Map(), teardowns: [], loadedWith: mutant, error: null }
+    const entry = { tests: new Map(), locations: new Map(), teardowns: [], loadedWith: mutant, error: null }
     this.#loaded.set(file, entry)
     try {
       purgeProjectModules()
       const collected = shim.collect(() => createRequire(file)(file))
       entry.teardowns = collected.teardowns
+      const located = locateTests(readFileSync(file, 'utf8'), collected.tests.map(({ name }) => name))
       for (const { name, fn } of collected.tests) {
         let id = this.#id(file, name)
-        for (let n = 2; entry.tests.has(id); n++) id = `${this.#id(file, name)} #${n}`
+        // A name given twice: the second test has no location of its own (the first's is taken).
+        let startPosition = located.get(name)
+        for (let n = 2; entry.tests.has(id); n++) {
+          id = `${this.#id(file, name)} #${n}`
+          startPosition = undefined
+        }
         entry.tests.set(id, fn)
+        entry.locations.set(id, startPosition)
       }
       for (const before of collected.befores) await before()
     } catch (error) {
@@ -156,7 +185,8 @@ class InProcessTapRunner {
       if (entry.error) return { status: DryRunStatus.Error, errorMessage: entry.error }
       for (const [id, fn] of entry.tests) {
         const result = await this.#runOne(id, fn, true)
-        tests.push(result)
+        // fileName: Stryker maps it back from the sandbox and keeps the file's source to diff next time.
+        tests.push({ ...result, fileName: file, startPosition: entry.locations.get(id) })
         if (result.status !== TestStatus.Success && !options.disableBail) break
       }
       loadCoverage.set(file, [...entry.tests.keys()])
