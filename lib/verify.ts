@@ -57,10 +57,8 @@ export function createTokenVerifier (options: NormalizedOptions, store: KeySourc
   let lastVerifier: ClaimsVerifier | undefined
 
   function verifierFor (key: SigningKey): ClaimsVerifier {
-    // Stryker disable next-line ConditionalExpression: equivalent, the map holds the same verifier (this saves the lookup)
     if (key === lastKey) return lastVerifier as ClaimsVerifier
     let verifier = verifiers.get(key)
-    // Stryker disable next-line ConditionalExpression: equivalent in decisions, a new verifier of the same key answers alike (the map saves building one)
     if (verifier === undefined) {
       verifier = createVerifier({
         key: key.pem,

@@ -240,3 +240,21 @@ t.test('checkStructure: nothing is a missing token, anything else not a string a
   t.equal(Buffer.from(body.slice(0, -1) + bodySibling, 'base64url').equals(Buffer.from(body, 'base64url')), true)
   t.match(checkStructure(`${header}.${body.slice(0, -1)}${bodySibling}.AAAA`), { message: /not canonical/ }, 'a payload spelt otherwise')
 })
+
+t.test('a signed payload with invalid UTF-8 far into it is refused: the whole payload is checked', async (t) => {
+  const { access, get } = await setup(t)
+  const { header, payload } = decode(access.signToken())
+  const json = JSON.stringify({ ...payload, pad: 'x'.repeat(5000) })
+  t.equal((await get(access.signRaw(header, Buffer.from(json)))).statusCode, 200, 'the same token with valid UTF-8 is admitted')
+  const bytes = Buffer.concat([Buffer.from(json.slice(0, -2)), Buffer.from([0xff]), Buffer.from(json.slice(-2))])
+  const res = await get(access.signRaw(header, bytes))
+  t.equal(res.statusCode, 401, `an invalid byte at ${bytes.length - 3} of ${bytes.length}`)
+  t.equal(res.json.code, 'FST_CF_ACCESS_TOKEN_INVALID')
+})
+
+t.test('tokens of the current and the previous key, alternately, all verify (one verifier per key, kept)', async (t) => {
+  const { access, get } = await setup(t)
+  for (const [i, key] of (['current', 'previous', 'current', 'previous'] as const).entries()) {
+    t.equal((await get(access.signToken({ email: `u${i}@acme.com` }, { key }))).statusCode, 200, `${key} key, token ${i}`)
+  }
+})
