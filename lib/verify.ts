@@ -83,7 +83,6 @@ export function createTokenVerifier (options: NormalizedOptions, store: KeySourc
     const { aud } = claims
     if (Array.isArray(aud) && aud.length === 1) {
       const shared = audiences.get(aud[0] as string)
-      // Stryker disable next-line ConditionalExpression: equivalent, fast-jwt admitted this aud, so its one element is a configured audience, which the map holds
       if (shared !== undefined) (claims as { aud: readonly string[] }).aud = shared
     }
     deepFreeze(claims)
