@@ -110,7 +110,6 @@ export class VerifiedCache {
       return undefined
     }
     if (entry.segment === this.#protected) {
-      // Stryker disable next-line ConditionalExpression: equivalent, moving the newest entry to newest changes nothing (the check saves the work)
       if (entry !== this.#protected.newest) {
         this.#protected.unlink(entry)
         this.#protected.pushNewest(entry)
@@ -202,7 +201,7 @@ export class TokenCache {
   #hits = 0
   #misses = 0
   /** The last token looked up in vain, and its hash. */
-  #missed = ''
+  #missed: string | null = null
   #missedHash = 0
 
   constructor (size: number) {
@@ -268,7 +267,6 @@ export class TokenCache {
 
   #record (token: string, claims: CloudflareAccessClaims | null, rejection: Error | null, key: SigningKey, expiresAt: number, validFrom: number): void {
     if (this.#off) return
-    // Stryker disable next-line ConditionalExpression: equivalent, it only saves hashing the token again
     const hash = token === this.#missed ? this.#missedHash : hashOf(token)
     if (this.#doorkeeper.sighted(hash)) {
       this.#remember(token, claims, rejection, key, expiresAt, validFrom, false)
@@ -379,7 +377,6 @@ const HASHED = 12
  */
 export function hashOf (token: string): number {
   let hash = 0x811c9dc5
-  // Stryker disable next-line EqualityOperator: equivalent, one more round hashes NaN as 0 for every token alike
   for (let i = Math.max(0, token.length - HASHED); i < token.length; i++) {
     hash = Math.imul(hash ^ token.charCodeAt(i), 0x01000193)
   }

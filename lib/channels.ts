@@ -76,6 +76,7 @@ export interface IdentityMessage {
   code?: string
 }
 
+/** Published as `channel.hasSubscribers && channel.publish(message)`: nobody listening, no message built. */
 export const channels = {
   accepted: diagnostics.channel(channelNames.accepted),
   rejected: diagnostics.channel(channelNames.rejected),

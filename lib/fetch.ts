@@ -63,11 +63,8 @@ export function getJson (url: string, options: GetJsonOptions): Promise<unknown>
     const { signal } = options
     const abort = (): void => done(new FetchError(`${name} request aborted: the app is closing`))
     signal?.addEventListener('abort', abort)
-    let settled = false
+    // Called once or more (an error after the answer, a timeout after an abort): everything here is idempotent.
     function done (error: FetchError | null, value?: unknown): void {
-      if (settled) return
-      // Stryker disable next-line BooleanLiteral: equivalent, a promise settles once and the rest is idempotent (the guard saves the work)
-      settled = true
       clearTimeout(timer)
       signal?.removeEventListener('abort', abort)
       req.destroy()

@@ -133,10 +133,8 @@ export class KeyStore {
     if (this.ready) return Promise.resolve()
     return new Promise((resolve, reject) => {
       let done = false
+      // No guard needed: a promise settles once, and clearing a timer twice does nothing.
       const finish = (error?: Error): void => {
-        // Stryker disable next-line ConditionalExpression,BooleanLiteral: equivalent, a promise settles once and clearTimeout is idempotent (the guard saves the work)
-        if (done) return
-        // Stryker disable next-line BooleanLiteral: equivalent, as above
         done = true
         clearTimeout(timer)
         if (error === undefined) resolve()
@@ -212,8 +210,7 @@ export class KeyStore {
     if (ageMs <= this.#opts.maxStaleAge) return false
     this.#opts.log.error({ certsUrl: this.#opts.certsUrl, staleForMs: ageMs },
       'cloudflare access: key set older than maxStaleAge dropped; requests get 503 until a fetch succeeds')
-    // Stryker disable next-line ConditionalExpression: equivalent, publishing to a channel nobody subscribes to does nothing (the check saves building the message)
-    if (channels.keyDropped.hasSubscribers) channels.keyDropped.publish({ ageMs })
+    channels.keyDropped.hasSubscribers && channels.keyDropped.publish({ ageMs })
     this.#keys = new Map()
     return true
   }
@@ -225,17 +222,14 @@ export class KeyStore {
     this.fetchCount++
     const url = this.#opts.certsUrl
     const started = Date.now()
-    // Stryker disable next-line ConditionalExpression: equivalent, publishing to a channel nobody subscribes to does nothing (the check saves building the message)
-    if (channels.keyFetchStart.hasSubscribers) channels.keyFetchStart.publish({ url, reason })
+    channels.keyFetchStart.hasSubscribers && channels.keyFetchStart.publish({ url, reason })
     const run = fetchKeySet(this.#opts.certsUrl, this.#opts.fetchTimeout, this.#opts.maxResponseBytes, this.#closing.signal)
       .then((jwks) => {
         this.#install(parseKeySet(jwks, this.#keys))
-        // Stryker disable next-line ConditionalExpression: equivalent, publishing to a channel nobody subscribes to does nothing (the check saves building the message)
-        if (channels.keyFetchEnd.hasSubscribers) channels.keyFetchEnd.publish({ url, ok: true, durationMs: Date.now() - started, kids: [...this.#keys.keys()] })
+        channels.keyFetchEnd.hasSubscribers && channels.keyFetchEnd.publish({ url, ok: true, durationMs: Date.now() - started, kids: [...this.#keys.keys()] })
       })
       .catch((error: unknown) => {
-        // Stryker disable next-line ConditionalExpression: equivalent, publishing to a channel nobody subscribes to does nothing (the check saves building the message)
-        if (channels.keyFetchEnd.hasSubscribers) channels.keyFetchEnd.publish({ url, ok: false, durationMs: Date.now() - started, error: (error as Error).message })
+        channels.keyFetchEnd.hasSubscribers && channels.keyFetchEnd.publish({ url, ok: false, durationMs: Date.now() - started, error: (error as Error).message })
         this.#fail(error)
       })
       .finally(() => {
@@ -264,8 +258,7 @@ export class KeyStore {
     }
     if (previous.size > 0 && (added.length > 0 || removed.length > 0)) {
       this.#opts.log.info({ added, removed }, 'cloudflare access: key rotation seen')
-      // Stryker disable next-line ConditionalExpression: equivalent, publishing to a channel nobody subscribes to does nothing (the check saves building the message)
-      if (channels.keyRotation.hasSubscribers) channels.keyRotation.publish({ added, removed })
+      channels.keyRotation.hasSubscribers && channels.keyRotation.publish({ added, removed })
     }
   }
 

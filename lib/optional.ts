@@ -46,7 +46,6 @@ export function isOptional (config: unknown, pluginRequired: boolean): boolean {
 export function watchRequirements (fastify: FastifyInstance, hook: CloudflareAccessHook, pluginRequired: boolean): void {
   fastify.addHook('onRoute', (route: RouteOptions) => {
     const config = (route.config as { cfAccess?: unknown } | undefined)?.cfAccess
-    // Stryker disable next-line ConditionalExpression: equivalent in effect, config.cfAccess: null fails the boot either way (lib/routes.ts refuses it)
     if (config === null || typeof config !== 'object') return
     const where = `route ${String(route.method)} ${route.url}`
     const { required } = config as { required?: unknown }

@@ -54,7 +54,6 @@ const KNOWN_OPTIONS = new Set([
 
 const TEAM_NAME = /^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$/
 const ACCESS_HOST = /^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.(?:fed\.)?cloudflareaccess\.com$/
-// Stryker disable next-line Regex: equivalent, URL parses a host ending in four numbers as an IPv4 address (canonical, or a refusal), so nothing precedes the 127
 const LOOPBACK_V4 = /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/
 // Printable ASCII without spaces: anything else in an option is a copy-paste accident.
 const PRINTABLE = /^[\x21-\x7e]+$/

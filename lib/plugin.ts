@@ -71,8 +71,7 @@ export async function cloudflareAccess (fastify: FastifyInstance, rawOptions: Fa
     if (await admits(policy, claims, context)) return
     const route = request?.routeOptions.url
     const grants = grantsOf(policy)
-    // Stryker disable next-line ConditionalExpression: equivalent, publishing to a channel nobody subscribes to does nothing (the check saves building the message)
-    if (channels.denied.hasSubscribers) channels.denied.publish({ route, grants, kind: isServiceToken(claims) ? 'service' : 'user' })
+    channels.denied.hasSubscribers && channels.denied.publish({ route, grants, kind: isServiceToken(claims) ? 'service' : 'user' })
     throw Object.assign(new ForbiddenError(), { route, subject: subjectOf(claims), grants })
   }
 
@@ -85,17 +84,11 @@ export async function cloudflareAccess (fastify: FastifyInstance, rawOptions: Fa
   /** Clears what an earlier admission set, tells a 503's client when to come back, and hands the error on. */
   function rejected (request: FastifyRequest, reply: FastifyReply, error: Error): Error {
     const req = request as Request
-    // Stryker disable next-line ConditionalExpression: equivalent, clearing what is already null changes nothing (the check saves the writes)
-    if (req[kAdmitted] !== null) {
-      req.cfAccess = null
-      req[kToken] = null
-      req[kAdmitted] = null
-    }
+    req.cfAccess = null
+    req[kToken] = null
+    req[kAdmitted] = null
     const { code } = error as { code?: unknown }
-    // Stryker disable next-line ConditionalExpression: equivalent, publishing to a channel nobody subscribes to does nothing (the check saves building the message)
-    if (channels.rejected.hasSubscribers) {
-      channels.rejected.publish({ route: request.routeOptions.url, code: typeof code === 'string' ? code : '', statusCode: (error as { statusCode?: number }).statusCode ?? 500 })
-    }
+    channels.rejected.hasSubscribers && channels.rejected.publish({ route: request.routeOptions.url, code: typeof code === 'string' ? code : '', statusCode: (error as { statusCode?: number }).statusCode ?? 500 })
     if (code === errorCodes.KEYS_UNAVAILABLE || code === errorCodes.IDENTITY_UNAVAILABLE || code === errorCodes.AUTHORIZE_TIMEOUT) {
       reply.header('retry-after', RETRY_AFTER)
     }
@@ -108,15 +101,11 @@ export async function cloudflareAccess (fastify: FastifyInstance, rawOptions: Fa
     // Stryker disable next-line BooleanLiteral: equivalent, any value that is neither null nor a route config marks an admission without a route policy
     req[kAdmitted] = routeConfig ?? true
     req.cfAccess = claims
-    // Stryker disable next-line ConditionalExpression: equivalent, publishing to a channel nobody subscribes to does nothing (the check saves building the message)
-    if (channels.accepted.hasSubscribers) {
-      channels.accepted.publish({ route: request.routeOptions.url, kind: isServiceToken(claims) ? 'service' : 'user', cached })
-    }
+    channels.accepted.hasSubscribers && channels.accepted.publish({ route: request.routeOptions.url, kind: isServiceToken(claims) ? 'service' : 'user', cached })
   }
 
   /** The cache's hit count, read only while someone listens for accepted requests (to say whether the cache answered). */
   function hits (): number {
-    // Stryker disable next-line ConditionalExpression: equivalent, publishing to a channel nobody subscribes to does nothing (the check saves building the message)
     return channels.accepted.hasSubscribers ? verifier.cacheCounters().hits : 0
   }
 
@@ -148,7 +137,6 @@ export async function cloudflareAccess (fastify: FastifyInstance, rawOptions: Fa
     const claims = verifier.verify(token)
     if (claims instanceof Error) return rejected(request, reply, claims)
     const cached = hits() !== before
-    // Stryker disable next-line ConditionalExpression: equivalent in decisions, the slow path handles every case (this is the fast one's test)
     if (claims instanceof Promise || options.policy !== null || routeConfig !== undefined) {
       return authenticateAsync(request, reply, token as string, claims, routeConfig, cached)
     }
@@ -175,8 +163,8 @@ export async function cloudflareAccess (fastify: FastifyInstance, rawOptions: Fa
     const claims = await verifier.verify(token)
     if (claims instanceof Error) throw claims
     const routeConfig = request?.routeOptions.config.cfAccess
-    // Stryker disable next-line ConditionalExpression: equivalent, config.cfAccess: null is refused when the route is added (lib/routes.ts)
-    const policies = [options.policy, typeof routeConfig === 'object' && routeConfig !== null ? routes.policyOf(routeConfig) : null]
+    // (null is refused when a route is added, and by policyOf)
+    const policies = [options.policy, typeof routeConfig === 'object' ? routes.policyOf(routeConfig as object) : null]
     for (const policy of policies) {
       if (policy === null) continue
       if (request === undefined && policy.authorize !== null) {

@@ -86,7 +86,6 @@ export function watchRoutes (
   return {
     policyOf (config) {
       let policy = compiled.get(config)
-      // Stryker disable next-line ConditionalExpression: equivalent, compiling again gives the same policy (the map saves the work)
       if (policy === undefined) {
         // Stryker disable next-line StringLiteral: message text only
         policy = compileRouteConfig('a route', config)

@@ -40,10 +40,8 @@ export function readCookie (cookie: string): string | undefined {
   let at = cookie.indexOf(COOKIE_NAME)
   while (at !== -1) {
     let before = at - 1
-    // Stryker disable next-line ConditionalExpression: equivalent, before the start charCodeAt is NaN, which is no space
     while (before >= 0 && isSpace(cookie.charCodeAt(before))) before--
     let eq = at + COOKIE_NAME.length
-    // Stryker disable next-line EqualityOperator,ConditionalExpression: equivalent, past the end charCodeAt is NaN, which is no space
     while (eq < length && isSpace(cookie.charCodeAt(eq))) eq++
     // A name: nothing but white space back to the pair's start, and `=` right after it.
     if ((before === -1 || cookie.charCodeAt(before) === 59 /* ; */) && cookie.charCodeAt(eq) === 61 /* = */) {
@@ -161,9 +159,8 @@ export class StructureMemo {
   }
 }
 
-/** Decoding room for payloadIsUtf8: 3 bytes for every 4 characters of the longest token accepted. */
-// Stryker disable next-line ArithmeticOperator: equivalent, a larger buffer of which only the same first bytes are written and read
-const scratch = Buffer.allocUnsafe(MAX_TOKEN_LENGTH * 3 / 4)
+/** Decoding room for payloadIsUtf8: a payload of the longest token accepted decodes to fewer bytes than it has characters. */
+const scratch = Buffer.allocUnsafe(MAX_TOKEN_LENGTH)
 
 /**
  * Whether a token's payload segment (between its first two dots, or between `firstDot` and `lastDot`;

@@ -1,10 +1,10 @@
-import Fastify, { type FastifyInstance } from 'fastify'
+import Fastify, { type FastifyInstance, type FastifyRequest } from 'fastify'
 import t, { type Test } from 'tap'
 import cloudflareAccess, { requireServiceToken, requireUser } from '../index'
 import { compilePolicy } from '../lib/policy'
 import type { AccessEmulator } from '../lib/testing'
 import type { FastifyCloudflareAccessOptions } from '../lib/types'
-import { captureLogs, emulator, HEADER } from './helpers'
+import { attackerKey, captureLogs, emulator, HEADER, sleep } from './helpers'
 
 // Authorization on top of authentication: 401 (who are you?) and 403 (you may not) stay apart.
 
@@ -308,4 +308,76 @@ t.test('a route with a policy keeps its own preHandlers, in every form, before t
   }
   t.equal((await server.inject({ url: '/none', headers: { [HEADER]: alice } })).statusCode, 200)
   t.equal((await server.inject({ url: '/one', headers: { [HEADER]: access.signToken({ email: 'bob@acme.com' }) } })).statusCode, 403, 'and the policy still applies')
+})
+
+t.test('the plugin-level allow applies when the key is at hand (the synchronous path), and a forged token with an unknown kid is refused', async (t) => {
+  const access = await emulator(t)
+  const server = await app(t, access, { allow: { emails: ['a@acme.com'] } })
+  t.equal(await status(server, access.signToken({ email: 'a@acme.com' })), 200, 'allowed; the key set is at hand from now on')
+  t.equal(await status(server, access.signToken({ email: 'eve@acme.com' })), 403, 'the policy refuses with the key at hand')
+  t.equal(await status(server, access.signToken({ email: 'a@acme.com' }, { key: attackerKey(), kid: 'attacker' })), 401, 'forged, under a kid to fetch: 401')
+})
+
+t.test('verifyToken applies the route policy of the request it is given, and no other', async (t) => {
+  const access = await emulator(t)
+  const server = Fastify()
+  t.teardown(() => server.close())
+  await server.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience, hook: false })
+  const outcomes: unknown[] = []
+  // Before the route's own guard, with the token in another header: only verifyToken sees it.
+  const record = async (request: FastifyRequest): Promise<void> => {
+    outcomes.push(await server.cfAccess!.verifyToken(request.headers['x-token'] as string, request)
+      .then((claims) => claims.email, (error: { code?: string, message: string }) => error.code ?? error.message))
+  }
+  server.get('/boss', { onRequest: record, config: { cfAccess: { allow: { emails: ['boss@acme.com'] } } } }, async () => 'in')
+  server.get('/plain', { onRequest: record }, async () => 'in')
+  server.get('/off', { onRequest: record, config: { cfAccess: false } }, async () => 'in')
+  await server.ready()
+  const eve = access.signToken({ email: 'eve@acme.com' })
+  t.equal(await server.cfAccess!.verifyToken(eve).then((claims) => claims.email, (error: Error) => error.message), 'eve@acme.com', 'no request: no route policy')
+  for (const url of ['/boss', '/plain', '/off']) await server.inject({ url, headers: { 'x-token': eve } })
+  t.same(outcomes, ['FST_CF_ACCESS_FORBIDDEN', 'eve@acme.com', 'eve@acme.com'], 'the route policy, none, none')
+})
+
+t.test('an authorize promise that never settles is answered 503 after authorizeTimeout, not left hanging', async (t) => {
+  const access = await emulator(t)
+  const server = await app(t, access, { authorize: () => new Promise<boolean>(() => {}), authorizeTimeout: 200 })
+  const res = await Promise.race([server.inject({ url: '/admin', headers: { [HEADER]: access.signToken() } }), sleep(3000).then(() => undefined)])
+  t.equal(res?.statusCode, 503, 'answered')
+  t.equal(res?.json().code, 'FST_CF_ACCESS_AUTHORIZE_TIMEOUT')
+})
+
+t.test('a route policy added before the plugin is enforced, and a route policy is fixed when the route is added', async (t) => {
+  const access = await emulator(t)
+  const server = Fastify()
+  t.teardown(() => server.close())
+  const policy = { allow: { emails: ['boss@acme.com'] } }
+  await server.register(async (scope) => {
+    scope.get('/early', { config: { cfAccess: { allow: { emails: ['boss@acme.com'] } } } }, async () => 'in')
+    await scope.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience, hook: false })
+    scope.get('/late', { config: { cfAccess: policy } }, async () => 'in')
+  })
+  await server.ready()
+  policy.allow.emails.push('eve@acme.com')
+  const eve = access.signToken({ email: 'eve@acme.com' })
+  const boss = access.signToken({ email: 'boss@acme.com' })
+  t.equal((await server.inject({ url: '/early', headers: { [HEADER]: eve } })).statusCode, 403, 'early route: refused')
+  t.equal((await server.inject({ url: '/early', headers: { [HEADER]: boss } })).statusCode, 200, 'early route: admitted')
+  t.equal((await server.inject({ url: '/late', headers: { [HEADER]: eve } })).statusCode, 403, 'a change to the policy object after boot changes nothing')
+  t.equal((await server.inject({ url: '/late', headers: { [HEADER]: boss } })).statusCode, 200, 'late route: admitted')
+})
+
+t.test('boot refuses required on a hook: false route, and a policy route under required: false that does not require a token itself', async (t) => {
+  const access = await emulator(t)
+  const boot = async (options: object, config: object): Promise<void> => {
+    const server = Fastify()
+    t.teardown(() => server.close())
+    await server.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience, ...options })
+    server.get('/plain', async () => 'in')
+    server.get('/', { config: { cfAccess: config } }, async () => 'in')
+    await server.ready()
+  }
+  await t.rejects(boot({ hook: false }, { required: false }), /route GET \/: config\.cfAccess\.required applies to the plugin's own hook/)
+  await t.rejects(boot({ required: false }, { allow: { emails: ['a@acme.com'] } }), /route GET \/: the plugin has required: false and this route has a policy/)
+  await t.resolves(boot({}, { required: false }), 'a plain route and an optional one boot')
 })

@@ -628,3 +628,31 @@ t.test('what a verifier remembers: every admitted token, whichever time claims i
   await sleep(2100)
   t.equal(await answer(notYet), 'admitted', 'admitted once its nbf is within the tolerance')
 })
+
+t.test('VerifiedCache: a hit in protected makes the entry the most recent there', async (t) => {
+  const cache = new VerifiedCache(5) // protected holds 4
+  const key = fakeKey('k')
+  const current = (): SigningKey => key
+  const claims = (email: string): CloudflareAccessClaims => ({ email }) as unknown as CloudflareAccessClaims
+  for (const name of ['a', 'b', 'c', 'd']) cache.set(`token-${name}`, claims(name), key, Infinity, -Infinity, true)
+  t.ok(cache.get('token-a', 0, current), 'a hit: a becomes the most recent in protected')
+  cache.set('token-e', claims('e'), key, Infinity, -Infinity, true) // protected overflows: its least recent (b) goes to probation
+  cache.set('token-f', claims('f'), key, Infinity) // the cache overflows: probation's oldest (b) goes
+  t.ok(cache.get('token-a', 0, current), 'a stays')
+  t.equal(cache.get('token-b', 0, current), undefined, 'b went')
+})
+
+t.test('TokenCache: a token verified while another was the last miss (both waited for a key) is found again', async (t) => {
+  const cache = new TokenCache(1000)
+  const key = fakeKey('k')
+  const current = (): SigningKey => key
+  const a = `header.payload.${'A'.repeat(43)}`
+  const b = `header.payload.${'B'.repeat(43)}`
+  t.not(hashOf(a) & 15, hashOf(b) & 15, 'different window slots')
+  t.equal(cache.get(a, 0, current), undefined)
+  t.equal(cache.get(b, 0, current), undefined)
+  cache.set(a, someClaims, key, Infinity)
+  cache.set(b, someClaims, key, Infinity)
+  t.equal(cache.get(a, 0, current), someClaims, 'a hits')
+  t.equal(cache.get(b, 0, current), someClaims, 'b hits')
+})

@@ -523,3 +523,33 @@ t.test('KeyStore: while fetches fail, retries back off from 500 ms, doubling', a
   await sleep(2400 - (Date.now() - started))
   t.equal(down.certsRequestCount, 3, 'at 2.4 s: one more retry, 1 s after the previous one')
 })
+
+t.test('KeyStore.whenReady settles either way, and stops polling once it gave up', async (t) => {
+  const access = await emulator(t)
+  access.setOutage('error')
+  const store = new KeyStore({ certsUrl: access.certsUrl, fetchTimeout: 1000, refreshInterval: 60_000, unknownKidCooldown: 0, maxStaleAge: 60_000, log: silent })
+  t.teardown(() => store.close())
+  const settled = (promise: Promise<void>): Promise<string> => Promise.race([promise.then(() => 'resolved', () => 'rejected'), sleep(3000).then(() => 'pending')])
+  t.equal(await settled(store.whenReady(600)), 'rejected', 'no keys within the bound: rejected')
+  const after = access.certsRequestCount
+  await sleep(1500)
+  // Its own retries (every 250 ms while it waits) stop; the store's backoff schedule goes on (one fetch in 1.5 s here).
+  t.ok(access.certsRequestCount - after <= 1, `no polling after giving up (${access.certsRequestCount - after} fetches in 1.5 s)`)
+  access.setOutage(false)
+  t.equal(await settled(store.whenReady(2000)), 'resolved', 'keys at hand: resolved')
+})
+
+t.test('KeyStore cold: a lookup while a scheduled retry is under way joins it instead of failing', async (t) => {
+  const access = await emulator(t)
+  access.setOutage('error')
+  const store = new KeyStore({ certsUrl: access.certsUrl, fetchTimeout: 2000, refreshInterval: 60_000, unknownKidCooldown: 0, maxStaleAge: 60_000, log: silent })
+  t.teardown(() => store.close())
+  store.start()
+  t.ok(await eventually(async () => store.snapshot().failures > 0, 2000), 'the first fetch failed; a retry is scheduled')
+  access.setOutage(false)
+  access.setLatency(300)
+  await fetchStarted(store, store.fetchCount)
+  const kid = access.kids[0] as string
+  t.equal((await store.resolve(kid))?.kid, kid, 'joined the retry under way: the key, not a 503')
+  t.equal(access.certsRequestCount, 2, 'no fetch of its own')
+})

@@ -1,5 +1,6 @@
 import t from 'tap'
 import { checkStructure, readCookie } from '../lib/token'
+import { checkClaims } from '../lib/verify'
 import { decode, nowSeconds, setup } from './helpers'
 
 // Every test here drives real HTTP-shaped requests through the plugin against the emulator's real keys.
@@ -170,6 +171,8 @@ t.test('the size cap is exactly 8 KiB: 8192 characters pass, 8193 do not', async
   }
   const tokens = [8191, 8192, 8193, 8194].map(sized).filter((token): token is string => token !== undefined)
   t.ok(tokens.length >= 3, 'three of four consecutive lengths are reachable')
+  // Keys at hand and this header remembered: every size meets the hot path too, not only the full check.
+  for (const n of [1, 2]) t.equal((await get(access.signRaw(header, { ...claims, n }))).statusCode, 200, `warm-up ${n}`)
   for (const token of tokens) {
     const res = await get(token)
     if (token.length <= 8192) t.equal(res.statusCode, 200, `${token.length} characters pass`)
@@ -239,4 +242,55 @@ t.test('checkStructure: nothing is a missing token, anything else not a string a
   const bodySibling = String.fromCharCode((body.at(-1) as string).charCodeAt(0) + 1)
   t.equal(Buffer.from(body.slice(0, -1) + bodySibling, 'base64url').equals(Buffer.from(body, 'base64url')), true)
   t.match(checkStructure(`${header}.${body.slice(0, -1)}${bodySibling}.AAAA`), { message: /not canonical/ }, 'a payload spelt otherwise')
+})
+
+t.test('a signed payload with invalid UTF-8 far into it is refused: the whole payload is checked', async (t) => {
+  const { access, get } = await setup(t)
+  const { header, payload } = decode(access.signToken())
+  const json = JSON.stringify({ ...payload, pad: 'x'.repeat(5000) })
+  t.equal((await get(access.signRaw(header, Buffer.from(json)))).statusCode, 200, 'the same token with valid UTF-8 is admitted')
+  const bytes = Buffer.concat([Buffer.from(json.slice(0, -2)), Buffer.from([0xff]), Buffer.from(json.slice(-2))])
+  const res = await get(access.signRaw(header, bytes))
+  t.equal(res.statusCode, 401, `an invalid byte at ${bytes.length - 3} of ${bytes.length}`)
+  t.equal(res.json.code, 'FST_CF_ACCESS_TOKEN_INVALID')
+})
+
+t.test('tokens of the current and the previous key, alternately, all verify (one verifier per key, kept)', async (t) => {
+  const { access, get } = await setup(t)
+  for (const [i, key] of (['current', 'previous', 'current', 'previous'] as const).entries()) {
+    t.equal((await get(access.signToken({ email: `u${i}@acme.com` }, { key }))).statusCode, 200, `${key} key, token ${i}`)
+  }
+})
+
+t.test('which identity claims a token may carry: sub may be absent; a user token has a string email, a service token a string common_name, never both', async (t) => {
+  const { access, get } = await setup(t)
+  const cases: Array<[string, Record<string, unknown>, number]> = [
+    ['no sub', { sub: undefined }, 200],
+    ['a numeric email beside a common_name', { email: 5, common_name: 'svc.access' }, 401],
+    ['a numeric common_name beside an email', { common_name: 5 }, 401],
+    ['an email and a common_name', { common_name: 'svc.access' }, 401]
+  ]
+  for (const [name, claims, status] of cases) {
+    const res = await get(access.signToken(claims))
+    t.equal(res.statusCode, status, name)
+    if (status === 401) t.equal(res.json.code, 'FST_CF_ACCESS_CLAIM_INVALID', `${name}: CLAIM_INVALID`)
+  }
+})
+
+t.test('checkClaims: iat may be up to the tolerance ahead of now, to the millisecond', async (t) => {
+  const claims = { iat: 100, email: 'a@acme.com' }
+  t.notOk(checkClaims(claims, 100_000, 0) instanceof Error, 'iat exactly now')
+  t.notOk(checkClaims(claims, 99_000, 1000) instanceof Error, 'iat exactly the tolerance ahead')
+  t.match(checkClaims(claims, 98_999, 1000), { code: 'FST_CF_ACCESS_TOKEN_EXPIRED' }, 'a millisecond more')
+  t.match(checkClaims(claims, 99_999, 0), { code: 'FST_CF_ACCESS_TOKEN_EXPIRED' }, 'no tolerance, a millisecond ahead')
+})
+
+t.test('a half-quoted cookie value is taken as it is, not unquoted', async (t) => {
+  const { access, app } = await setup(t)
+  const token = access.signToken()
+  for (const value of [`"${token}`, `${token}"`, `"${token}X`, `X${token}"`]) {
+    const res = await app.inject({ url: '/admin/me', headers: { cookie: `CF_Authorization=${value}` } })
+    t.equal(res.statusCode, 401, JSON.stringify(value.slice(0, 3) + '…' + value.slice(-3)))
+  }
+  t.equal((await app.inject({ url: '/admin/me', headers: { cookie: `CF_Authorization="${token}"` } })).statusCode, 200, 'quoted: unquoted')
 })
