@@ -39,6 +39,8 @@ const cases: Array<[string, (t: any) => unknown, (t: any) => unknown]> = [
   ['rejects, not awaited, is still waited for', (s) => { s.rejects(new Promise((_resolve, reject) => setTimeout(() => reject(new Error('late')), 20))) }, (s) => { s.rejects(new Promise((resolve) => setTimeout(resolve, 20))) }],
   ['rejects, a RegExp tests the message', (s) => s.rejects(Promise.reject(new Error('abc')), /^abc$/), (s) => s.rejects(Promise.reject(new Error('abc')), /^Error/)],
   ['rejects a function', (s) => s.rejects(async () => { throw new Error('x') }), (s) => s.rejects(async () => 1)],
+  ['resolves', async (s) => { await s.resolves(Promise.resolve(1)) }, async (s) => { await s.resolves(Promise.reject(new Error('x'))) }],
+  ['resolves a function, not awaited, is still waited for', (s) => { s.resolves(async () => { await new Promise((resolve) => setTimeout(resolve, 20)) }) }, (s) => { s.resolves(async () => { await new Promise((resolve) => setTimeout(resolve, 20)); throw new Error('late') }) }],
   ['a subtest', (s) => s.test('inner', async (u: any) => { u.ok(true) }), (s) => s.test('inner', async (u: any) => { u.ok(false) })],
   ['a subtest not awaited, then another', (s) => { s.test('one', async (u: any) => { await new Promise((resolve) => setTimeout(resolve, 10)); u.ok(true) }); s.test('two', async (u: any) => u.ok(true)) }, (s) => { s.test('one', async () => { await new Promise((resolve) => setTimeout(resolve, 10)) }); s.test('two', async (u: any) => { await new Promise((resolve) => setTimeout(resolve, 10)); u.ok(false) }) }],
   ['a test that throws', () => undefined, () => { throw new Error('boom') }],

@@ -85,6 +85,18 @@ class Test {
     return settled
   }
 
+  resolves (promiseOrFn, message) {
+    const settled = (async () => {
+      try {
+        await (typeof promiseOrFn === 'function' ? promiseOrFn() : promiseOrFn)
+      } catch (error) {
+        this.fail(message || `expected to resolve, rejected: ${error?.message ?? error}`)
+      }
+    })()
+    this.pending.push(settled)
+    return settled
+  }
+
   teardown (fn) {
     if (this === root) loading.teardowns.push(fn)
     else this.teardowns.push(fn)
