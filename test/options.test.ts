@@ -26,7 +26,8 @@ t.test('teamDomain: accepted forms normalise to the team origin', async (t) => {
     ['a', 'https://a.cloudflareaccess.com'],
     ['a.cloudflareaccess.com', 'https://a.cloudflareaccess.com'],
     ['http://127.10.200.1', 'http://127.10.200.1'],
-    ['http://127.0.10.1', 'http://127.0.10.1']
+    ['http://127.0.10.1', 'http://127.0.10.1'],
+    ['http://127.0.0.100', 'http://127.0.0.100']
   ]
   for (const [input, origin] of cases) t.equal(normalizeTeamDomain(input), origin, input)
 })
