@@ -32,7 +32,9 @@ export function getJson (url: string, options: GetJsonOptions): Promise<unknown>
   return new Promise((resolve, reject) => {
     const get = url.startsWith('https:') ? https.get : http.get
     const headers = { accept: 'application/json', 'user-agent': 'fastify-cloudflare-access', ...options.headers }
-    const req = get(url, { headers }, (res) => {
+    // A connection of its own (agent: false): fetches are minutes apart, and a pooled idle connection the
+    // server has just closed would fail the next fetch as unreachable.
+    const req = get(url, { headers, agent: false }, (res) => {
       if (res.statusCode !== 200) {
         res.resume()
         return done(new FetchError(`${name} answered HTTP ${res.statusCode}`, res.statusCode))

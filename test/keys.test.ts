@@ -553,3 +553,16 @@ t.test('KeyStore cold: a lookup while a scheduled retry is under way joins it in
   t.equal((await store.resolve(kid))?.kid, kid, 'joined the retry under way: the key, not a 503')
   t.equal(access.certsRequestCount, 2, 'no fetch of its own')
 })
+
+t.test('fetchKeySet: a server that closes each connection right after answering serves fetch after fetch', async (t) => {
+  const body = JSON.stringify({ keys: [] })
+  const { url, hits } = await rawServer(t, (req, res) => {
+    res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) })
+    res.end(body, () => setTimeout(() => req.socket.destroy(), 1))
+  })
+  for (let i = 0; i < 20; i++) {
+    t.same(await fetchKeySet(url, 1000, 1000).catch((error: Error) => error.message), { keys: [] }, `fetch ${i + 1}`)
+    await sleep(i % 3)
+  }
+  t.equal(hits(), 20)
+})
