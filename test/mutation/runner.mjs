@@ -247,7 +247,10 @@ class InProcessTapRunner {
         }
         if (entry === undefined) entry = await this.#load(file, reload ? mutant : undefined)
         if (entry.error) {
-          tests.push({ id: this.#id(file, '(load)'), name: file, status: TestStatus.Failed, timeSpentMs: 0, failureMessage: entry.error })
+          // The file's tests fail, as under tap: named by its first test that was asked for (a test the dry run
+          // knows, so that the incremental file can reuse this kill).
+          const id = wanted?.find((wantedId) => wantedId.startsWith(this.#id(file, ''))) ?? this.#id(file, '(load)')
+          tests.push({ id, name: id, status: TestStatus.Failed, timeSpentMs: 0, failureMessage: entry.error })
           await this.#unload(file)
           if (!options.disableBail) return toMutantRunResult({ status: DryRunStatus.Complete, tests })
           continue
