@@ -1,16 +1,24 @@
 import { randomBytes } from 'node:crypto'
 import Fastify from 'fastify'
-import t from 'tap'
+import t, { type Test } from 'tap'
 import cloudflareAccess from '../index'
 import { Doorkeeper, hashOf, TokenCache, VerifiedCache } from '../lib/cache'
 import { ClaimInvalidError } from '../lib/errors'
 import { KeyStore, type SigningKey } from '../lib/keys'
+import type { AccessEmulator } from '../lib/testing'
 import type { CloudflareAccessClaims } from '../lib/types'
 import { normalizeOptions } from '../lib/options'
 import { createTokenVerifier, kCacheCounters } from '../lib/verify'
 import { attackerKey, decode, emulator, eventually, HEADER, nowSeconds, rawToken, setup, sleep } from './helpers'
 
 // The verified-token cache may change the cost of a decision, never the decision.
+
+/** A key store of the emulator's keys, silent, that refreshes only when asked (closed with the test). */
+function quietStore (t: Test, access: AccessEmulator): KeyStore {
+  const store = new KeyStore({ certsUrl: access.certsUrl, fetchTimeout: 2000, refreshInterval: 600_000, unknownKidCooldown: 0, maxStaleAge: 600_000, log: { info () {}, warn () {}, error () {} } })
+  t.teardown(() => store.close())
+  return store
+}
 
 t.test('every decision is identical with the cache on and off', async (t) => {
   const access = await emulator(t, { audience: ['a'.repeat(64), 'b'.repeat(64)] })
@@ -331,10 +339,8 @@ class PlainLru {
 
 t.test('every decision is identical with the cache on and off, at every size, through window, doorkeeper and both segments', async (t) => {
   const access = await emulator(t, { audience: ['a'.repeat(64), 'b'.repeat(64)] })
-  const silent = { info () {}, warn () {}, error () {} }
   const options = (cacheSize: number) => normalizeOptions({ teamDomain: access.teamDomain, audience: access.audiences as string[], clockTolerance: 0, cacheSize })
-  const store = new KeyStore({ certsUrl: access.certsUrl, fetchTimeout: 2000, refreshInterval: 600_000, unknownKidCooldown: 0, maxStaleAge: 600_000, log: silent })
-  t.teardown(() => store.close())
+  const store = quietStore(t, access)
   const sizes = [0, 1, 2, 8, 64, 1000]
   const verifiers = sizes.map((size) => createTokenVerifier(options(size), store))
   const now = nowSeconds()
@@ -583,9 +589,7 @@ t.test('the doorkeeper holds 32 bytes per cache entry (two generations of 16 bit
 
 t.test('what a verifier remembers: every admitted token, whichever time claims it lacks, and the refusals of signed tokens that time cannot heal', async (t) => {
   const access = await emulator(t)
-  const silent = { info () {}, warn () {}, error () {} }
-  const store = new KeyStore({ certsUrl: access.certsUrl, fetchTimeout: 2000, refreshInterval: 600_000, unknownKidCooldown: 0, maxStaleAge: 600_000, log: silent })
-  t.teardown(() => store.close())
+  const store = quietStore(t, access)
   const verifier = createTokenVerifier(normalizeOptions({ teamDomain: access.teamDomain, audience: access.audience, clockTolerance: 30 }), store)
   const answer = async (token: string): Promise<string> => {
     try {
