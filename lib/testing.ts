@@ -7,7 +7,8 @@ import type { CloudflareAccessIdentity } from './types'
 
 /**
  * A local stand-in for Cloudflare Access, for tests and demos: a real HTTP server on 127.0.0.1 that
- * serves the team's keys at `/cdn-cgi/access/certs` in Cloudflare's shape and signs real RS256 tokens.
+ * serves the team's keys at `/cdn-cgi/access/certs` in Cloudflare's shape and signs real RS256 tokens
+ * (or, with the `teamDomain` option, no server of its own: a server of yours answers through `handle()`).
  * Uses node:crypto only.
  *
  * ```ts
@@ -34,8 +35,15 @@ export interface AccessEmulatorOptions {
   email?: string
   /** Milliseconds the certs endpoint waits before answering. Default 0. */
   latency?: number
-  /** The port to listen on (127.0.0.1). Default: any free port. */
+  /** The port to listen on (127.0.0.1). Default: any free port. Not together with `teamDomain`. */
   port?: number
+  /**
+   * The origin of a server of yours that answers the emulator's paths with {@link AccessEmulator.handle},
+   * such as `http://127.0.0.1:8787`: given, the emulator starts no server of its own (nothing listens for
+   * it), and this origin is its `teamDomain`, every token's `iss`. An `http://` or `https://` origin, not
+   * together with `port`. Default: the emulator's own server on 127.0.0.1. The dev proxy runs it this way.
+   */
+  teamDomain?: string
   /**
    * The current and previous signing keys (RSA private keys, at least 2048 bits), published under new
    * random kids. Default: two freshly generated keys. Passing the same pair to many emulators saves
@@ -64,7 +72,7 @@ export interface SignOptions {
 export type ClaimsInput = Record<string, unknown>
 
 export interface AccessEmulator {
-  /** `http://127.0.0.1:<port>`: pass it as the plugin's `teamDomain`; it is also every token's `iss`. */
+  /** `http://127.0.0.1:<port>` (or the `teamDomain` option): pass it as the plugin's `teamDomain`; it is also every token's `iss`. */
   readonly teamDomain: string
   /** The AUD tag tokens are issued for (the first, when several were given). */
   readonly audience: string
@@ -74,7 +82,7 @@ export interface AccessEmulator {
   readonly certsUrl: string
   /** The kids the certs endpoint publishes now, current first. */
   readonly kids: readonly string[]
-  /** Requests the server received, any path (proves that nothing else was fetched). */
+  /** Requests the emulator's server received, any path, and those `handle()` answered (proves that nothing else was fetched). */
   readonly requestCount: number
   /** Requests to the certs endpoint. */
   readonly certsRequestCount: number
@@ -116,6 +124,7 @@ export interface AccessEmulator {
    * false, touching nothing, for any other request. The dev proxy serves them on its own origin this way.
    */
   handle: (req: http.IncomingMessage, res: http.ServerResponse) => boolean
+  /** Stops the emulator's own server, dropping hanging connections (with `teamDomain`: nothing to stop). */
   close: () => Promise<void>
 }
 
@@ -170,8 +179,27 @@ function withoutUndefined (object: Record<string, unknown>): Record<string, unkn
 /** How many request paths the emulator remembers. */
 const REQUEST_LOG_SIZE = 1000
 
-/** Starts an emulator on 127.0.0.1 with a current and a previous key, as Cloudflare publishes them. */
+/** The `teamDomain` option, checked: an http(s) origin exactly as `URL` writes it, and no `port` beside it. */
+function givenOrigin (options: AccessEmulatorOptions): string | undefined {
+  const value = options.teamDomain
+  if (value === undefined) return undefined
+  if (options.port !== undefined) throw new Error('createAccessEmulator: "port" (a server of its own) and "teamDomain" (a server of yours, through handle()) exclude each other')
+  let url: URL | undefined
+  try {
+    url = new URL(value)
+  } catch {}
+  if ((url?.protocol !== 'http:' && url?.protocol !== 'https:') || url.origin !== value) {
+    throw new Error(`createAccessEmulator: "teamDomain" must be an http:// or https:// origin such as http://127.0.0.1:8787, got ${JSON.stringify(value)}`)
+  }
+  return value
+}
+
+/**
+ * Starts an emulator with a current and a previous key, as Cloudflare publishes them: on its own server on
+ * 127.0.0.1, or, with the `teamDomain` option, served by a server of yours through `handle()`.
+ */
 export async function createAccessEmulator (options: AccessEmulatorOptions = {}): Promise<AccessEmulator> {
+  const origin = givenOrigin(options)
   const audiences = Object.freeze(
     options.audience === undefined ? [randomBytes(32).toString('hex')] : [options.audience].flat()
   )
@@ -293,17 +321,22 @@ export async function createAccessEmulator (options: AccessEmulatorOptions = {})
     if (requests.length > REQUEST_LOG_SIZE) requests.splice(0, requests.length - REQUEST_LOG_SIZE / 2)
   }
 
-  const server = http.createServer((req, res) => {
-    record(req)
-    if (!route(req, res)) res.writeHead(404, { 'content-type': 'text/plain' }).end('not found')
-  })
-  server.keepAliveTimeout = 1000
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject)
-    server.listen(options.port ?? 0, '127.0.0.1', resolve)
-  })
-  const { port } = server.address() as AddressInfo
-  const teamDomain = `http://127.0.0.1:${port}`
+  const server = origin === undefined ? await listen(options.port ?? 0) : undefined
+  const teamDomain = origin ?? `http://127.0.0.1:${((server as http.Server).address() as AddressInfo).port}`
+
+  /** The emulator's own server: its paths, and 404 for any other. */
+  async function listen (port: number): Promise<http.Server> {
+    const own = http.createServer((req, res) => {
+      record(req)
+      if (!route(req, res)) res.writeHead(404, { 'content-type': 'text/plain' }).end('not found')
+    })
+    own.keepAliveTimeout = 1000
+    await new Promise<void>((resolve, reject) => {
+      own.once('error', reject)
+      own.listen(port, '127.0.0.1', resolve)
+    })
+    return own
+  }
 
   function jwks (): { keys: Array<Record<string, string>> } {
     return { keys: keys.map((key) => ({ ...key.jwk })) }
@@ -378,6 +411,7 @@ export async function createAccessEmulator (options: AccessEmulatorOptions = {})
       return answered
     },
     async close () {
+      if (server === undefined) return
       server.closeAllConnections()
       await new Promise<void>((resolve) => server.close(() => resolve()))
     }

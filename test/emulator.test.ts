@@ -3,7 +3,7 @@ import http from 'node:http'
 import type { AddressInfo } from 'node:net'
 import t from 'tap'
 import { createAccessEmulator } from '../lib/testing'
-import { decode, emulator, nowSeconds, setup } from './helpers'
+import { decode, emulator, listeners, nowSeconds, setup } from './helpers'
 
 t.test("the certs endpoint answers in Cloudflare's shape", async (t) => {
   const access = await emulator(t)
@@ -155,4 +155,34 @@ t.test("handle() answers the emulator's paths on a server of yours, and leaves e
   }
   t.same(access.requests, ['/cdn-cgi/access/certs', '/cdn-cgi/access/get-identity', '/cdn-cgi/access/logout'], 'only what it answered is recorded')
   t.equal(access.certsRequestCount, 1)
+})
+
+t.test('with teamDomain the emulator opens no port: a server of yours serves it through handle(), at that origin', async (t) => {
+  const server = http.createServer()
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => new Promise((resolve) => server.close(resolve)))
+  const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`
+  const before = listeners()
+  const access = await emulator(t, { teamDomain: base, audience: 'c'.repeat(64) })
+  t.equal(listeners(), before, 'nothing new listens')
+  server.on('request', (req, res) => {
+    if (!access.handle(req, res)) res.writeHead(418).end()
+  })
+  t.equal(access.teamDomain, base)
+  t.equal(access.certsUrl, `${base}/cdn-cgi/access/certs`)
+  t.equal(decode(access.signToken()).payload.iss, base, "every token's iss")
+  const { app } = await setup(t, {}, { access })
+  t.equal((await app.inject({ url: '/admin/me', headers: { 'cf-access-jwt-assertion': access.signToken() } })).statusCode, 200, 'the plugin verifies its tokens with the keys your server serves')
+  t.equal(access.certsRequestCount, 1)
+  await access.close()
+  t.equal((await fetch(access.certsUrl)).status, 200, 'close() leaves your server alone')
+})
+
+t.test('teamDomain is an http(s) origin, and excludes port', async (t) => {
+  for (const teamDomain of ['127.0.0.1:8787', 'http://127.0.0.1:8787/', 'http://127.0.0.1:8787/x', 'ftp://127.0.0.1', 'HTTP://127.0.0.1:8787', 'nonsense']) {
+    await t.rejects(createAccessEmulator({ teamDomain }), /"teamDomain" must be an http:\/\/ or https:\/\/ origin such as http:\/\/127\.0\.0\.1:8787/, teamDomain)
+  }
+  await t.rejects(createAccessEmulator({ teamDomain: 'http://127.0.0.1:8787', port: 8787 }), /"port" \(a server of its own\) and "teamDomain" \(a server of yours, through handle\(\)\) exclude each other/)
+  const https = await emulator(t, { teamDomain: 'https://access.example.test' })
+  t.equal(https.teamDomain, 'https://access.example.test')
 })

@@ -100,3 +100,8 @@ export async function eventually (check: () => boolean | Promise<boolean>, ms: n
   }
   return check()
 }
+
+/** How many TCP servers of this process listen (Node's own count): proves which listeners something opened. */
+export function listeners (): number {
+  return process.getActiveResourcesInfo().filter((resource) => resource === 'TCPServerWrap').length
+}
