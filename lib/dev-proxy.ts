@@ -3,10 +3,11 @@ import { createHash, randomBytes, timingSafeEqual, type KeyObject } from 'node:c
 import http from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { pipeline, type Duplex } from 'node:stream'
-import { isServiceToken } from './claims'
+import { isServiceToken, isUserToken } from './claims'
 import { parseKeySet } from './keys'
-import { normalizeOptions } from './options'
-import { createAccessEmulator } from './testing'
+import { isLoopback, normalizeOptions } from './options'
+import { DOMAIN } from './policy'
+import { createAccessEmulator, type AccessEmulator } from './testing'
 import { COOKIE_NAME, HEADER_NAME, readCookie } from './token'
 import type { CloudflareAccessClaims } from './types'
 import { createTokenVerifier } from './verify'
@@ -20,15 +21,26 @@ export const DEFAULT_PORT = 8787
 /** Cloudflare's default session: 24 hours. */
 const SESSION_SECONDS = 86_400
 const MAX_FORM_BYTES = 8192
-/** Request headers that belong to one connection (RFC 9110 §7.6.1), never forwarded. */
+/** Headers that belong to one connection (RFC 9110 §7.6.1), never forwarded. */
 const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'proxy-authorization', 'te', 'trailer', 'transfer-encoding', 'upgrade'])
-const EMAIL = /^[^\s@<>"',;]{1,64}@[^\s@<>"',;]{1,190}$/
+/**
+ * Names a `Connection` header may list that stay: `Host` is passed as it came, and `Content-Length` frames
+ * the body (without it, a body would run on into a second request on the upstream connection).
+ */
+const KEPT_WHEN_NAMED = new Set(['host', 'content-length'])
+/** A local part as identity providers send it: ASCII dot-atom (RFC 5322 §3.2.3). */
+const LOCAL_PART = /^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*$/
 const CLIENT_ID = /^[A-Za-z0-9-]{1,64}\.access$/
 const GROUP = /^[^<>"&,]{1,64}$/
 
 export interface DevProxyOptions {
-  /** The app behind the proxy: an `http://` origin, such as `http://127.0.0.1:3000`. */
+  /** The app behind the proxy: an `http://` origin on this machine, such as `http://127.0.0.1:3000`. */
   upstream: string
+  /**
+   * Forward to an upstream that is not a loopback address (127.0.0.0/8, localhost, [::1]). Default
+   * false: such an upstream is refused, as it would receive signed tokens and the browser's cookies.
+   */
+  allowRemoteUpstream?: boolean
   /** The port on 127.0.0.1. Default 8787; `0`: any free port. */
   port?: number
   /** The AUD tag tokens are issued for. Default: a fixed development tag ({@link DEV_AUDIENCE}). */
@@ -46,7 +58,7 @@ export interface DevProxy {
 }
 
 /** Stops at the first problem with a message that names the option. */
-function upstreamOrigin (value: string): URL {
+function upstreamOrigin (value: string, allowRemote: boolean): URL {
   let url: URL | undefined
   try {
     url = new URL(value)
@@ -54,7 +66,19 @@ function upstreamOrigin (value: string): URL {
   if (url?.protocol !== 'http:' || url.pathname !== '/' || url.search !== '' || url.username !== '' || url.password !== '') {
     throw new Error(`--upstream must be an http:// origin such as http://127.0.0.1:3000, got ${JSON.stringify(value)}`)
   }
+  if (!allowRemote && !isLoopback(url.hostname)) {
+    throw new Error(`--upstream ${url.origin} is not on this machine (127.0.0.0/8, localhost, [::1]): it would receive signed tokens and your browser's cookies. Pass --allow-remote-upstream if you mean it`)
+  }
   return url
+}
+
+/**
+ * An email as Access's identity providers send it, and as a header can carry it: an ASCII local part of at
+ * most 64 characters, `@`, a domain as `allow.emailDomains` takes it (in any case); 254 characters at most.
+ */
+export function isLoginEmail (email: string): boolean {
+  const at = email.lastIndexOf('@')
+  return at > 0 && at <= 64 && email.length <= 254 && LOCAL_PART.test(email.slice(0, at)) && DOMAIN.test(email.slice(at + 1).toLowerCase())
 }
 
 function escapeHtml (text: string): string {
@@ -73,8 +97,27 @@ function page (res: http.ServerResponse, status: number, title: string, body: st
 }
 
 /** An answer written straight to a socket whose request asked for an upgrade. */
-function refuseUpgrade (socket: Duplex, status: number, reason: string): void {
+function refuseUpgrade (socket: Duplex, status: number): void {
+  const reason = http.STATUS_CODES[status] as string
   socket.end(`HTTP/1.1 ${status} ${reason}\r\nContent-Type: text/plain\r\nContent-Length: ${reason.length}\r\nConnection: close\r\n\r\n${reason}`)
+}
+
+/**
+ * A message's headers without those of one connection: the hop-by-hop ones, and those its `Connection`
+ * header names (except {@link KEPT_WHEN_NAMED}).
+ */
+function endToEnd (incoming: http.IncomingHttpHeaders): http.OutgoingHttpHeaders {
+  const named = new Set((incoming.connection ?? '').toLowerCase().split(',').map((name) => name.trim()))
+  const headers: http.OutgoingHttpHeaders = {}
+  for (const [name, value] of Object.entries(incoming)) {
+    if (!HOP_BY_HOP.has(name) && (!named.has(name) || KEPT_WHEN_NAMED.has(name))) headers[name] = value
+  }
+  return headers
+}
+
+/** Request headers that Cloudflare's edge sets (its `Cf-*`, the client's address): a client's own never pass. */
+function setByEdge (name: string): boolean {
+  return name.startsWith('cf-') || name === 'x-forwarded-for' || name === 'x-forwarded-proto' || name === 'true-client-ip'
 }
 
 /**
@@ -102,38 +145,51 @@ function groupId (name: string): string {
 }
 
 /**
+ * Runs one step of proxying: a synchronous throw (a value Node refuses to send, an answer it refuses to
+ * write) goes to `fail`, never up to the event loop, where it would end the process.
+ */
+function guarded (step: () => void, fail: (error: Error) => void): void {
+  try {
+    step()
+  } catch (error) {
+    fail(error as Error)
+  }
+}
+
+/**
  * Starts the dev proxy on 127.0.0.1: it serves the emulator's `/cdn-cgi/access/*` endpoints and a login
- * page on its own origin, remembers the chosen identity in a `CF_Authorization` cookie, and forwards every
- * other request (WebSocket upgrades included) to the upstream with a freshly signed `Cf-Access-Jwt-Assertion`.
+ * page on its own origin (the emulator opens no port of its own), remembers the chosen identity in a
+ * `CF_Authorization` cookie, and forwards every other request (WebSocket upgrades included) to the upstream
+ * with a freshly signed `Cf-Access-Jwt-Assertion`, as Cloudflare's edge sets its headers.
  */
 export async function createDevProxy (options: DevProxyOptions): Promise<DevProxy> {
-  const target = upstreamOrigin(options.upstream)
+  const target = upstreamOrigin(options.upstream, options.allowRemoteUpstream === true)
   const port = options.port ?? DEFAULT_PORT
   if (!Number.isInteger(port) || port < 0 || port > 65535) throw new Error(`--port must be a port number, got ${JSON.stringify(port)}`)
   const audience = options.audience ?? DEV_AUDIENCE
   // the plugin's own validation of the tag, with its message
   normalizeOptions({ teamDomain: 'http://127.0.0.1', audience })
-  const access = await createAccessEmulator({ audience, privateKeys: options.privateKeys })
-  const csrf = randomBytes(32).toString('base64url')
 
   const server = http.createServer()
-  try {
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject)
-      server.listen(port, '127.0.0.1', resolve)
-    })
-  } catch (error) {
-    await access.close()
-    throw error
-  }
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject)
+    server.listen(port, '127.0.0.1', resolve)
+  })
   const actualPort = (server.address() as AddressInfo).port
   const origin = `http://127.0.0.1:${actualPort}`
   const hosts = new Set([`127.0.0.1:${actualPort}`, `localhost:${actualPort}`])
-  if (['127.0.0.1', 'localhost'].includes(target.hostname) && Number(target.port) === actualPort) {
-    server.close()
-    await access.close()
-    throw new Error(`--upstream ${target.origin} is the proxy itself: give the address of your app`)
+  let access: AccessEmulator
+  try {
+    if (['127.0.0.1', 'localhost'].includes(target.hostname) && Number(target.port) === actualPort) {
+      throw new Error(`--upstream ${target.origin} is the proxy itself: give the address of your app`)
+    }
+    // Access's endpoints are served on this origin through access.handle(): no listener of the emulator's own
+    access = await createAccessEmulator({ audience, privateKeys: options.privateKeys, teamDomain: origin })
+  } catch (error) {
+    await new Promise((resolve) => server.close(resolve))
+    throw error
   }
+  const csrf = randomBytes(32).toString('base64url')
 
   // The proxy's sessions are tokens it issued, verified by the plugin's own verifier.
   const keys = parseKeySet(access.jwks(), new Map())
@@ -150,19 +206,27 @@ export async function createDevProxy (options: DevProxyOptions): Promise<DevProx
     return claims instanceof Error || claims instanceof Promise ? undefined : claims
   }
 
+  /** 403 for a Host that is not the proxy's (DNS rebinding), 400 for a target that is no path (`*`, absolute form), else 0. */
+  function refusal (req: http.IncomingMessage): 0 | 400 | 403 {
+    // A page of another site whose name now points at 127.0.0.1 still sends its own Host.
+    if (!hosts.has(String(req.headers.host).toLowerCase())) return 403
+    return (req.url as string).startsWith('/') ? 0 : 400
+  }
+
   /** A fresh token for the session's identity, as Access signs one for every request it lets through. */
   function freshToken (claims: CloudflareAccessClaims): string {
     if (isServiceToken(claims)) return access.signServiceToken({ common_name: claims.common_name, iss: origin, exp: claims.exp })
     return access.signToken({ email: claims.email, sub: claims.sub, identity_nonce: claims.identity_nonce, country: claims.country, iss: origin, exp: claims.exp })
   }
 
-  /** The client's headers minus hop-by-hop ones and anything Access sets, plus what Access adds. */
+  /**
+   * The client's end-to-end headers minus anything Access or the edge sets, plus what they add: the token,
+   * the email (only an address a header can carry), the client's address as the edge sees it.
+   */
   function forwardedHeaders (req: http.IncomingMessage, claims: CloudflareAccessClaims, upgrade: boolean): http.OutgoingHttpHeaders {
-    const named = (req.headers.connection ?? '').toLowerCase().split(',').map((name) => name.trim())
-    const headers: http.OutgoingHttpHeaders = {}
-    for (const [name, value] of Object.entries(req.headers)) {
-      if (name.startsWith('cf-access-') || HOP_BY_HOP.has(name) || named.includes(name) || name === 'cookie') continue
-      headers[name] = value
+    const headers = endToEnd(req.headers)
+    for (const name of Object.keys(headers)) {
+      if (setByEdge(name)) delete headers[name]
     }
     const token = freshToken(claims)
     // the client's other cookies; a session implies the Cookie header
@@ -170,10 +234,18 @@ export async function createDevProxy (options: DevProxyOptions): Promise<DevProx
       .filter((pair) => pair !== '' && pair.slice(0, pair.indexOf('=')).trim() !== COOKIE_NAME)
     headers.cookie = [...cookies, `${COOKIE_NAME}=${token}`].join('; ')
     headers[HEADER_NAME] = token
-    if (!isServiceToken(claims)) headers['cf-access-authenticated-user-email'] = claims.email
+    if (isUserToken(claims) && isLoginEmail(claims.email)) headers['cf-access-authenticated-user-email'] = claims.email
+    headers['cf-connecting-ip'] = req.socket.remoteAddress
+    headers['x-forwarded-for'] = req.socket.remoteAddress
+    headers['x-forwarded-proto'] = 'http'
     if (upgrade) {
+      // the upgrade request's body is not forwarded: what follows it belongs to the new protocol
+      delete headers['content-length']
       headers.connection = 'Upgrade'
       headers.upgrade = req.headers.upgrade
+    } else if (req.headers['transfer-encoding'] !== undefined) {
+      // the body arrives decoded: chunk it again, or it would run on into a second request upstream
+      headers['transfer-encoding'] = req.headers['transfer-encoding']
     }
     return headers
   }
@@ -189,28 +261,33 @@ export async function createDevProxy (options: DevProxyOptions): Promise<DevProx
     })
   }
 
-  function badGateway (res: http.ServerResponse, error: Error): void {
+  /** A 502 page that says what went wrong with the app (plain text), unless the answer has begun: then it breaks off. */
+  function badGateway (res: http.ServerResponse, text: string): void {
     if (res.headersSent || res.destroyed) {
       res.destroy()
       return
     }
-    page(res, 502, 'Bad Gateway', `<p>The Access dev proxy could not reach your app at ${escapeHtml(target.origin)} (${escapeHtml(error.message)}). Is it running?</p>`)
+    page(res, 502, 'Bad Gateway', `<p>${escapeHtml(`The Access dev proxy ${text}`)}</p>`)
   }
 
   function forward (req: http.IncomingMessage, res: http.ServerResponse, claims: CloudflareAccessClaims): void {
-    const upstream = upstreamRequest(req, claims, false)
-    upstream.on('response', (answer) => {
-      const headers: http.OutgoingHttpHeaders = {}
-      for (const [name, value] of Object.entries(answer.headers)) {
-        if (!HOP_BY_HOP.has(name)) headers[name] = value
-      }
-      res.writeHead(answer.statusCode as number, answer.statusMessage, headers)
-      // an app that breaks off its answer breaks off ours: pipeline destroys the other side
-      pipeline(answer, res, () => {})
-    })
-    upstream.on('error', (error) => badGateway(res, error))
-    res.on('close', () => upstream.destroy())
-    req.pipe(upstream)
+    const unusable = (error: Error): void => badGateway(res, `could not pass this request to your app at ${target.origin}, or its answer back (${error.message}).`)
+    guarded(() => {
+      const upstream = upstreamRequest(req, claims, false)
+      upstream.on('response', (answer) => guarded(() => {
+        res.writeHead(answer.statusCode as number, answer.statusMessage, endToEnd(answer.headers))
+        // an app that breaks off its answer breaks off ours: pipeline destroys the other side
+        pipeline(answer, res, () => {})
+      }, unusable))
+      // a switch of protocols nobody asked for (the request had no Upgrade): nothing to pass on
+      upstream.on('upgrade', (answer, upstreamSocket) => {
+        upstreamSocket.destroy()
+        unusable(new Error(`${answer.statusCode as number} to a request without Upgrade`))
+      })
+      upstream.on('error', (error) => badGateway(res, `could not reach your app at ${target.origin} (${error.message}). Is it running?`))
+      res.on('close', () => upstream.destroy())
+      req.pipe(upstream)
+    }, unusable)
   }
 
   function loginForm (res: http.ServerResponse, status: number, returnTo: string, message = '', email = 'user@example.com'): void {
@@ -271,7 +348,11 @@ Client ID <input name="client_id" placeholder="ci.access"> (empty: a random one)
         token = access.signServiceToken({ common_name: clientId, iss: origin }, { expiresIn: SESSION_SECONDS })
       } else {
         const email = (form.get('email') ?? '').trim()
-        if (!EMAIL.test(email)) return loginForm(res, 400, returnTo, 'Enter an email address', email)
+        if (!isLoginEmail(email)) {
+          return loginForm(res, 400, returnTo, 'Enter an email address such as alice@example.com, as identity providers send them: ' +
+            'ASCII letters, digits and . _ + - (and !#$%&\'*/=?^`{|}~) before the @, a domain name after it. ' +
+            'Internationalized addresses are refused: the Cf-Access-Authenticated-User-Email header cannot carry them.', email)
+        }
         const groups = (form.get('groups') ?? '').split(',').map((name) => name.trim()).filter((name) => name !== '')
         if (!groups.every((name) => GROUP.test(name))) return loginForm(res, 400, returnTo, 'Group names are up to 64 characters, without < > " &', email)
         access.setIdentity(email, { groups: groups.map((name) => ({ id: groupId(name), name })) })
@@ -286,16 +367,16 @@ Client ID <input name="client_id" placeholder="ci.access"> (empty: a random one)
   }
 
   server.on('request', (req: http.IncomingMessage, res: http.ServerResponse) => {
-    // DNS rebinding: a page of another site whose name now points at 127.0.0.1 still sends its own Host.
-    if (!hosts.has(String(req.headers.host).toLowerCase())) {
+    const refused = refusal(req)
+    if (refused === 403) {
       page(res, 403, 'Forbidden', `<p>The Access dev proxy answers only to http://127.0.0.1:${actualPort} and http://localhost:${actualPort}.</p>`)
       return
     }
-    const url = req.url as string
-    if (!url.startsWith('/')) {
+    if (refused === 400) {
       page(res, 400, 'Bad Request', '<p>Only origin-form request targets (a path) are proxied.</p>')
       return
     }
+    const url = req.url as string
     const path = url.split('?')[0] as string
     if (path === LOGIN_PATH) return login(req, res)
     if (path.startsWith(ACCESS_PREFIX)) {
@@ -335,25 +416,33 @@ Client ID <input name="client_id" placeholder="ci.access"> (empty: a random one)
 
   server.on('upgrade', (req: http.IncomingMessage, socket: Duplex, head: Buffer) => {
     track(socket)
-    if (!hosts.has(String(req.headers.host).toLowerCase())) return refuseUpgrade(socket, 403, 'Forbidden')
+    const refused = refusal(req)
+    if (refused !== 0) return refuseUpgrade(socket, refused)
+    // Access answers its own paths at the edge, and none of them is a WebSocket
+    if ((req.url as string).startsWith(ACCESS_PREFIX)) return refuseUpgrade(socket, 404)
+    // WebSockets only, what Access is used with: another protocol (h2c) would tunnel past the proxy's header checks
+    if (String(req.headers.upgrade).toLowerCase() !== 'websocket') return refuseUpgrade(socket, 400)
     const claims = session(req)
-    if (claims === undefined) return refuseUpgrade(socket, 401, 'Unauthorized')
-    const upstream = upstreamRequest(req, claims, true)
-    socket.on('close', () => upstream.destroy())
-    upstream.on('upgrade', (answer, upstreamSocket, upstreamHead) => {
-      track(upstreamSocket)
-      socket.write(responseHead(answer, false))
-      socket.write(upstreamHead)
-      upstreamSocket.write(head)
-      splice(socket, upstreamSocket)
-    })
-    // the app declined the upgrade: pass its answer on, and close
-    upstream.on('response', (answer) => {
-      socket.write(responseHead(answer, true))
-      answer.pipe(socket)
-    })
-    upstream.on('error', () => refuseUpgrade(socket, 502, 'Bad Gateway'))
-    upstream.end()
+    if (claims === undefined) return refuseUpgrade(socket, 401)
+    const fail = (): void => refuseUpgrade(socket, 502)
+    guarded(() => {
+      const upstream = upstreamRequest(req, claims, true)
+      socket.on('close', () => upstream.destroy())
+      upstream.on('upgrade', (answer, upstreamSocket, upstreamHead) => {
+        track(upstreamSocket)
+        socket.write(responseHead(answer, false))
+        socket.write(upstreamHead)
+        upstreamSocket.write(head)
+        splice(socket, upstreamSocket)
+      })
+      // the app declined the upgrade: pass its answer on, and close
+      upstream.on('response', (answer) => {
+        socket.write(responseHead(answer, true))
+        pipeline(answer, socket, () => {})
+      })
+      upstream.on('error', fail)
+      upstream.end()
+    }, fail)
   })
 
   return {
@@ -363,7 +452,7 @@ Client ID <input name="client_id" placeholder="ci.access"> (empty: a random one)
     async close () {
       server.closeAllConnections()
       for (const socket of tunnels) socket.destroy()
-      await Promise.all([new Promise((resolve) => server.close(resolve)), access.close()])
+      await new Promise((resolve) => server.close(resolve))
     }
   }
 }

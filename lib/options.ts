@@ -99,7 +99,7 @@ export function normalizeTeamDomain (value: unknown): string {
   return fail('teamDomain', TEAM_DOMAIN_FORMS, describe(value))
 }
 
-function isLoopback (hostname: string): boolean {
+export function isLoopback (hostname: string): boolean {
   // URL has already canonicalised the host: '127.1' is '127.0.0.1', '[0:0::1]' is '[::1]'.
   return hostname === 'localhost' || hostname === '[::1]' || LOOPBACK_V4.test(hostname)
 }
@@ -117,7 +117,7 @@ export function warnIfLoopbackInProduction (log: { warn: (obj: object, msg: stri
   )
 }
 
-function normalizeAudience (value: unknown): readonly string[] {
+export function normalizeAudience (value: unknown): readonly string[] {
   // Stryker disable next-line StringLiteral: message text only (the refusal is tested)
   const expected = 'an Application Audience (AUD) tag or a non-empty array of them (non-empty strings without spaces)'
   const list: unknown[] = Array.isArray(value) ? value : [value]

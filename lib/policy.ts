@@ -25,7 +25,8 @@ export interface CompiledPolicy {
 const ALLOW_KEYS = new Set(['emails', 'emailDomains', 'groups', 'groupIds', 'serviceTokens'])
 const POLICY_KEYS = new Set(['allow', 'authorize', 'required'])
 const NO_SPACE = /^[^\s]+$/
-const DOMAIN = /^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)+$/
+/** A domain as `allow.emailDomains` takes it: lowercase ASCII labels, two or more (the dev proxy's login checks emails with it). */
+export const DOMAIN = /^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)+$/
 const ASCII_UPPER = /[A-Z]/g
 // Stryker disable StringLiteral,ObjectLiteral: message text only (each refusal is tested)
 /** What each list must hold, for the refusal message. */

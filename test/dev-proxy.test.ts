@@ -1,13 +1,13 @@
-import { generateKeyPairSync, type KeyObject } from 'node:crypto'
+import { createSecretKey, generateKeyPairSync, type KeyObject } from 'node:crypto'
 import http from 'node:http'
 import net, { type AddressInfo } from 'node:net'
 import Fastify, { type FastifyInstance } from 'fastify'
-import t from 'tap'
+import t, { type Test } from 'tap'
 import WebSocket, { WebSocketServer } from 'ws'
 import cloudflareAccess from '../index'
 import { createDevProxy, DEV_AUDIENCE, LOGIN_PATH, type DevProxy } from '../lib/dev-proxy'
 import { signJwt } from '../lib/testing'
-import { attackerKey, decode, rawToken } from './helpers'
+import { attackerKey, decode, listeners, nowSeconds, rawToken } from './helpers'
 
 // The dev proxy over real HTTP, as a browser uses it: a cookie jar, the login page, an app behind it that
 // registers the real plugin with the options the proxy prints, and WebSockets through it.
@@ -63,6 +63,8 @@ let proxy: DevProxy
 let port: number
 let app: FastifyInstance
 const seen: string[] = []
+/** The headers of every upgrade request that reached the app. */
+const upgrades: http.IncomingHttpHeaders[] = []
 
 /**
  * The app behind the proxy: the real plugin, registered with the proxy's origin as teamDomain, on a
@@ -88,9 +90,25 @@ t.before(async () => {
     reply.raw.write('partial')
     setTimeout(() => reply.raw.destroy(), 20)
   })
+  // answers Node's HTTP parser reads but its server refuses to write: a status below 100, a 101 nobody asked for
+  app.get('/status-99', (request, reply) => {
+    reply.hijack()
+    request.raw.socket.end('HTTP/1.1 099 Odd\r\nContent-Length: 0\r\n\r\n')
+  })
+  app.get('/switch', (request, reply) => {
+    reply.hijack()
+    request.raw.socket.write('HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: other\r\n\r\n')
+  })
   await app.ready()
   const wss = new WebSocketServer({ noServer: true })
   upstream.on('upgrade', (req, socket, head) => {
+    upgrades.push(req.headers)
+    if (req.url === '/ws-broken') {
+      // declines, then breaks off its own answer
+      socket.write('HTTP/1.1 403 Forbidden\r\nContent-Length: 100\r\n\r\npartial')
+      setTimeout(() => socket.destroy(), 20)
+      return
+    }
     if (req.url !== '/ws') {
       socket.end('HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\n\r\nnot found')
       return
@@ -110,15 +128,43 @@ t.before(async () => {
   })
 })
 
+/**
+ * Raw bytes to a proxy, and everything it answers until it closes the connection; 'no close' when it keeps
+ * the connection open for 10 s (a hang).
+ */
+function exchange (to: number, text: string): Promise<string> {
+  return new Promise((resolve) => {
+    const socket = net.connect(to, '127.0.0.1', () => socket.write(text))
+    let answer = ''
+    const timer = setTimeout(() => {
+      socket.destroy()
+      resolve(`${answer}no close`)
+    }, 10_000)
+    socket.on('data', (chunk) => { answer += String(chunk) })
+    socket.on('error', () => {})
+    socket.on('close', () => {
+      clearTimeout(timer)
+      resolve(answer)
+    })
+  })
+}
+
 /** The login page's CSRF token. */
-async function csrfToken (): Promise<string> {
-  const page = await send(port, { path: LOGIN_PATH })
+async function csrfToken (to = port): Promise<string> {
+  const page = await send(to, { path: LOGIN_PATH })
   return /name="csrf" value="([^"]+)"/.exec(page.body)?.[1] as string
 }
 
-async function login (jar: Jar, fields: Record<string, string>, headers: http.OutgoingHttpHeaders = { origin: proxy.origin, 'sec-fetch-site': 'same-origin' }): Promise<Answer> {
-  const body = new URLSearchParams({ csrf: await csrfToken(), ...fields }).toString()
-  return send(port, { method: 'POST', path: LOGIN_PATH, body, jar, headers: { 'content-type': 'application/x-www-form-urlencoded', ...headers } })
+async function login (jar: Jar, fields: Record<string, string>, headers: http.OutgoingHttpHeaders = { origin: proxy.origin, 'sec-fetch-site': 'same-origin' }, to = port): Promise<Answer> {
+  const body = new URLSearchParams({ csrf: await csrfToken(to), ...fields }).toString()
+  return send(to, { method: 'POST', path: LOGIN_PATH, body, jar, headers: { 'content-type': 'application/x-www-form-urlencoded', ...headers } })
+}
+
+/** A proxy of its own for one test, in front of `upstream`; its port. */
+async function ownProxy (t: Test, upstream: string): Promise<number> {
+  const other = await createDevProxy({ upstream, port: 0, privateKeys: keys })
+  t.teardown(() => other.close())
+  return Number(new URL(other.origin).port)
 }
 
 t.test('a browser is sent to the login page and back, and the app accepts the token the proxy signs', async (t) => {
@@ -272,12 +318,9 @@ t.test('WebSocket upgrades go through with a token; without a login they are ref
 })
 
 t.test('the app down: a 502 page, for requests and upgrades alike', async (t) => {
-  const down = await createDevProxy({ upstream: `http://127.0.0.1:${await closedPort()}`, port: 0, privateKeys: keys })
-  t.teardown(() => down.close())
-  const downPort = Number(new URL(down.origin).port)
+  const downPort = await ownProxy(t, `http://127.0.0.1:${await closedPort()}`)
   const jar = new Jar()
-  const body = new URLSearchParams({ csrf: /name="csrf" value="([^"]+)"/.exec((await send(downPort, { path: LOGIN_PATH })).body)?.[1] as string, email: 'a@b.c' }).toString()
-  await send(downPort, { method: 'POST', path: LOGIN_PATH, body, jar })
+  await login(jar, { email: 'a@b.c' }, {}, downPort)
   const res = await send(downPort, { path: '/', jar })
   t.equal(res.status, 502)
   t.match(res.headers['content-type'], /text\/html/)
@@ -385,7 +428,181 @@ t.test('start-up errors name the problem', async (t) => {
     [{ upstream: 'http://127.0.0.1:3000', audience: 'has space' }, /option "audience"/],
     [{ upstream: `http://localhost:${busy + 0}`, port: busy }, /EADDRINUSE/]
   ]
+  const before = await listeners()
   for (const [options, message] of cases) await t.rejects(createDevProxy({ privateKeys: keys, ...options }), message)
   const free = await closedPort()
   await t.rejects(createDevProxy({ upstream: `http://127.0.0.1:${free}`, port: free, privateKeys: keys }), /is the proxy itself/)
+  const secret = createSecretKey(Buffer.alloc(32))
+  await t.rejects(createDevProxy({ upstream: `http://127.0.0.1:${free}`, port: 0, privateKeys: [secret, secret] }), /secret|type/i, 'keys that are no RSA private keys')
+  t.equal(await listeners(), before, 'a failed start leaves no listener behind')
+})
+
+t.test('the login takes an email as identity providers send it; any other is refused on the page, and the proxy keeps serving', async (t) => {
+  const domain189 = `${'a'.repeat(63)}.${'b'.repeat(63)}.${'c'.repeat(61)}`
+  const refused = [
+    'josé.€@example.com', '用户@example.com', 'ä@example.com', 'a\u0001b@example.com', 'a\u007fb@example.com', 'a b@example.com',
+    'a@b', 'a@exa_mple.com', 'a@-example.com', 'a@example.com.', '.a@example.com', 'a.@example.com', 'a..b@example.com',
+    '"a"@example.com', '@example.com', 'a@', 'example.com', 'a@b@example.com',
+    `${'a'.repeat(65)}@example.com`, `${'a'.repeat(64)}@${domain189}x`
+  ]
+  for (const email of refused) {
+    const jar = new Jar()
+    const res = await login(jar, { email })
+    t.equal(res.status, 400, JSON.stringify(email))
+    t.match(res.body, /Enter an email address such as alice@example\.com, as identity providers send them/, `${JSON.stringify(email)}: says why`)
+    t.equal(jar.cookies.size, 0, `${JSON.stringify(email)}: no login`)
+  }
+  for (const email of ["o'brien+dev@Example.COM", 'a.b-c_d!#$%&*/=?^`{|}~@sub.example.co', `${'a'.repeat(64)}@example.com`, `${'a'.repeat(64)}@${domain189}`]) {
+    const jar = new Jar()
+    t.equal((await login(jar, { email })).status, 303, JSON.stringify(email))
+    const { headers } = JSON.parse((await send(port, { path: '/me', jar })).body)
+    t.equal(headers['cf-access-authenticated-user-email'], email, `${JSON.stringify(email)}: passed on as it was given`)
+  }
+  t.equal((await send(port, { path: LOGIN_PATH })).status, 200, 'the proxy still serves')
+})
+
+t.test('a session whose email no header can carry reaches the app without the email header, and the proxy survives', async (t) => {
+  // a login token signed with the proxy's own key (this test holds it): only the header is at stake
+  const certs = JSON.parse((await send(port, { path: '/cdn-cgi/access/certs' })).body) as { keys: Array<{ kid: string }> }
+  const now = nowSeconds()
+  for (const email of ['josé.€@example.com', '用户@example.com', 'bell\u0007@example.com']) {
+    const claims = { email, sub: 'u-1', iss: proxy.origin, aud: [proxy.audience], iat: now, nbf: now, exp: now + 600, type: 'app' }
+    const jar = new Jar()
+    jar.cookies.set('CF_Authorization', signJwt({ alg: 'RS256', kid: certs.keys[0]?.kid }, claims, keys[0]))
+    const me = await send(port, { path: '/me', jar })
+    t.equal(me.status, 200, JSON.stringify(email))
+    const body = JSON.parse(me.body)
+    t.equal(body.claims.email, email, 'the signed token carries it')
+    t.notOk('cf-access-authenticated-user-email' in body.headers, `${JSON.stringify(email)}: no unsigned header`)
+  }
+  t.equal((await send(port, { path: LOGIN_PATH })).status, 200, 'the proxy still serves')
+})
+
+t.test('an answer Node cannot write (a status below 100, a 101 nobody asked for) is a 502, and the proxy survives', async (t) => {
+  const jar = new Jar()
+  await login(jar, { email: 'alice@acme.com' })
+  const odd = await send(port, { path: '/status-99', jar })
+  t.equal(odd.status, 502)
+  t.match(odd.body, /could not pass this request to your app at http:\/\/127\.0\.0\.1:\d+, or its answer back \(Invalid status code: 99\)/)
+  const switched = await send(port, { path: '/switch', jar })
+  t.equal(switched.status, 502, 'a 101 to a request without Upgrade: no hang')
+  t.match(switched.body, /\(101 to a request without Upgrade\)/)
+  t.equal((await send(port, { path: '/me', jar })).status, 200, 'the proxy still serves')
+})
+
+t.test('WebSocket upgrades: the Host, the request target, Access paths and the protocol are checked before anything is forwarded', async (t) => {
+  const jar = new Jar()
+  await login(jar, { email: 'alice@acme.com' })
+  const before = upgrades.length
+  const upgrade = (target: string, extra = ''): Promise<string> =>
+    exchange(port, `${target} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nCookie: ${jar.header}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n${extra}\r\n`)
+  const cases: Array<[string, string, string]> = [
+    ['OPTIONS *', '', 'HTTP/1.1 400 Bad Request'],
+    [`GET http://127.0.0.1:${port}/ws`, '', 'HTTP/1.1 400 Bad Request'],
+    ['GET http://other.host/ws', '', 'HTTP/1.1 400 Bad Request'],
+    [`GET ${LOGIN_PATH}`, '', 'HTTP/1.1 404 Not Found'],
+    ['GET /cdn-cgi/access/certs', '', 'HTTP/1.1 404 Not Found']
+  ]
+  for (const [target, extra, status] of cases) {
+    t.match(await upgrade(target, extra), new RegExp(`^${status}\r\n`), target)
+  }
+  const h2c = await exchange(port, `GET /ws HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nCookie: ${jar.header}\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\n`)
+  t.match(h2c, /^HTTP\/1\.1 400 Bad Request\r\n/, 'WebSocket only: no other protocol tunnels past the header checks')
+  t.equal(upgrades.length, before, 'none reached the app')
+  t.match(await upgrade('GET /ws-broken'), /^HTTP\/1\.1 403 Forbidden\r\n/, 'the same request to a path of the app is forwarded (and refused by it)')
+  t.equal(upgrades.length, before + 1)
+})
+
+t.test('an app that breaks off its refusal of an upgrade breaks off ours: never a hang', async (t) => {
+  const jar = new Jar()
+  await login(jar, { email: 'alice@acme.com' })
+  const answer = await exchange(port, `GET /ws-broken HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nCookie: ${jar.header}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n`)
+  t.match(answer, /^HTTP\/1\.1 403 Forbidden\r\n[^]*partial$/, 'closed after what the app sent')
+})
+
+t.test('Connection removes the headers it names, except Host and Content-Length: a body never runs on into a second request upstream', async (t) => {
+  const received: Array<{ method: string, url: string, headers: http.IncomingHttpHeaders, body: string }> = []
+  const upstream = http.createServer((req, res) => {
+    let body = ''
+    req.setEncoding('latin1')
+    req.on('data', (chunk: string) => { body += chunk })
+    req.on('end', () => {
+      received.push({ method: req.method as string, url: req.url as string, headers: req.headers, body })
+      res.end('ok')
+    })
+  })
+  await new Promise<void>((resolve) => upstream.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => new Promise((resolve) => upstream.close(resolve)))
+  const to = await ownProxy(t, `http://127.0.0.1:${(upstream.address() as AddressInfo).port}`)
+  const jar = new Jar()
+  await login(jar, { email: 'alice@acme.com' }, {}, to)
+  const smuggled = 'GET /admin HTTP/1.1\r\nHost: 127.0.0.1\r\nCf-Access-Authenticated-User-Email: admin@acme.com\r\n\r\n'
+  const head = (line: string, extra: string): string => `${line} HTTP/1.1\r\nHost: 127.0.0.1:${to}\r\nCookie: ${jar.header}\r\n${extra}`
+
+  const chunked = await exchange(to, `${head('GET /a', 'Connection: close\r\nTransfer-Encoding: chunked\r\n')}\r\n${smuggled.length.toString(16)}\r\n${smuggled}\r\n0\r\n\r\n`)
+  t.match(chunked, /^HTTP\/1\.1 200 OK/)
+  const named = await exchange(to, `${head('GET /b', `Connection: close, content-length, host, x-hop\r\nX-Hop: 1\r\nContent-Length: ${smuggled.length}\r\n`)}\r\n${smuggled}`)
+  t.match(named, /^HTTP\/1\.1 200 OK/)
+  t.same(received.map(({ method, url, body }) => ({ method, url, body })), [
+    { method: 'GET', url: '/a', body: smuggled },
+    { method: 'GET', url: '/b', body: smuggled }
+  ], 'two requests, each with its whole body: nothing smuggled')
+  t.equal(received[0]?.headers['transfer-encoding'], 'chunked', 'a chunked body is forwarded chunked')
+  t.equal(received[1]?.headers['content-length'], String(smuggled.length))
+  t.equal(received[1]?.headers.host, `127.0.0.1:${to}`, 'Connection: host leaves the Host as it came')
+  t.notOk('x-hop' in (received[1]?.headers ?? {}), 'another header the Connection header names is removed')
+})
+
+t.test("the client's address is the edge's: CF-Connecting-IP and X-Forwarded-For are the peer's, True-Client-IP and other Cf-* headers dropped", async (t) => {
+  const jar = new Jar()
+  await login(jar, { email: 'alice@acme.com' })
+  const spoof = { 'cf-connecting-ip': '203.0.113.9', 'x-forwarded-for': '203.0.113.9', 'true-client-ip': '203.0.113.9', 'cf-ipcountry': 'XX', 'cf-ray': 'forged', 'x-forwarded-proto': 'https' }
+  const { headers } = JSON.parse((await send(port, { path: '/me', jar, headers: spoof })).body)
+  t.match(headers, { 'cf-connecting-ip': '127.0.0.1', 'x-forwarded-for': '127.0.0.1', 'x-forwarded-proto': 'http' })
+  for (const name of ['true-client-ip', 'cf-ipcountry', 'cf-ray']) t.notOk(name in headers, `${name} is not passed on`)
+
+  const ws = new WebSocket(`ws://127.0.0.1:${port}/ws`, { headers: { cookie: jar.header, ...spoof } })
+  await new Promise((resolve) => ws.once('message', resolve))
+  ws.close()
+  t.match(upgrades.at(-1), { 'cf-connecting-ip': '127.0.0.1', 'x-forwarded-for': '127.0.0.1', 'x-forwarded-proto': 'http' }, 'upgrades too')
+  t.notOk('true-client-ip' in (upgrades.at(-1) as object))
+
+  // the README's rate-limit recipe behind the proxy: the key is the peer's address, whatever the client says
+  const limited = Fastify({ trustProxy: ['127.0.0.1', '::1'] })
+  t.teardown(() => limited.close())
+  limited.get('/', async (request) => ({ ip: request.ip, cf: request.headers['cf-connecting-ip'] }))
+  await limited.listen({ port: 0, host: '127.0.0.1' })
+  const to = await ownProxy(t, `http://127.0.0.1:${(limited.server.address() as AddressInfo).port}`)
+  const other = new Jar()
+  await login(other, { email: 'alice@acme.com' }, {}, to)
+  t.same(JSON.parse((await send(to, { path: '/', jar: other, headers: spoof })).body), { ip: '127.0.0.1', cf: '127.0.0.1' })
+})
+
+t.test('one listener: the emulator serves the Access endpoints through the proxy, on no port of its own', async (t) => {
+  const upstream = `http://127.0.0.1:${await closedPort()}`
+  const before = await listeners()
+  const other = await createDevProxy({ upstream, port: 0, privateKeys: keys })
+  t.equal(await listeners(), before + 1, 'the proxy listens; nothing else')
+  const to = Number(new URL(other.origin).port)
+  const certs = JSON.parse((await send(to, { path: '/cdn-cgi/access/certs' })).body) as { keys: unknown[] }
+  t.equal(certs.keys.length, 2, "the keys, on the proxy's origin")
+  const jar = new Jar()
+  await login(jar, { email: 'alice@acme.com' }, {}, to)
+  t.equal(decode(jar.cookies.get('CF_Authorization') as string).payload.iss, other.origin, "the emulator's team domain is the proxy's origin")
+  await other.close()
+  t.equal(await listeners(), before)
+})
+
+t.test('an upstream not on this machine is refused unless allowRemoteUpstream says so', async (t) => {
+  for (const upstream of ['http://192.0.2.1:3000', 'http://example.com', 'http://localhost.example.com:3000', 'http://10.0.0.1:3000']) {
+    await t.rejects(createDevProxy({ upstream, port: 0, privateKeys: keys }), /is not on this machine \(127\.0\.0\.0\/8, localhost, \[::1\]\)[^]*Pass --allow-remote-upstream if you mean it/, upstream)
+  }
+  const remote = await createDevProxy({ upstream: 'http://192.0.2.1:3000', port: 0, privateKeys: keys, allowRemoteUpstream: true })
+  t.equal(remote.upstream, 'http://192.0.2.1:3000', 'started: nothing is sent to it until a request comes')
+  await remote.close()
+  for (const upstream of ['http://localhost:3000', 'http://127.1.2.3:3000', 'http://[::1]:3000']) {
+    const local = await createDevProxy({ upstream, port: 0, privateKeys: keys })
+    t.equal(local.upstream, upstream, `${upstream}: loopback`)
+    await local.close()
+  }
 })

@@ -162,9 +162,9 @@ t.test('with teamDomain the emulator opens no port: a server of yours serves it 
   await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
   t.teardown(() => new Promise((resolve) => server.close(resolve)))
   const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`
-  const before = listeners()
+  const before = await listeners()
   const access = await emulator(t, { teamDomain: base, audience: 'c'.repeat(64) })
-  t.equal(listeners(), before, 'nothing new listens')
+  t.equal(await listeners(), before, 'nothing new listens')
   server.on('request', (req, res) => {
     if (!access.handle(req, res)) res.writeHead(418).end()
   })

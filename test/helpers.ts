@@ -101,7 +101,16 @@ export async function eventually (check: () => boolean | Promise<boolean>, ms: n
   return check()
 }
 
-/** How many TCP servers of this process listen (Node's own count): proves which listeners something opened. */
-export function listeners (): number {
-  return process.getActiveResourcesInfo().filter((resource) => resource === 'TCPServerWrap').length
+/**
+ * How many TCP servers of this process listen (Node's own count), once it holds still: a server lets go of
+ * its handle shortly after its close callback. Proves which listeners something opened.
+ */
+export async function listeners (): Promise<number> {
+  let count = -1
+  for (;;) {
+    await sleep(25)
+    const now = process.getActiveResourcesInfo().filter((resource) => resource === 'TCPServerWrap').length
+    if (now === count) return now
+    count = now
+  }
 }
