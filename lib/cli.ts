@@ -9,7 +9,7 @@ import { readFileSync } from 'node:fs'
 import { parseArgs } from 'node:util'
 import { createDevProxy, DEFAULT_PORT, LOGIN_PATH } from './dev-proxy'
 import { KeyStore, parseKeySet, type SigningKey } from './keys'
-import { normalizeOptions } from './options'
+import { isLoopback, normalizeAudience, normalizeOptions } from './options'
 import { MAX_TOKEN_LENGTH } from './token'
 import { createAccessEmulator } from './testing'
 import { createTokenVerifier, type KeySource } from './verify'
@@ -43,20 +43,23 @@ Runs the test kit's Access emulator on 127.0.0.1 until Ctrl-C, and prints its te
 audience, a user token, a service token, and a curl command for an app on port 3000.
 
   --port <n>    port to listen on (default: any free port)
-  --aud <tag>   the AUD tag to issue tokens for (default: a random one)
+  --aud <tag>   the AUD tag to issue tokens for, as the plugin's audience (default: a random one)
   --help        this text`
 
-const DEV_USAGE = `Usage: fastify-cloudflare-access dev --upstream <origin> [--port <n>] [--aud <tag>]
+const DEV_USAGE = `Usage: fastify-cloudflare-access dev --upstream <origin> [--port <n>] [--aud <tag>] [--allow-remote-upstream]
 
 A stand-in for Cloudflare Access in front of your app, for a browser on this machine: it serves
 /cdn-cgi/access/certs, get-identity and logout, a login page where you pick an email (and groups) or a
 service token, and proxies every other request, WebSockets too, to your app with a freshly signed
 Cf-Access-Jwt-Assertion. It listens on 127.0.0.1 only. For development only: never in front of production.
 
-  --upstream <origin>  your app, such as http://127.0.0.1:3000
-  --port <n>           port to listen on (default ${DEFAULT_PORT})
-  --aud <tag>          the AUD tag to issue tokens for (default: a fixed development tag)
-  --help               this text`
+  --upstream <origin>      your app, such as http://127.0.0.1:3000 (on this machine: 127.0.0.0/8,
+                           localhost or [::1])
+  --port <n>               port to listen on (default ${DEFAULT_PORT})
+  --aud <tag>              the AUD tag to issue tokens for (default: a fixed development tag)
+  --allow-remote-upstream  accept an --upstream on another machine: it receives signed tokens and your
+                           browser's cookies for the proxy
+  --help                   this text`
 
 class UsageError extends Error {}
 
@@ -295,25 +298,48 @@ async function inspect (argv: string[], io: Output): Promise<number> {
   return networkError ? 2 : 1
 }
 
+/** --port: a port number, or undefined when not given. */
+function portFlag (value: string | undefined): number | undefined {
+  if (value === undefined) return undefined
+  const port = Number(value)
+  if (value === '' || !Number.isInteger(port) || port < 0 || port > 65535) throw new UsageError(`--port must be a port number, got ${JSON.stringify(value)}`)
+  return port
+}
+
+/** --aud, checked as the plugin checks its audience option, with the plugin's message naming the flag. */
+function audienceFlag (value: string | undefined): string | undefined {
+  if (value === undefined) return undefined
+  try {
+    normalizeAudience(value)
+  } catch (error) {
+    throw new UsageError((error as Error).message.replace('fastify-cloudflare-access: option "audience"', '--aud'))
+  }
+  return value
+}
+
+/** Output for the terminal: each line with control and bidi characters escaped, as inspect prints tokens. */
+function terminal (io: Output): (text: string) => void {
+  return (text) => io.out(text.split('\n').map(printable).join('\n'))
+}
+
 async function emulator (argv: string[], io: Output): Promise<number> {
   const { values } = parseArgs({ args: argv, options: { port: { type: 'string' }, aud: { type: 'string' }, help: { type: 'boolean' } } })
   if (values.help === true) {
     io.out(EMULATOR_USAGE)
     return 0
   }
-  const port = values.port === undefined ? undefined : Number(values.port)
-  if (port !== undefined && (!Number.isInteger(port) || port < 0 || port > 65535)) throw new UsageError(`--port must be a port number, got ${JSON.stringify(values.port)}`)
-  const access = await createAccessEmulator({ port, audience: values.aud })
+  const access = await createAccessEmulator({ port: portFlag(values.port), audience: audienceFlag(values.aud) })
+  const out = terminal(io)
   const token = access.signToken()
-  io.out(`Access emulator listening: ${access.teamDomain}`)
-  io.out(`  teamDomain  ${access.teamDomain}`)
-  io.out(`  audience    ${access.audience}`)
-  io.out(`  certs       ${access.certsUrl}`)
-  io.out('')
-  io.out(`User token (user@example.com, 24 h):\n${token}`)
-  io.out(`\nService token:\n${access.signServiceToken()}`)
-  io.out(`\nTry an app on port 3000 registered with the values above:\n  curl -s http://127.0.0.1:3000/ -H 'Cf-Access-Jwt-Assertion: ${token}'`)
-  io.out('\nCtrl-C to stop.')
+  out(`Access emulator listening: ${access.teamDomain}`)
+  out(`  teamDomain  ${access.teamDomain}`)
+  out(`  audience    ${access.audience}`)
+  out(`  certs       ${access.certsUrl}`)
+  out('')
+  out(`User token (user@example.com, 24 h):\n${token}`)
+  out(`\nService token:\n${access.signServiceToken()}`)
+  out(`\nTry an app on port 3000 registered with the values above:\n  curl -s http://127.0.0.1:3000/ -H 'Cf-Access-Jwt-Assertion: ${token}'`)
+  out('\nCtrl-C to stop.')
   await untilSignal()
   await access.close()
   return 0
@@ -327,29 +353,33 @@ function untilSignal (): Promise<void> {
 }
 
 async function dev (argv: string[], io: Output): Promise<number> {
-  const { values } = parseArgs({ args: argv, options: { upstream: { type: 'string' }, port: { type: 'string' }, aud: { type: 'string' }, help: { type: 'boolean' } } })
+  const { values } = parseArgs({
+    args: argv,
+    options: { upstream: { type: 'string' }, port: { type: 'string' }, aud: { type: 'string' }, 'allow-remote-upstream': { type: 'boolean' }, help: { type: 'boolean' } }
+  })
   if (values.help === true) {
     io.out(DEV_USAGE)
     return 0
   }
   if (values.upstream === undefined) throw new UsageError('--upstream is required: the address of your app, such as http://127.0.0.1:3000')
-  const port = values.port === undefined ? undefined : Number(values.port)
-  if (port !== undefined && (values.port === '' || !Number.isInteger(port) || port < 0 || port > 65535)) throw new UsageError(`--port must be a port number, got ${JSON.stringify(values.port)}`)
+  const options = { upstream: values.upstream, port: portFlag(values.port), audience: audienceFlag(values.aud), allowRemoteUpstream: values['allow-remote-upstream'] === true }
   let proxy
   try {
-    proxy = await createDevProxy({ upstream: values.upstream, port, audience: values.aud })
+    proxy = await createDevProxy(options)
   } catch (error) {
-    throw new UsageError((error as Error).message.replace('fastify-cloudflare-access: option "audience"', '--aud'))
+    throw new UsageError((error as Error).message)
   }
-  io.out(`Access dev proxy: ${proxy.origin} → ${proxy.upstream}`)
-  io.out(`Open ${proxy.origin}/ in a browser; log in at ${proxy.origin}${LOGIN_PATH}, log out at ${proxy.origin}/cdn-cgi/access/logout.`)
-  io.out('')
-  io.out('Register the plugin in your app with:')
-  io.out(`  teamDomain: '${proxy.origin}',`)
-  io.out(`  audience: '${proxy.audience}'`)
-  io.out(`or, read from the environment as in the README: CF_ACCESS_TEAM_DOMAIN=${proxy.origin} CF_ACCESS_AUD=${proxy.audience}`)
-  io.out('')
-  io.out('For development only. Ctrl-C to stop.')
+  const out = terminal(io)
+  out(`Access dev proxy: ${proxy.origin} → ${proxy.upstream}`)
+  if (!isLoopback(new URL(proxy.upstream).hostname)) out(`${proxy.upstream} is not on this machine (--allow-remote-upstream): it receives signed tokens and the proxy's cookies.`)
+  out(`Open ${proxy.origin}/ in a browser; log in at ${proxy.origin}${LOGIN_PATH}, log out at ${proxy.origin}/cdn-cgi/access/logout.`)
+  out('')
+  out('Register the plugin in your app with:')
+  out(`  teamDomain: '${proxy.origin}',`)
+  out(`  audience: '${proxy.audience}'`)
+  out(`or, read from the environment as in the README: CF_ACCESS_TEAM_DOMAIN=${proxy.origin} CF_ACCESS_AUD=${proxy.audience}`)
+  out('')
+  out('For development only. Ctrl-C to stop.')
   await untilSignal()
   await proxy.close()
   return 0

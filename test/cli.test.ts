@@ -1,6 +1,8 @@
-import { spawn } from 'node:child_process'
+import { spawn, type ChildProcess } from 'node:child_process'
 import { existsSync, mkdtempSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
+import http from 'node:http'
+import type { AddressInfo } from 'node:net'
 import { join } from 'node:path'
 import t from 'tap'
 import { attackerKey, emulator, nowSeconds } from './helpers'
@@ -22,6 +24,9 @@ function cli (args: string[], stdin?: string): Promise<Run> {
     child.stdin.end(stdin ?? '')
   })
 }
+
+// eslint-disable-next-line no-control-regex
+const RAW_CONTROL = /[\u0000-\u0009\u000b-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]/
 
 t.before(() => {
   if (!existsSync(CLI)) throw new Error('dist/lib/cli.js is missing: run npm run build first (npm test does)')
@@ -111,7 +116,11 @@ t.test('usage errors: clear messages, exit 2', async (t) => {
     [['inspect', 'x', '--team', 'acme', '--aud', 'a', '--certs', '/nonexistent/certs.json'], /--certs \/nonexistent\/certs.json: ENOENT/],
     [['inspect', 'x', '--team', 'acme', '--aud', 'a', '--colour'], /Unknown option '--colour'/],
     [['emulator', '--port', 'many'], /--port must be a port number/],
+    [['emulator', '--port', ''], /--port must be a port number, got ""/],
+    [['emulator', '--aud', 'a b'], /--aud must be an Application Audience \(AUD\) tag/],
+    [['emulator', '--aud', '\u001b]0;pwned\u0007'], /--aud must be an Application Audience \(AUD\) tag[^]*\\u001b/],
     [['dev'], /--upstream is required/],
+    [['dev', '--upstream', 'http://192.0.2.1:3000', '--port', '0'], /--upstream http:\/\/192\.0\.2\.1:3000 is not on this machine[^]*Pass --allow-remote-upstream if you mean it/],
     [['dev', '--upstream', 'http://127.0.0.1:3000', '--port', ''], /--port must be a port number/],
     [['dev', '--upstream', 'http://127.0.0.1:3000', '--port', '0', '--aud', 'a b'], /--aud must be an Application Audience/]
   ]
@@ -120,6 +129,7 @@ t.test('usage errors: clear messages, exit 2', async (t) => {
     const run = runs[index] as Run
     t.equal(run.code, 2, args.join(' ') || '(no arguments)')
     t.match(run.err, message, args.join(' ') || '(no arguments)')
+    t.notMatch(run.err, RAW_CONTROL, `${args.join(' ') || '(no arguments)'}: no raw control character`)
   })
 })
 
@@ -131,9 +141,9 @@ t.test('--help for each command, exit 0', async (t) => {
   }
 })
 
-t.test('emulator: runs standalone, prints a token that verifies, stops on SIGTERM', async (t) => {
-  const env = process.env
-  const child = spawn(process.execPath, [CLI, 'emulator', '--aud', 'a'.repeat(64)], { env })
+/** A command that runs until a signal, once it has printed its last line; `stop()` sends SIGTERM and resolves its exit code. */
+async function running (args: string[]): Promise<{ out: string, child: ChildProcess, stop: () => Promise<number | null> }> {
+  const child = spawn(process.execPath, [CLI, ...args], { env: process.env })
   let out = ''
   await new Promise<void>((resolve) => {
     child.stdout.on('data', (chunk: Buffer) => {
@@ -141,19 +151,27 @@ t.test('emulator: runs standalone, prints a token that verifies, stops on SIGTER
       if (out.includes('Ctrl-C to stop.')) resolve()
     })
   })
+  const exited = new Promise<number | null>((resolve) => child.on('exit', resolve))
+  return {
+    out,
+    child,
+    stop: async () => {
+      child.kill('SIGTERM')
+      return exited
+    }
+  }
+}
+
+t.test('emulator: runs standalone, prints a token that verifies, stops on SIGTERM', async (t) => {
+  const { out, stop } = await running(['emulator', '--aud', 'a'.repeat(64)])
   const teamDomain = /teamDomain\s+(\S+)/.exec(out)?.[1] as string
   const token = /User token[^\n]*\n(\S+)/.exec(out)?.[1] as string
   t.match(out, /audience\s+a{64}/)
   t.match(out, /curl -s http:\/\/127\.0\.0\.1:3000\/ -H 'Cf-Access-Jwt-Assertion: eyJ/)
   const run = await cli(['inspect', token, '--team', teamDomain, '--aud', 'a'.repeat(64)])
   t.equal(run.code, 0, 'the printed token verifies against the running emulator')
-  const exited = new Promise((resolve) => child.on('exit', resolve))
-  child.kill('SIGTERM')
-  t.equal(await exited, 0)
+  t.equal(await stop(), 0)
 })
-
-// eslint-disable-next-line no-control-regex
-const RAW_CONTROL = /[\u0000-\u0009\u000b-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]/
 
 t.test('inspect: a token cannot write terminal escapes: claim names, values and header fields are printed escaped', async (t) => {
   const access = await emulator(t)
@@ -195,15 +213,7 @@ t.test('inspect: --at 0 or before 1970 is a usage error, never misreported as a 
 })
 
 t.test('dev: prints the options the app must use, serves the keys there, stops on SIGTERM', async (t) => {
-  const env = process.env
-  const child = spawn(process.execPath, [CLI, 'dev', '--upstream', 'http://127.0.0.1:9', '--port', '0', '--aud', 'b'.repeat(64)], { env })
-  let out = ''
-  await new Promise<void>((resolve) => {
-    child.stdout.on('data', (chunk: Buffer) => {
-      out += chunk.toString()
-      if (out.includes('Ctrl-C to stop.')) resolve()
-    })
-  })
+  const { out, stop } = await running(['dev', '--upstream', 'http://127.0.0.1:9', '--port', '0', '--aud', 'b'.repeat(64)])
   const teamDomain = /teamDomain: '(http:\/\/127\.0\.0\.1:\d+)',/.exec(out)?.[1] as string
   t.ok(teamDomain, 'teamDomain printed as code')
   t.match(out, new RegExp(`audience: '${'b'.repeat(64)}'`))
@@ -211,9 +221,8 @@ t.test('dev: prints the options the app must use, serves the keys there, stops o
   t.match(out, /Access dev proxy: http:\/\/127\.0\.0\.1:\d+ → http:\/\/127\.0\.0\.1:9/)
   const certs = await fetch(`${teamDomain}/cdn-cgi/access/certs`)
   t.equal(((await certs.json()) as { keys: unknown[] }).keys.length, 2)
-  const exited = new Promise((resolve) => child.on('exit', resolve))
-  child.kill('SIGTERM')
-  t.equal(await exited, 0)
+  t.notMatch(out, /not on this machine/)
+  t.equal(await stop(), 0)
 })
 
 t.test('inspect: claims that defeat String() or JSON.stringify (a non-callable toString, deep nesting) are reported, never a stack trace', async (t) => {
@@ -246,4 +255,35 @@ t.test('inspect: a --certs file cannot write terminal escapes through its parse 
   t.equal(run.code, 2, 'a usage error')
   // eslint-disable-next-line no-control-regex
   t.notMatch(run.err, /[\u0000-\u0008\u000b-\u001f\u007f-\u009f]/, 'no raw control character on stderr')
+})
+
+t.test('dev --allow-remote-upstream: starts, and says that the upstream is not on this machine', async (t) => {
+  const { out, stop } = await running(['dev', '--upstream', 'http://192.0.2.1:3000', '--port', '0', '--allow-remote-upstream'])
+  t.match(out, /Access dev proxy: http:\/\/127\.0\.0\.1:\d+ → http:\/\/192\.0\.2\.1:3000/)
+  t.match(out, /http:\/\/192\.0\.2\.1:3000 is not on this machine \(--allow-remote-upstream\): it receives signed tokens/)
+  t.equal(await stop(), 0)
+})
+
+t.test('dev: logins with an email no header can carry and answers Node cannot write never end the process', async (t) => {
+  const app = http.createServer((req, res) => {
+    if (req.url === '/odd') req.socket.end('HTTP/1.1 099 Odd\r\nContent-Length: 0\r\n\r\n')
+    else res.end(String(req.headers['cf-access-authenticated-user-email']))
+  })
+  await new Promise<void>((resolve) => app.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => new Promise((resolve) => app.close(resolve)))
+  const { out, child, stop } = await running(['dev', '--upstream', `http://127.0.0.1:${(app.address() as AddressInfo).port}`, '--port', '0'])
+  const origin = /teamDomain: '(http:\/\/127\.0\.0\.1:\d+)',/.exec(out)?.[1] as string
+  const csrf = /name="csrf" value="([^"]+)"/.exec(await (await fetch(`${origin}/cdn-cgi/access/login`)).text())?.[1] as string
+  const login = (email: string): Promise<Response> => fetch(`${origin}/cdn-cgi/access/login`, { method: 'POST', body: new URLSearchParams({ csrf, email }), redirect: 'manual' })
+  for (const email of ['josé.€@example.com', '用户@example.com', 'a\u0007b@example.com']) {
+    const refused = await login(email)
+    t.equal(refused.status, 400, JSON.stringify(email))
+    t.match(await refused.text(), /Enter an email address/)
+  }
+  const cookie = ((await login('dev@example.com')).headers.get('set-cookie') as string).split(';')[0] as string
+  t.equal((await fetch(`${origin}/odd`, { headers: { cookie } })).status, 502, 'an answer status of 99')
+  const page = await fetch(`${origin}/`, { headers: { cookie } })
+  t.equal(await page.text(), 'dev@example.com')
+  t.equal(child.exitCode, null, 'still running')
+  t.equal(await stop(), 0)
 })
