@@ -111,6 +111,10 @@ export async function kit (): Promise<void> {
   expectError(access.setOutage('sometimes'))
   expectType<number>(access.requestCount)
   await access.close()
+  // served by a server of yours through handle(), at that origin
+  const served = await createAccessEmulator({ teamDomain: 'http://127.0.0.1:8787' })
+  expectType<AccessEmulator>(served)
+  expectError(createAccessEmulator({ teamDomain: 8787 }))
 }
 
 // authorization: allow, authorize, route config
