@@ -78,7 +78,7 @@ function upstreamOrigin (value: string, allowRemote: boolean): URL {
  */
 export function isLoginEmail (email: string): boolean {
   const at = email.lastIndexOf('@')
-  return at > 0 && at <= 64 && email.length <= 254 && LOCAL_PART.test(email.slice(0, at)) && DOMAIN.test(email.slice(at + 1).toLowerCase())
+  return at !== -1 && at <= 64 && email.length <= 254 && LOCAL_PART.test(email.slice(0, at)) && DOMAIN.test(email.slice(at + 1).toLowerCase())
 }
 
 function escapeHtml (text: string): string {
@@ -115,9 +115,13 @@ function endToEnd (incoming: http.IncomingHttpHeaders): http.OutgoingHttpHeaders
   return headers
 }
 
-/** Request headers that Cloudflare's edge sets (its `Cf-*`, the client's address): a client's own never pass. */
+/**
+ * Request headers that Cloudflare's edge sets (its `Cf-*`, the client's address): a client's own never pass,
+ * nor the same names spelt with `_` for `-`, which CGI-style servers (PHP, WSGI) read as the same header.
+ */
 function setByEdge (name: string): boolean {
-  return name.startsWith('cf-') || name === 'x-forwarded-for' || name === 'x-forwarded-proto' || name === 'true-client-ip'
+  const dashed = name.replaceAll('_', '-')
+  return dashed.startsWith('cf-') || dashed === 'x-forwarded-for' || dashed === 'x-forwarded-proto' || dashed === 'true-client-ip'
 }
 
 /**
@@ -196,7 +200,8 @@ export async function createDevProxy (options: DevProxyOptions): Promise<DevProx
   const verifier = createTokenVerifier(normalizeOptions({ teamDomain: origin, audience, cacheSize: 0 }), {
     get: (kid) => keys.get(kid),
     isKnownUnknown: () => true,
-    /* c8 ignore next */
+    /* c8 ignore next 2 */
+    // Stryker disable next-line ArrowFunction: never called
     resolve: async (kid) => keys.get(kid) // never called: the set is fixed, every kid not in it is known to be unknown
   })
 
@@ -401,6 +406,8 @@ Client ID <input name="client_id" placeholder="ci.access"> (empty: a random one)
     // an error destroys the socket by itself: the listener keeps it from being an uncaught exception
     socket.on('error', forget)
     socket.on('close', forget)
+    // the other end is done: Node's HTTP server would keep the connection half open, and nobody would close it
+    socket.on('end', () => socket.destroy())
   }
 
   /** Pipes two upgraded connections into each other; either one closing closes both. */

@@ -1,13 +1,14 @@
 import { createSecretKey, generateKeyPairSync, type KeyObject } from 'node:crypto'
 import http from 'node:http'
 import net, { type AddressInfo } from 'node:net'
+import type { Duplex } from 'node:stream'
 import Fastify, { type FastifyInstance } from 'fastify'
 import t, { type Test } from 'tap'
 import WebSocket, { WebSocketServer } from 'ws'
 import cloudflareAccess from '../index'
 import { createDevProxy, DEV_AUDIENCE, LOGIN_PATH, type DevProxy } from '../lib/dev-proxy'
 import { signJwt } from '../lib/testing'
-import { attackerKey, decode, listeners, nowSeconds, rawToken } from './helpers'
+import { attackerKey, decode, eventually, listeners, nowSeconds, rawToken } from './helpers'
 
 // The dev proxy over real HTTP, as a browser uses it: a cookie jar, the login page, an app behind it that
 // registers the real plugin with the options the proxy prints, and WebSockets through it.
@@ -65,6 +66,8 @@ let app: FastifyInstance
 const seen: string[] = []
 /** The headers of every upgrade request that reached the app. */
 const upgrades: http.IncomingHttpHeaders[] = []
+/** What the app saw close: its side of the last WebSocket, requests and upgrades it was still answering. */
+const appSide: { socket?: Duplex, closed: string[] } = { closed: [] }
 
 /**
  * The app behind the proxy: the real plugin, registered with the proxy's origin as teamDomain, on a
@@ -83,7 +86,16 @@ t.before(async () => {
   app.get('/me', async (request) => ({ claims: request.cfAccess, headers: request.headers }))
   app.get('/finance', { config: { cfAccess: { allow: { groups: ['finance'] } } } }, async (request) => (await request.cfAccessIdentity()).groups.map((group) => group.name))
   app.post('/echo', async (request, reply) => reply.header('set-cookie', ['a=1; Path=/', 'b=2; Path=/']).header('x-upstream', 'yes').send({ got: request.body }))
-  app.get('/slow', async () => new Promise((resolve) => setTimeout(resolve, 2000, 'late')))
+  app.get('/slow', async (request) => {
+    request.raw.socket.once('close', () => appSide.closed.push('/slow'))
+    return new Promise((resolve) => setTimeout(resolve, 3000, 'late'))
+  })
+  // hop-by-hop headers in an answer, and one its Connection header names
+  app.get('/hop', (request, reply) => {
+    reply.hijack()
+    request.raw.socket.end('HTTP/1.1 200 OK\r\nKeep-Alive: timeout=99\r\nProxy-Connection: keep-alive\r\nTrailer: X-Sum\r\n' +
+      'Connection: close, x-named\r\nX-Named: gone\r\nX-End: kept\r\nContent-Length: 2\r\n\r\nok')
+  })
   app.get('/broken', (request, reply) => {
     reply.hijack()
     reply.raw.writeHead(200, { 'content-length': '100' })
@@ -109,6 +121,21 @@ t.before(async () => {
       setTimeout(() => socket.destroy(), 20)
       return
     }
+    if (req.url === '/ws-decline') {
+      // declines with a chunked body and hop-by-hop headers of its own connection
+      socket.end('HTTP/1.1 403 Forbidden\r\nX-Reason: nope\r\nKeep-Alive: timeout=99\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nnope!\r\n0\r\n\r\n')
+      return
+    }
+    if (req.url === '/ws-slow') {
+      // never answers
+      socket.once('end', () => {
+        appSide.closed.push('/ws-slow')
+        socket.destroy()
+      })
+      return
+    }
+    appSide.socket = socket
+    socket.once('close', () => appSide.closed.push(req.url as string))
     if (req.url !== '/ws') {
       socket.end('HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\n\r\nnot found')
       return
@@ -172,25 +199,33 @@ t.test('a browser is sent to the login page and back, and the app accepts the to
   const first = await send(port, { path: '/me?x=1', headers: { accept: 'text/html,application/xhtml+xml' }, jar })
   t.equal(first.status, 302)
   t.equal(first.headers.location, `${LOGIN_PATH}?redirect_url=%2Fme%3Fx%3D1`)
+  t.equal(first.headers['cache-control'], 'no-store')
   t.equal((await send(port, { method: 'HEAD', path: '/me', headers: { accept: 'text/html' } })).status, 302)
   const api = await send(port, { path: '/me', headers: { accept: 'application/json' } })
   t.equal(api.status, 401, 'a client that is no browser gets a 401, not a redirect')
-  t.match(api.body, /Not logged in to the Access dev proxy/)
+  t.match(api.body, /<title>Unauthorized<\/title>[^]*Not logged in to the Access dev proxy/)
+  t.equal((await send(port, { method: 'POST', path: '/me', headers: { accept: 'text/html' } })).status, 401, 'a POST is no page to come back to')
 
   const form = await send(port, { path: first.headers.location as string })
   t.equal(form.status, 200)
   t.match(form.headers['content-security-policy'], /frame-ancestors 'none'/)
+  t.equal(form.headers['cache-control'], 'no-store', 'the page holds the CSRF token')
+  t.match(form.body, /<title>Access dev proxy: log in<\/title>/)
+  t.match(form.body, /name="email" type="email" value="user@example\.com"/, 'a default email to start from')
+  t.notMatch(form.body, /role="alert"/, 'no message')
   t.match(form.body, /name="redirect_url" value="\/me\?x=1"/)
   const done = await login(jar, { kind: 'user', email: 'alice@acme.com', groups: ' finance , admins,', redirect_url: '/me?x=1' })
   t.equal(done.status, 303)
   t.equal(done.headers.location, '/me?x=1')
   t.match(done.headers['set-cookie']?.[0], /^CF_Authorization=eyJ[^;]+; Path=\/; Max-Age=86400; HttpOnly; SameSite=Lax$/)
+  t.equal(done.headers['cache-control'], 'no-store')
 
   const me = await send(port, { path: '/me', jar })
   t.equal(me.status, 200)
   const { claims, headers } = JSON.parse(me.body)
   t.match(claims, { email: 'alice@acme.com', iss: proxy.origin, aud: [proxy.audience], type: 'app' })
   t.equal(proxy.audience, DEV_AUDIENCE, 'the fixed development tag by default')
+  t.equal(DEV_AUDIENCE, 'a581a06abfb19f602ec4acd7730f89278064a2d96f002313fea9cc1cb9040183', 'the same in every version: an app configured for it keeps working')
   t.equal(headers['cf-access-authenticated-user-email'], 'alice@acme.com', 'as Cloudflare adds it (the plugin never reads it)')
   t.equal(headers.host, `127.0.0.1:${port}`, 'the Host the browser sent')
   t.equal(headers.cookie, `CF_Authorization=${headers['cf-access-jwt-assertion'] as string}`, 'the cookie carries the same fresh token')
@@ -200,7 +235,8 @@ t.test('a browser is sent to the login page and back, and the app accepts the to
   t.equal(finance.status, 200, 'groups come from the identity endpoint the proxy serves')
   t.same(JSON.parse(finance.body), ['finance', 'admins'])
   const identity = await send(port, { path: '/cdn-cgi/access/get-identity', jar })
-  t.match(JSON.parse(identity.body), { email: 'alice@acme.com', groups: [{ name: 'finance', id: /^[0-9a-f]{8}-[0-9a-f]{4}-/ }, { name: 'admins' }] })
+  const uuid = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/
+  t.match(JSON.parse(identity.body), { email: 'alice@acme.com', groups: [{ name: 'finance', id: uuid }, { name: 'admins', id: uuid }] })
   const certs = JSON.parse((await send(port, { path: '/cdn-cgi/access/certs' })).body)
   t.equal(certs.keys.length, 2)
 
@@ -217,9 +253,11 @@ t.test('a service token login: common_name, no email header, no identity', async
   t.notOk('email' in claims)
   t.notOk('cf-access-authenticated-user-email' in headers)
   t.equal((await send(port, { path: '/finance', jar })).status, 403)
-  const random = new Jar()
-  await login(random, { kind: 'service', client_id: '  ' })
-  t.match(JSON.parse((await send(port, { path: '/me', jar: random })).body).claims.common_name, /^[0-9a-f]{32}\.access$/, 'empty: a random Client ID')
+  for (const fields of [{ client_id: '  ' }, {}] as Array<Record<string, string>>) {
+    const random = new Jar()
+    await login(random, { kind: 'service', ...fields })
+    t.match(JSON.parse((await send(port, { path: '/me', jar: random })).body).claims.common_name, /^[0-9a-f]{32}\.access$/, `${JSON.stringify(fields)}: a random Client ID`)
+  }
 })
 
 t.test('Access headers and the cookie a client sends are replaced, never passed on', async (t) => {
@@ -350,6 +388,7 @@ t.test('the answer of the app passes through; a broken one breaks ours; a client
     setTimeout(() => req.destroy(), 100)
   })
   t.equal(cancelled, 'ECONNRESET')
+  t.ok(await eventually(() => appSide.closed.includes('/slow'), 2500), "the app's request is cancelled too, before it answers")
   const ok = await send(port, { path: '/me', jar })
   t.equal(ok.status, 200, 'the proxy still serves')
 })
@@ -395,6 +434,10 @@ t.test('cross-site login posts are refused: Origin, Sec-Fetch-Site and the CSRF 
   t.equal(bare.status, 403, 'a post without the form\'s fields')
   const curl = new Jar()
   t.equal((await login(curl, { email: 'dev@acme.com' }, {})).status, 303, 'no Origin, no Sec-Fetch-Site (curl): the CSRF token decides')
+  const refused = await login(new Jar(), { email: 'dev@acme.com' }, { origin: 'http://evil.example' })
+  t.match(refused.body, /<title>Forbidden<\/title>[^]*A login must be posted from this proxy's own page/)
+  const cased = await login(new Jar(), { email: 'dev@acme.com' }, { host: `LocalHost:${port}`, origin: `http://localhost:${port}`, 'sec-fetch-site': 'same-origin' })
+  t.equal(cased.status, 303, 'a Host in any case, and the Origin a browser sends for it')
 })
 
 t.test('the login form: validation, safe return paths, limits, methods', async (t) => {
@@ -402,19 +445,41 @@ t.test('the login form: validation, safe return paths, limits, methods', async (
   t.equal(bad.status, 400)
   t.match(bad.body, /Enter an email address/)
   t.match(bad.body, /value="&#60;script&#62;@x"/, 'escaped')
-  t.equal((await login(new Jar(), { kind: 'user' })).status, 400, 'no email')
-  t.equal((await login(new Jar(), { email: 'a@b.c', groups: 'fin<ance' })).status, 400)
-  t.equal((await login(new Jar(), { kind: 'service', client_id: 'ci' })).status, 400)
+  const none = await login(new Jar(), { kind: 'user' })
+  t.equal(none.status, 400, 'no email')
+  t.match(none.body, /name="email" type="email" value=""/)
+  const group = await login(new Jar(), { email: 'a@b.c', groups: 'fin<ance' })
+  t.equal(group.status, 400)
+  t.match(group.body, /Group names are up to 64 characters, without &#60; &#62; &#34; &#38;/)
+  for (const clientId of ['ci', 'x ci.access', 'ci.access.evil', `${'a'.repeat(65)}.access`]) {
+    const refused = await login(new Jar(), { kind: 'service', client_id: clientId })
+    t.equal(refused.status, 400, clientId)
+    t.match(refused.body, /A Client ID is letters, digits and dashes, ending in \.access/)
+  }
+  const trimmed = new Jar()
+  await login(trimmed, { email: '  alice@acme.com  ' })
+  t.equal(JSON.parse((await send(port, { path: '/me', jar: trimmed })).body).claims.email, 'alice@acme.com', 'white space around the email is dropped')
+  t.same(JSON.parse((await send(port, { path: '/cdn-cgi/access/get-identity', jar: trimmed })).body).groups, [], 'no groups field: no groups')
   for (const target of ['https://evil.example/', '//evil.example/', '/\\evil.example/', 'relative', '/ok\nLocation: x']) {
     t.equal((await login(new Jar(), { email: 'a@b.c', redirect_url: target })).headers.location, '/', JSON.stringify(target))
   }
   const big = await send(port, { method: 'POST', path: LOGIN_PATH, body: `email=${'a'.repeat(10_000)}` })
   t.equal(big.status, 413)
+  t.match(big.body, /<title>Payload Too Large<\/title>[^]*The login form is small/)
+  // 8192 bytes is the limit, to the byte
+  const form = new URLSearchParams({ csrf: await csrfToken(), email: 'a@b.c', pad: '' }).toString()
+  for (const [bytes, status] of [[8192, 303], [8193, 413]] as const) {
+    const body = form + 'x'.repeat(bytes - form.length)
+    t.equal((await send(port, { method: 'POST', path: LOGIN_PATH, body })).status, status, `${bytes} bytes`)
+  }
   const put = await send(port, { method: 'PUT', path: LOGIN_PATH })
   t.equal(put.status, 405)
   t.equal(put.headers.allow, 'GET, HEAD, POST')
+  t.match(put.body, /<title>Method Not Allowed<\/title>/)
   t.equal((await send(port, { method: 'HEAD', path: LOGIN_PATH })).status, 200)
-  t.equal((await send(port, { path: '/cdn-cgi/access/nothing' })).status, 404)
+  const nothing = await send(port, { path: '/cdn-cgi/access/nothing' })
+  t.equal(nothing.status, 404)
+  t.match(nothing.body, /<title>Not Found<\/title>/)
   t.equal((await send(port, { method: 'POST', path: '/cdn-cgi/access/certs' })).status, 404)
 })
 
@@ -424,14 +489,26 @@ t.test('start-up errors name the problem', async (t) => {
     [{ upstream: 'https://127.0.0.1:3000' }, /--upstream must be an http:\/\/ origin/],
     [{ upstream: 'http://127.0.0.1:3000/app' }, /--upstream must be an http:\/\/ origin/],
     [{ upstream: 'not a url' }, /--upstream must be an http:\/\/ origin/],
+    [{ upstream: 'http://127.0.0.1:3000/?x' }, /--upstream must be an http:\/\/ origin/],
+    [{ upstream: 'http://dev@127.0.0.1:3000' }, /--upstream must be an http:\/\/ origin/],
+    [{ upstream: 'http://:secret@127.0.0.1:3000' }, /--upstream must be an http:\/\/ origin/],
     [{ upstream: 'http://127.0.0.1:3000', port: 70000 }, /--port must be a port number/],
+    [{ upstream: 'http://127.0.0.1:3000', port: 65536 }, /--port must be a port number/],
+    [{ upstream: 'http://127.0.0.1:3000', port: -1 }, /--port must be a port number/],
+    [{ upstream: 'http://127.0.0.1:3000', port: 1.5 }, /--port must be a port number/],
     [{ upstream: 'http://127.0.0.1:3000', audience: 'has space' }, /option "audience"/],
     [{ upstream: `http://localhost:${busy + 0}`, port: busy }, /EADDRINUSE/]
   ]
   const before = await listeners()
   for (const [options, message] of cases) await t.rejects(createDevProxy({ privateKeys: keys, ...options }), message)
   const free = await closedPort()
-  await t.rejects(createDevProxy({ upstream: `http://127.0.0.1:${free}`, port: free, privateKeys: keys }), /is the proxy itself/)
+  for (const host of ['127.0.0.1', 'localhost']) {
+    await t.rejects(createDevProxy({ upstream: `http://${host}:${free}`, port: free, privateKeys: keys }), /is the proxy itself/, host)
+  }
+  // the highest port is a port: it starts, or it is taken, but it is never refused as a number
+  const highest = await createDevProxy({ upstream: `http://127.0.0.1:${free}`, port: 65535, privateKeys: keys }).catch((error: Error) => error)
+  if (highest instanceof Error) t.match(highest.message, /EADDRINUSE/)
+  else await highest.close()
   const secret = createSecretKey(Buffer.alloc(32))
   await t.rejects(createDevProxy({ upstream: `http://127.0.0.1:${free}`, port: 0, privateKeys: [secret, secret] }), /secret|type/i, 'keys that are no RSA private keys')
   t.equal(await listeners(), before, 'a failed start leaves no listener behind')
@@ -449,7 +526,7 @@ t.test('the login takes an email as identity providers send it; any other is ref
     const jar = new Jar()
     const res = await login(jar, { email })
     t.equal(res.status, 400, JSON.stringify(email))
-    t.match(res.body, /Enter an email address such as alice@example\.com, as identity providers send them/, `${JSON.stringify(email)}: says why`)
+    t.match(res.body, /Enter an email address such as alice@example\.com, as identity providers send them: ASCII letters, digits and \. _ \+ - \(and !#\$%&#38;&#39;\*\/=\?\^`\{\|\}~\) before the @, a domain name after it\. Internationalized addresses are refused: the Cf-Access-Authenticated-User-Email header cannot carry them\./, `${JSON.stringify(email)}: says why`)
     t.equal(jar.cookies.size, 0, `${JSON.stringify(email)}: no login`)
   }
   for (const email of ["o'brien+dev@Example.COM", 'a.b-c_d!#$%&*/=?^`{|}~@sub.example.co', `${'a'.repeat(64)}@example.com`, `${'a'.repeat(64)}@${domain189}`]) {
@@ -605,4 +682,90 @@ t.test('an upstream not on this machine is refused unless allowRemoteUpstream sa
     t.equal(local.upstream, upstream, `${upstream}: loopback`)
     await local.close()
   }
+})
+
+t.test('hop-by-hop headers stay on their connection, both ways', async (t) => {
+  const jar = new Jar()
+  await login(jar, { email: 'alice@acme.com' })
+  const hop = { 'keep-alive': 'timeout=99', 'proxy-connection': 'keep-alive', 'proxy-authorization': 'Basic eDp5', te: 'trailers', trailer: 'x-sum', upgrade: 'x' }
+  // raw: Node's client refuses to send some of these itself
+  const lines = Object.entries(hop).map(([name, value]) => `${name}: ${value}\r\n`).join('')
+  const raw = await exchange(port, `GET /me HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nCookie: ${jar.header}\r\nConnection: close\r\n${lines}\r\n`)
+  const { headers } = JSON.parse(raw.slice(raw.indexOf('\r\n\r\n') + 4))
+  for (const name of Object.keys(hop)) t.notOk(name in headers, `${name} is not forwarded`)
+  const kept = JSON.parse((await send(port, { path: '/me', jar, headers: { connection: 'keep-alive' } })).body).headers
+  t.equal(kept.connection, 'close', "the client's Connection is about its connection: the app sees the proxy's own")
+  const answer = await send(port, { path: '/hop', jar })
+  t.equal(answer.body, 'ok')
+  t.equal(answer.headers['x-end'], 'kept')
+  for (const name of ['proxy-connection', 'trailer', 'x-named']) t.notOk(name in answer.headers, `${name} in the answer is not passed on`)
+  t.not(answer.headers['keep-alive'], 'timeout=99', "the app's Keep-Alive is about its connection to the proxy")
+})
+
+t.test('an upgrade the app declines: its status, body and own headers, without hop-by-hop ones, and the connection closed', async (t) => {
+  const jar = new Jar()
+  await login(jar, { email: 'alice@acme.com' })
+  const answer = await exchange(port, `GET /ws-decline HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nCookie: ${jar.header}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nContent-Length: 0\r\n\r\n`)
+  const [head, body] = answer.split('\r\n\r\n') as [string, string]
+  t.match(head, /^HTTP\/1\.1 403 Forbidden\r\n/)
+  t.match(head, /\r\nX-Reason: nope(\r\n|$)/)
+  t.match(head, /\r\nConnection: close$/, 'the end of the connection says where the body ends')
+  t.notMatch(head, /Keep-Alive|Transfer-Encoding/i)
+  t.equal(body, 'nope!', 'the body as the app meant it, its chunks undone')
+  t.notOk('content-length' in (upgrades.at(-1) as object), 'an upgrade request is forwarded without a body')
+})
+
+t.test('a tunnel ends on both sides when either breaks off, and with the proxy', async (t) => {
+  const jar = new Jar()
+  await login(jar, { email: 'alice@acme.com' })
+  const open = async (to = port): Promise<WebSocket> => {
+    const ws = new WebSocket(`ws://127.0.0.1:${to}/ws`, { headers: { cookie: jar.header } })
+    await new Promise((resolve) => ws.once('message', resolve))
+    return ws
+  }
+  const closed = (ws: WebSocket): Promise<boolean> => new Promise((resolve) => {
+    ws.once('close', () => resolve(true))
+    setTimeout(resolve, 5000, false)
+  })
+
+  const first = await open()
+  const firstClosed = closed(first)
+  ;(appSide.socket as net.Socket).resetAndDestroy()
+  t.ok(await firstClosed, 'the app resets its side: the client is closed')
+
+  const second = await open()
+  const before = appSide.closed.length
+  ;(second as unknown as { _socket: net.Socket })._socket.resetAndDestroy()
+  t.ok(await eventually(() => appSide.closed.length > before, 5000), "the client resets its side: the app's is closed")
+  t.equal((await send(port, { path: '/me', jar })).status, 200, 'the proxy still serves')
+
+  const asked = upgrades.length
+  const pending = new WebSocket(`ws://127.0.0.1:${port}/ws-slow`, { headers: { cookie: jar.header } })
+  pending.on('error', () => {})
+  t.ok(await eventually(() => upgrades.length > asked, 5000), 'the upgrade reached the app')
+  pending.terminate()
+  t.ok(await eventually(() => appSide.closed.includes('/ws-slow'), 5000), 'a client that leaves before the app answers its upgrade: the app\'s side is closed')
+
+  // a proxy of its own, in front of a WebSocket server that verifies nothing
+  const echo = new WebSocketServer({ port: 0, host: '127.0.0.1' })
+  t.teardown(() => new Promise((resolve) => echo.close(resolve)))
+  echo.on('connection', (ws) => ws.send('hello'))
+  await new Promise((resolve) => echo.once('listening', resolve))
+  const other = await createDevProxy({ upstream: `http://127.0.0.1:${(echo.address() as AddressInfo).port}`, port: 0, privateKeys: keys })
+  const otherPort = Number(new URL(other.origin).port)
+  await login(jar, { email: 'alice@acme.com' }, {}, otherPort)
+  const third = await open(otherPort)
+  const thirdClosed = closed(third)
+  await other.close()
+  t.ok(await thirdClosed, "the proxy's close() ends its tunnels")
+})
+
+t.test('edge headers spelt with underscores are dropped too: CGI-style servers read them as the same header', async (t) => {
+  const jar = new Jar()
+  await login(jar, { email: 'alice@acme.com' })
+  const spoof = { cf_connecting_ip: '203.0.113.9', x_forwarded_for: '203.0.113.9', x_forwarded_proto: 'https', true_client_ip: '203.0.113.9', cf_access_authenticated_user_email: 'admin@acme.com', Cf_Access_Jwt_Assertion: 'forged' }
+  const { headers } = JSON.parse((await send(port, { path: '/me', jar, headers: spoof })).body)
+  for (const name of Object.keys(spoof)) t.notOk(name.toLowerCase() in headers, name)
+  t.equal(headers['x-custom_name'], undefined)
+  t.equal(JSON.parse((await send(port, { path: '/me', jar, headers: { 'x-custom_name': 'kept' } })).body).headers['x-custom_name'], 'kept', 'other names with underscores pass')
 })
