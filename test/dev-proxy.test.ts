@@ -1,4 +1,4 @@
-import { createSecretKey, generateKeyPairSync, type KeyObject } from 'node:crypto'
+import { createSecretKey, generateKeyPairSync, randomUUID, type KeyObject } from 'node:crypto'
 import http from 'node:http'
 import net, { type AddressInfo } from 'node:net'
 import type { Duplex } from 'node:stream'
@@ -87,7 +87,7 @@ t.before(async () => {
   app.get('/finance', { config: { cfAccess: { allow: { groups: ['finance'] } } } }, async (request) => (await request.cfAccessIdentity()).groups.map((group) => group.name))
   app.post('/echo', async (request, reply) => reply.header('set-cookie', ['a=1; Path=/', 'b=2; Path=/']).header('x-upstream', 'yes').send({ got: request.body }))
   app.get('/slow', async (request) => {
-    request.raw.socket.once('close', () => appSide.closed.push('/slow'))
+    request.raw.socket.once('close', () => appSide.closed.push(`/slow ${String(request.headers['x-run'])}`))
     return new Promise((resolve) => setTimeout(resolve, 3000, 'late'))
   })
   // hop-by-hop headers in an answer, and one its Connection header names
@@ -129,7 +129,7 @@ t.before(async () => {
     if (req.url === '/ws-slow') {
       // never answers
       socket.once('end', () => {
-        appSide.closed.push('/ws-slow')
+        appSide.closed.push(`/ws-slow ${String(req.headers['x-run'])}`)
         socket.destroy()
       })
       return
@@ -362,7 +362,7 @@ t.test('the app down: a 502 page, for requests and upgrades alike', async (t) =>
   const res = await send(downPort, { path: '/', jar })
   t.equal(res.status, 502)
   t.match(res.headers['content-type'], /text\/html/)
-  t.match(res.body, /could not reach your app at http:\/\/127\.0\.0\.1:\d+ \(connect ECONNREFUSED [\d.:]+\)\. Is it running\?/)
+  t.match(res.body, /<title>Bad Gateway<\/title>[^]*could not reach your app at http:\/\/127\.0\.0\.1:\d+ \(connect ECONNREFUSED [\d.:]+\)\. Is it running\?/)
   const status = await new Promise((resolve) => {
     const client = new WebSocket(`ws://127.0.0.1:${downPort}/ws`, { headers: { cookie: jar.header } })
     client.on('unexpected-response', (request, response) => resolve(response.statusCode))
@@ -381,14 +381,15 @@ t.test('the answer of the app passes through; a broken one breaks ours; a client
   t.equal(echo.headers['x-upstream'], 'yes')
   await t.rejects(send(port, { path: '/broken', jar }), 'a truncated answer is not passed on as complete')
 
+  const run = randomUUID() // this run's request: the runner of the mutation tests repeats tests in one process
   const cancelled = await new Promise<string>((resolve) => {
-    const req = http.request({ host: '127.0.0.1', port, path: '/slow', headers: { cookie: jar.header }, agent: false })
+    const req = http.request({ host: '127.0.0.1', port, path: '/slow', headers: { cookie: jar.header, 'x-run': run }, agent: false })
     req.on('error', (error) => resolve((error as { code?: string }).code ?? ''))
     req.end()
     setTimeout(() => req.destroy(), 100)
   })
   t.equal(cancelled, 'ECONNRESET')
-  t.ok(await eventually(() => appSide.closed.includes('/slow'), 2500), "the app's request is cancelled too, before it answers")
+  t.ok(await eventually(() => appSide.closed.includes(`/slow ${run}`), 2500), "the app's request is cancelled too, before it answers")
   const ok = await send(port, { path: '/me', jar })
   t.equal(ok.status, 200, 'the proxy still serves')
 })
@@ -443,7 +444,7 @@ t.test('cross-site login posts are refused: Origin, Sec-Fetch-Site and the CSRF 
 t.test('the login form: validation, safe return paths, limits, methods', async (t) => {
   const bad = await login(new Jar(), { email: '<script>@x' })
   t.equal(bad.status, 400)
-  t.match(bad.body, /Enter an email address/)
+  t.match(bad.body, /<p role="alert"><strong>Enter an email address/)
   t.match(bad.body, /value="&#60;script&#62;@x"/, 'escaped')
   const none = await login(new Jar(), { kind: 'user' })
   t.equal(none.status, 400, 'no email')
@@ -475,11 +476,11 @@ t.test('the login form: validation, safe return paths, limits, methods', async (
   const put = await send(port, { method: 'PUT', path: LOGIN_PATH })
   t.equal(put.status, 405)
   t.equal(put.headers.allow, 'GET, HEAD, POST')
-  t.match(put.body, /<title>Method Not Allowed<\/title>/)
+  t.match(put.body, /<title>Method Not Allowed<\/title><h1>Method Not Allowed<\/h1>$/, 'a title, nothing else')
   t.equal((await send(port, { method: 'HEAD', path: LOGIN_PATH })).status, 200)
   const nothing = await send(port, { path: '/cdn-cgi/access/nothing' })
   t.equal(nothing.status, 404)
-  t.match(nothing.body, /<title>Not Found<\/title>/)
+  t.match(nothing.body, /<title>Not Found<\/title><h1>Not Found<\/h1>$/)
   t.equal((await send(port, { method: 'POST', path: '/cdn-cgi/access/certs' })).status, 404)
 })
 
@@ -740,11 +741,12 @@ t.test('a tunnel ends on both sides when either breaks off, and with the proxy',
   t.equal((await send(port, { path: '/me', jar })).status, 200, 'the proxy still serves')
 
   const asked = upgrades.length
-  const pending = new WebSocket(`ws://127.0.0.1:${port}/ws-slow`, { headers: { cookie: jar.header } })
+  const run = randomUUID()
+  const pending = new WebSocket(`ws://127.0.0.1:${port}/ws-slow`, { headers: { cookie: jar.header, 'x-run': run } })
   pending.on('error', () => {})
   t.ok(await eventually(() => upgrades.length > asked, 5000), 'the upgrade reached the app')
   pending.terminate()
-  t.ok(await eventually(() => appSide.closed.includes('/ws-slow'), 5000), 'a client that leaves before the app answers its upgrade: the app\'s side is closed')
+  t.ok(await eventually(() => appSide.closed.includes(`/ws-slow ${run}`), 5000), 'a client that leaves before the app answers its upgrade: the app\'s side is closed')
 
   // a proxy of its own, in front of a WebSocket server that verifies nothing
   const echo = new WebSocketServer({ port: 0, host: '127.0.0.1' })
