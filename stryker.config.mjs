@@ -1,4 +1,4 @@
-// StrykerJS configuration: mutation testing of the security core (docs/mutation.md says how and why).
+// StrykerJS configuration: mutation testing of the security core and the dev proxy (docs/mutation.md says how and why).
 
 // The tap runner starts each test file with plain `node`; tap's own TypeScript loader compiles it. Stryker's
 // instrumented sources carry `// @ts-nocheck`, and type checking belongs to `tsc`, so transpile only.
@@ -50,7 +50,9 @@ export default {
     'lib/plugin.ts',
     'lib/token.ts',
     'lib/verify.ts',
-    'lib/cache.ts'
+    'lib/cache.ts',
+    // and the dev proxy's checks: Host, login CSRF, header and cookie stripping, request targets, paths
+    'lib/dev-proxy.ts'
   ],
   // Four test processes on two cores: each runs its tests one at a time, and many wait on real timers
   // (refresh intervals, cooldowns, expiries), so that two processes kept the cores only a third busy.

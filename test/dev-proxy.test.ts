@@ -213,6 +213,7 @@ t.test('a browser is sent to the login page and back, and the app accepts the to
   t.match(form.body, /<title>Access dev proxy: log in<\/title>/)
   t.match(form.body, /name="email" type="email" value="user@example\.com"/, 'a default email to start from')
   t.notMatch(form.body, /role="alert"/, 'no message')
+  t.match(form.body, /<h1>Access dev proxy: log in<\/h1>\n<p>Pick who you are/, 'nothing in its place')
   t.match(form.body, /name="redirect_url" value="\/me\?x=1"/)
   const done = await login(jar, { kind: 'user', email: 'alice@acme.com', groups: ' finance , admins,', redirect_url: '/me?x=1' })
   t.equal(done.status, 303)
