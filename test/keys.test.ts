@@ -46,6 +46,7 @@ t.test('keys come only from the configured team, never from what a token names',
 
 t.test('periodic refresh replaces the whole set: a key Cloudflare removed stops verifying', async (t) => {
   const { access, get } = await setup(t, { refreshInterval: 1000 })
+  const started = Date.now()
   const oldToken = access.signToken({}, { key: 'previous' })
   t.equal((await get(oldToken)).statusCode, 200, 'the previous key is published and verifies')
   await access.rotateKeys()
@@ -53,7 +54,9 @@ t.test('periodic refresh replaces the whole set: a key Cloudflare removed stops 
   t.ok(await eventually(async () => (await get(oldToken)).statusCode === 401, 2500), 'after the refresh the removed key is rejected')
   t.equal((await get(oldToken)).json.code, 'FST_CF_ACCESS_TOKEN_INVALID')
   t.equal((await get(access.signToken())).statusCode, 200, 'the new current key verifies')
-  t.ok(access.certsRequestCount >= 2 && access.certsRequestCount <= 4, `${access.certsRequestCount} fetches`)
+  // one fetch at start and one per interval since, not one per request (on a loaded machine this test takes longer)
+  const intervals = Math.ceil((Date.now() - started) / 1000)
+  t.ok(access.certsRequestCount >= 2 && access.certsRequestCount <= 2 + intervals, `${access.certsRequestCount} fetches in ${intervals} intervals`)
 })
 
 t.test('a rotated-in kid is picked up at once on first sight, even right after a periodic fetch', async (t) => {
