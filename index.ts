@@ -21,7 +21,7 @@ fp(fastifyCloudflareAccess, { fastify: '5.x', name: 'fastify-cloudflare-access' 
 // export and the error constructors.
 const {
   errorCodes, TokenMissingError, TokenInvalidError, TokenExpiredError, ClaimInvalidError, KeysUnavailableError,
-  ForbiddenError, NoIdentityError, IdentityUnavailableError, AuthorizeFailedError, AuthorizeTimeoutError
+  ForbiddenError, NoIdentityError, IdentityUnavailableError, AuthorizeFailedError, AuthorizeTimeoutError, RouteUnguardedError
 } = errors
 const { isServiceToken, isUserToken, requireClaims, requireUser, requireServiceToken } = claims
 // Destructured like the rest: Node's CommonJS-to-ESM bridge (below) sees `name,` but stops at `name: x.name`.
@@ -41,6 +41,7 @@ fastifyCloudflareAccess.NoIdentityError = NoIdentityError
 fastifyCloudflareAccess.IdentityUnavailableError = IdentityUnavailableError
 fastifyCloudflareAccess.AuthorizeFailedError = AuthorizeFailedError
 fastifyCloudflareAccess.AuthorizeTimeoutError = AuthorizeTimeoutError
+fastifyCloudflareAccess.RouteUnguardedError = RouteUnguardedError
 fastifyCloudflareAccess.isServiceToken = isServiceToken
 fastifyCloudflareAccess.isUserToken = isUserToken
 fastifyCloudflareAccess.cloudflareAccessStatus = cloudflareAccessStatus
@@ -69,6 +70,7 @@ fastifyCloudflareAccess.cloudflareAccessTransform = cloudflareAccessTransform
   IdentityUnavailableError,
   AuthorizeFailedError,
   AuthorizeTimeoutError,
+  RouteUnguardedError,
   isServiceToken,
   isUserToken,
   cloudflareAccessStatus,

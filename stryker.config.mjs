@@ -28,6 +28,7 @@ export default {
       'test/properties.test.ts',
       'test/redteam-hotpath.test.ts',
       'test/seams.test.ts',
+      'test/unguarded.test.ts',
       'test/verify.test.ts'
     ],
     nodeArgs: ['--import=@tapjs/typescript/import', '-r', '{{hookFile}}', '{{testFile}}']
@@ -40,6 +41,7 @@ export default {
     'lib/policy.ts',
     'lib/scopes.ts',
     'lib/routes.ts',
+    'lib/unguarded.ts',
     'lib/optional.ts',
     'lib/preflight.ts',
     'lib/claims.ts',

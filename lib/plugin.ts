@@ -14,6 +14,7 @@ import { addScopeHook } from './preflight'
 import { watchRoutes } from './routes'
 import { claimScope } from './scopes'
 import { trackStatus } from './status'
+import { watchUnguarded } from './unguarded'
 import { readToken } from './token'
 import type { CloudflareAccessClaims, CloudflareAccessDecorator, CloudflareAccessIdentity, FastifyCloudflareAccessOptions } from './types'
 import { createTokenVerifier, kCacheCounters } from './verify'
@@ -205,8 +206,9 @@ export async function cloudflareAccess (fastify: FastifyInstance, rawOptions: Fa
       verify(request, reply).then(() => done(), done)
     })
   }
-  watchRequirements(fastify, options.hook, options.required)
+  const checkRequirements = watchRequirements(fastify, options.hook, options.required, options.policy !== null)
   describeRoutes(fastify, options, verify)
+  watchUnguarded({ scope: fastify, check (route) { routes.check(route); checkRequirements(route) } }, log)
   fastify.addHook('onReady', async () => {
     store.start()
     // Availability first by default; with waitForKeys, a deploy that cannot reach Cloudflare fails to start.

@@ -228,8 +228,10 @@ export interface CloudflareAccessDecorator {
 
 // Where each decorator exists: the plugin decorates the scope it is registered in (fastify-plugin makes
 // that the scope that calls `register`) and that scope's children — not the parent scopes, which
-// Fastify gives a plugin no way to reach. A registration inside `/admin` leaves the root without them,
-// so `request.cfAccess` and `fastify.cfAccess` are typed as what they are there: absent.
+// Fastify gives a plugin no way to reach. `request.cfAccess` is typed as what it is outside them
+// (absent); `fastify.cfAccess` is typed as present, the Fastify convention for decorators, so that a
+// scope without it fails loudly (a TypeError when a route reads `.verify`) instead of inviting `?.`,
+// which would hand Fastify an `undefined` hook: an open route.
 declare module 'fastify' {
   interface FastifyRequest {
     /**
@@ -264,9 +266,12 @@ declare module 'fastify' {
   }
   interface FastifyInstance {
     /**
-     * Set by fastify-cloudflare-access on the scope it is registered in and that scope's children;
-     * `undefined` elsewhere (for example at the root when the plugin is registered inside a prefix).
+     * Set by fastify-cloudflare-access on the scope it is registered in and that scope's children. Typed as
+     * present, as Fastify decorators are: elsewhere (the root, when the plugin is registered inside a
+     * prefix) it is `undefined` at run time, and `fastify.cfAccess.verify` throws a TypeError where the
+     * route is declared. Never write `fastify.cfAccess?.verify`: where the plugin is missing, that hands
+     * Fastify an `undefined` hook, and the route is served to anyone.
      */
-    cfAccess?: CloudflareAccessDecorator
+    cfAccess: CloudflareAccessDecorator
   }
 }

@@ -164,7 +164,7 @@ t.test('route policies work with hook: false and with preHandler', async (t) => 
     const server = Fastify()
     t.teardown(() => server.close())
     await server.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience, hook })
-    const hooks = hook === false ? { onRequest: server.cfAccess!.verify } : {}
+    const hooks = hook === false ? { onRequest: server.cfAccess.verify } : {}
     server.get('/ops', { ...hooks, config: { cfAccess: { allow: { emails: ['ops@acme.com'] } } } }, async () => 'ok')
     server.get('/open', { config: { cfAccess: false } }, async (request) => ({ claims: request.cfAccess }))
     await server.ready()
@@ -180,14 +180,19 @@ t.test('a route declared before the plugin in the same scope still has its polic
   const server = Fastify()
   t.teardown(() => server.close())
   server.get('/early', { config: { cfAccess: { allow: { emails: ['a@acme.com'] } } } }, async () => 'ok')
-  server.get('/bad', { config: { cfAccess: { allow: {} } } }, async () => 'ok')
   await server.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience })
   await server.ready()
   t.equal(await status(server, access.signToken({ email: 'a@acme.com' }), '/early'), 200)
   t.equal(await status(server, access.signToken({ email: 'b@acme.com' }), '/early'), 403)
-  const bad = await server.inject({ url: '/bad', headers: { [HEADER]: access.signToken() } })
-  t.equal(bad.statusCode, 500, 'an invalid policy the plugin could not see at boot fails closed')
-  t.match(bad.json().message, /"allow" needs at least one/)
+})
+
+t.test('an invalid policy on a route declared before the plugin refuses the boot, naming the route', async (t) => {
+  const access = await emulator(t)
+  const server = Fastify()
+  t.teardown(() => server.close())
+  server.get('/bad', { config: { cfAccess: { allow: {} } } }, async () => 'ok')
+  await server.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience })
+  await t.rejects(async () => { await server.ready() }, /route GET \/bad: "allow" needs at least one/)
 })
 
 t.test('policies are validated at registration', async (t) => {
@@ -238,7 +243,7 @@ t.test('route configs are validated when the route is added: boot fails, not the
   const server = Fastify()
   t.teardown(() => server.close())
   await server.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience, hook: false })
-  t.throws(() => server.get('/x', { onRequest: [server.cfAccess!.verify], config: { cfAccess: false } }, async () => 'ok'),
+  t.throws(() => server.get('/x', { onRequest: [server.cfAccess.verify], config: { cfAccess: false } }, async () => 'ok'),
     /config.cfAccess is false \(no verification\) but the route also runs fastify.cfAccess.verify/)
 })
 
@@ -326,7 +331,7 @@ t.test('verifyToken applies the route policy of the request it is given, and no 
   const outcomes: unknown[] = []
   // Before the route's own guard, with the token in another header: only verifyToken sees it.
   const record = async (request: FastifyRequest): Promise<void> => {
-    outcomes.push(await server.cfAccess!.verifyToken(request.headers['x-token'] as string, request)
+    outcomes.push(await server.cfAccess.verifyToken(request.headers['x-token'] as string, request)
       .then((claims) => claims.email, (error: { code?: string, message: string }) => error.code ?? error.message))
   }
   server.get('/boss', { onRequest: record, config: { cfAccess: { allow: { emails: ['boss@acme.com'] } } } }, async () => 'in')
@@ -334,7 +339,7 @@ t.test('verifyToken applies the route policy of the request it is given, and no 
   server.get('/off', { onRequest: record, config: { cfAccess: false } }, async () => 'in')
   await server.ready()
   const eve = access.signToken({ email: 'eve@acme.com' })
-  t.equal(await server.cfAccess!.verifyToken(eve).then((claims) => claims.email, (error: Error) => error.message), 'eve@acme.com', 'no request: no route policy')
+  t.equal(await server.cfAccess.verifyToken(eve).then((claims) => claims.email, (error: Error) => error.message), 'eve@acme.com', 'no request: no route policy')
   for (const url of ['/boss', '/plain', '/off']) await server.inject({ url, headers: { 'x-token': eve } })
   t.same(outcomes, ['FST_CF_ACCESS_FORBIDDEN', 'eve@acme.com', 'eve@acme.com'], 'the route policy, none, none')
 })

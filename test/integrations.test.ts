@@ -162,8 +162,8 @@ t.test('OpenAPI wired wrong: fails loudly, never documents a protected route as 
     t.teardown(() => app.close())
     await app.register(swagger, { openapi: { components: { securitySchemes: { ...cloudflareAccessSecuritySchemes } } }, transform: cloudflareAccessTransform })
     await app.register(cloudflareAccess, { ...options, hook: false })
-    app.get('/p', { onRequest: app.cfAccess!.verify, config: { cfAccess: { allow: { emailDomains: ['acme.com'] } } } }, async () => 'x')
-    app.get('/q', { preHandler: [async () => {}, app.cfAccess!.verify] }, async () => 'x')
+    app.get('/p', { onRequest: app.cfAccess.verify, config: { cfAccess: { allow: { emailDomains: ['acme.com'] } } } }, async () => 'x')
+    app.get('/q', { preHandler: [async () => {}, app.cfAccess.verify] }, async () => 'x')
     await app.ready()
     t.same(operation(app, '/p').security, SECURITY)
     t.same(operation(app, '/q').security, SECURITY, 'verify found inside an array of hooks')
@@ -330,7 +330,7 @@ t.test('WebSockets wired wrong: other hook positions still refuse an unverified 
     app.register(async (live) => {
       if (layout === 'origin-check-first') live.addHook('onRequest', allowOrigins(['https://app.acme.com']))
       await live.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience, hook: layout === 'preHandler' ? 'preHandler' : layout === 'hook-false-route-verify' ? false : 'onRequest' })
-      const onRequest = layout === 'hook-false-route-verify' ? live.cfAccess!.verify : []
+      const onRequest = layout === 'hook-false-route-verify' ? live.cfAccess.verify : []
       live.get('/feed', { websocket: true, onRequest }, (socket, request) => { socket.send(String(request.cfAccess?.email)) })
     }, { prefix: '/live' })
     const base = `${await listen(app)}/live/feed`
@@ -414,7 +414,7 @@ t.test('the typed accessors wired wrong: wherever nothing verified, 401 — neve
   app.register(async (admin) => {
     await admin.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience, hook: false })
     admin.get('/unverified', async (request) => requireUser(request).email) // hook: false and no verify
-    admin.get('/verified', { onRequest: admin.cfAccess!.verify }, async (request) => requireUser(request).email)
+    admin.get('/verified', { onRequest: admin.cfAccess.verify }, async (request) => requireUser(request).email)
   }, { prefix: '/admin' })
   await app.ready()
   t.equal(app.cfAccess, undefined, 'the root has no fastify.cfAccess: the type says so')
@@ -537,7 +537,7 @@ t.test('CORS wired wrong: a preflight that nothing answers never reaches a handl
     const app = Fastify()
     t.teardown(() => app.close())
     await app.register(cloudflareAccess, { ...options, corsPreflight: true })
-    app.options('/x', { onRequest: app.cfAccess!.verify }, async () => 'handled')
+    app.options('/x', { onRequest: app.cfAccess.verify }, async () => 'handled')
     await app.register(cors, { origin: true, preflightContinue: true })
     t.equal((await app.inject({ method: 'OPTIONS', url: '/x', headers: PREFLIGHT })).statusCode, 401)
     await t.rejects(async () => { await Fastify().register(cloudflareAccess, { ...options, hook: false, corsPreflight: true }) }, /option "corsPreflight" must be used with the plugin's own hook/)
@@ -657,7 +657,7 @@ t.test('@fastify/auth wired wrong', async (t) => {
     t.teardown(() => app.close())
     await app.register(fastifyAuth)
     await app.register(cloudflareAccess, { ...options, hook: false })
-    app.get('/x', { onRequest: app.auth([app.cfAccess!.verify, apiKey]) }, async () => 'x')
+    app.get('/x', { onRequest: app.auth([app.cfAccess.verify, apiKey]) }, async () => 'x')
     t.equal((await app.inject('/x')).json().code, 'APP_API_KEY_INVALID')
   })
 
@@ -666,7 +666,7 @@ t.test('@fastify/auth wired wrong', async (t) => {
     t.teardown(() => app.close())
     await app.register(fastifyAuth)
     await app.register(cloudflareAccess, { ...options, hook: false })
-    app.get('/and', { config: { cfAccess: false }, onRequest: app.auth([app.cfAccess!.verify, apiKey], { relation: 'and' }) }, async () => 'x')
+    app.get('/and', { config: { cfAccess: false }, onRequest: app.auth([app.cfAccess.verify, apiKey], { relation: 'and' }) }, async () => 'x')
     t.equal((await app.inject({ url: '/and', headers: { 'x-api-key': 'k1' } })).statusCode, 401, 'a valid API key alone does not pass an "and"')
     t.equal((await app.inject({ url: '/and', headers: { 'x-api-key': 'k1', [HEADER]: access.signToken() } })).statusCode, 200)
   })
@@ -676,7 +676,7 @@ t.test('@fastify/auth wired wrong', async (t) => {
     t.teardown(() => app.close())
     await app.register(fastifyAuth)
     await app.register(cloudflareAccess, { ...options, hook: false, allow: { emailDomains: ['acme.com'] } })
-    app.get('/x', { onRequest: app.auth([app.cfAccess!.verify, apiKey]) }, async (request) => ({ claims: request.cfAccess }))
+    app.get('/x', { onRequest: app.auth([app.cfAccess.verify, apiKey]) }, async (request) => ({ claims: request.cfAccess }))
     t.same((await app.inject({ url: '/x', headers: { [HEADER]: token, 'x-api-key': 'k1' } })).json(), { claims: null })
     t.equal((await app.inject({ url: '/x', headers: { [HEADER]: token } })).json().code, 'APP_API_KEY_INVALID')
   })
@@ -686,7 +686,7 @@ t.test('@fastify/auth wired wrong', async (t) => {
     t.teardown(() => app.close())
     await app.register(fastifyAuth)
     await app.register(cloudflareAccess, { ...options, hook: false })
-    app.get('/x', { config: { cfAccess: { allow: { emailDomains: ['acme.com'] } } }, onRequest: app.auth([apiKey, app.cfAccess!.verify]) }, async () => 'x')
+    app.get('/x', { config: { cfAccess: { allow: { emailDomains: ['acme.com'] } } }, onRequest: app.auth([apiKey, app.cfAccess.verify]) }, async () => 'x')
     t.equal((await app.inject({ url: '/x', headers: { 'x-api-key': 'k1' } })).statusCode, 401)
     t.equal((await app.inject({ url: '/x', headers: { 'x-api-key': 'k1', [HEADER]: token } })).statusCode, 403)
     t.equal((await app.inject({ url: '/x', headers: { [HEADER]: access.signToken({ email: 'ann@acme.com' }) } })).statusCode, 200)
@@ -747,7 +747,7 @@ t.test('optional authentication wired wrong', async (t) => {
     t.teardown(() => app.close())
     await app.register(fastifyAuth)
     await app.register(cloudflareAccess, { ...options, required: false })
-    const { verify } = app.cfAccess!
+    const { verify } = app.cfAccess
     app.get('/hooked', { onRequest: verify }, async () => 'x')
     app.get('/wrapped', { onRequest: app.auth([verify]), config: { cfAccess: { required: false } } }, async () => 'x')
     app.get('/later', { preHandler: verify }, async () => 'x')
@@ -821,25 +821,35 @@ t.test('optional authentication wired wrong', async (t) => {
       app.get('/x', { config: { cfAccess: {} as never } }, async () => 'x')
     }), /needs "allow", "authorize" or "required"/)
 
+    // Routes added before the plugin are checked at boot too (lib/unguarded.ts), all in one error.
+    const refused = await boot(async (app) => {
+      app.register(async (scope) => {
+        scope.get('/early', { config: { cfAccess: { allow: { emailDomains: ['acme.com'] } } } }, async () => 'x')
+        scope.get('/early-odd', { config: { cfAccess: 'yes' as never } }, async () => 'x')
+        scope.get('/early-null', { config: { cfAccess: null as never } }, async () => 'x')
+        scope.get('/early-unsaid', { config: { cfAccess: { required: undefined } as never } }, async () => 'x')
+        await scope.register(cloudflareAccess, { ...options, required: false })
+      })
+    }).then(() => undefined, (error: Error) => error.message)
+    t.match(refused, /route GET \/early: the plugin has required: false and this route has a policy/, 'a route policy added before the plugin that would inherit required: false')
+    t.match(refused, /route GET \/early-odd: config\.cfAccess must be false or a policy/, 'an odd config added before the plugin')
+    t.match(refused, /route GET \/early-null: config\.cfAccess must be false or a policy/)
+    t.match(refused, /route GET \/early-unsaid: config\.cfAccess needs "allow", "authorize" or "required"/)
+
     const app = Fastify()
     t.teardown(() => app.close())
     app.register(async (scope) => {
-      scope.get('/early', { config: { cfAccess: { allow: { emailDomains: ['acme.com'] } } } }, async () => 'x') // before the plugin: not checked at boot
+      scope.get('/early', { config: { cfAccess: { required: true, allow: { emailDomains: ['acme.com'] } } } }, async () => 'x')
       scope.get('/early-optional', { config: { cfAccess: { required: false } } }, async (request) => ({ claims: request.cfAccess }))
-      scope.get('/early-odd', { config: { cfAccess: 'yes' as never } }, async () => 'x')
-      scope.get('/early-null', { config: { cfAccess: null as never } }, async () => 'x')
-      scope.get('/early-unsaid', { config: { cfAccess: { required: undefined } as never } }, async (request) => ({ claims: request.cfAccess }))
       await scope.register(cloudflareAccess, { ...options, required: false })
       scope.get('/required', { config: { cfAccess: { required: true, allow: { emailDomains: ['acme.com'] } } } }, async () => 'x')
     })
-    t.equal((await app.inject('/early')).statusCode, 401, 'a route policy the boot did not see still requires a token')
+    for (const url of ['/early', '/required']) {
+      t.equal((await app.inject(url)).statusCode, 401, `${url}: a route policy requires a token`)
+      t.equal((await app.inject({ url, headers: { [HEADER]: access.signToken({ email: 'eve@evil.com' }) } })).statusCode, 403)
+      t.equal((await app.inject({ url, headers: { [HEADER]: token } })).statusCode, 200)
+    }
     t.same((await app.inject('/early-optional')).json(), { claims: null })
-    t.equal((await app.inject('/early-odd')).statusCode, 401, 'an odd config the boot did not see is not optional')
-    t.equal((await app.inject('/early-null')).statusCode, 401)
-    t.same((await app.inject('/early-unsaid')).json(), { claims: null }, 'a route that does not say follows the plugin\'s required: false')
-    t.equal((await app.inject('/required')).statusCode, 401)
-    t.equal((await app.inject({ url: '/required', headers: { [HEADER]: access.signToken({ email: 'eve@evil.com' }) } })).statusCode, 403)
-    t.equal((await app.inject({ url: '/required', headers: { [HEADER]: token } })).statusCode, 200)
   })
 
   t.test('OpenAPI: an optional route offers "no token" as an alternative', async (t) => {
@@ -859,7 +869,7 @@ t.test('optional authentication wired wrong', async (t) => {
     const app = Fastify()
     t.teardown(() => app.close())
     await app.register(cloudflareAccess, options)
-    app.get('/maybe', { config: { cfAccess: { required: false } } }, async (request) => (await app.cfAccess!.verifyToken(token, request)).email)
+    app.get('/maybe', { config: { cfAccess: { required: false } } }, async (request) => (await app.cfAccess.verifyToken(token, request)).email)
     t.equal((await app.inject('/maybe')).body, 'ann@acme.com')
   })
 })

@@ -73,8 +73,8 @@ expectAssignable<CloudflareAccessClaims>({ aud: ['a'], iss: 'i', exp: 1, email: 
 expectAssignable<CloudflareAccessClaims>({ aud: ['a'], iss: 'i', exp: 1, common_name: 'x.access', sub: '' })
 
 // fastify.cfAccess: the route-level hook and verifyToken, on the scopes where the plugin is registered
-expectType<CloudflareAccessDecorator | undefined>(app.cfAccess)
-const access = app.cfAccess!
+expectType<CloudflareAccessDecorator>(app.cfAccess)
+const access = app.cfAccess
 expectType<(request: FastifyRequest, reply: FastifyReply) => Promise<void>>(access.verify)
 expectType<Promise<CloudflareAccessClaims>>(access.verifyToken('token'))
 app.get('/ws', async (request) => {
