@@ -106,6 +106,7 @@ declare namespace fastifyCloudflareAccess {
   export type CloudflareAccessCustom = types.CloudflareAccessCustom
   export type CloudflareAccessAllow = types.CloudflareAccessAllow
   export type CloudflareAccessAuthorize = types.CloudflareAccessAuthorize
+  export type CloudflareAccessAuthorizeContext = types.CloudflareAccessAuthorizeContext
   export type CloudflareAccessPolicy = types.CloudflareAccessPolicy
   export type CloudflareAccessRouteConfig = types.CloudflareAccessRouteConfig
   export type CloudflareAccessIdentity = types.CloudflareAccessIdentity

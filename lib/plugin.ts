@@ -9,7 +9,7 @@ import { decorateLogout } from './logout'
 import { describeRoutes } from './openapi'
 import { isOptional, watchRequirements } from './optional'
 import { normalizeOptions, warnIfLoopbackInProduction } from './options'
-import { admits, type CompiledPolicy } from './policy'
+import { admits, IdentityLookups, type CompiledPolicy } from './policy'
 import { addScopeHook } from './preflight'
 import { watchRoutes } from './routes'
 import { claimScope } from './scopes'
@@ -25,8 +25,14 @@ const RETRY_AFTER = String(RETRY_AFTER_SECONDS)
 const kToken = Symbol('fastify-cloudflare-access.token')
 /** The route `config.cfAccess` (or `true` for none) whose policies admitted the request: private. */
 const kAdmitted = Symbol('fastify-cloudflare-access.admitted')
+/** While a policy runs on the request: the identity of the token it verifies, for `request.cfAccessIdentity()`. */
+const kVerifying = Symbol('fastify-cloudflare-access.verifying')
 
-type Request = FastifyRequest & { [kToken]: string | null, [kAdmitted]: object | true | null }
+type Request = FastifyRequest & {
+  [kToken]: string | null
+  [kAdmitted]: object | true | null
+  [kVerifying]: (() => Promise<CloudflareAccessIdentity>) | null
+}
 type Done = (error?: Error) => void
 
 /**
@@ -68,8 +74,18 @@ export async function cloudflareAccess (fastify: FastifyInstance, rawOptions: Fa
   // `request` is undefined only for verifyToken(token) without a request, which refuses a policy with
   // `authorize` before getting here.
   async function enforce (policy: CompiledPolicy, claims: CloudflareAccessClaims, token: string, request: FastifyRequest | undefined): Promise<void> {
-    const context = { request: request as FastifyRequest, identity: () => identityFor(token, claims), authorizeTimeout: options.authorizeTimeout }
-    if (await admits(policy, claims, context)) return
+    const identity = new IdentityLookups(() => identityFor(token, claims))
+    const context = { request: request as FastifyRequest, identity, authorizeTimeout: options.authorizeTimeout }
+    // While the policy runs, request.cfAccessIdentity() is the identity of the token being verified.
+    const req = request as Request | undefined
+    if (req !== undefined) req[kVerifying] = identity.get
+    let admitted: boolean
+    try {
+      admitted = await admits(policy, claims, context)
+    } finally {
+      if (req !== undefined) req[kVerifying] = null
+    }
+    if (admitted) return
     const route = request?.routeOptions.url
     const grants = grantsOf(policy)
     channels.denied.hasSubscribers && channels.denied.publish({ route, grants, kind: isServiceToken(claims) ? 'service' : 'user' })
@@ -189,10 +205,15 @@ export async function cloudflareAccess (fastify: FastifyInstance, rawOptions: Fa
   fastify.decorateRequest('cfAccess', null)
   fastify.decorateRequest(kToken, null)
   fastify.decorateRequest(kAdmitted, null)
+  fastify.decorateRequest(kVerifying, null)
   fastify.decorateRequest('cfAccessIdentity', function (this: FastifyRequest) {
     const claims = this.cfAccess
     const token = (this as Request)[kToken]
-    if (claims == null || token === null) return Promise.reject(new TokenMissingError())
+    if (claims == null || token === null) {
+      // Inside `authorize`, before admission: the token being verified (its lookups refuse as identity() does).
+      const verifying = (this as Request)[kVerifying]
+      return verifying === null ? Promise.reject(new TokenMissingError()) : verifying()
+    }
     return identityFor(token, claims)
   })
   decorateLogout(fastify)

@@ -386,3 +386,138 @@ t.test('boot refuses required on a hook: false route, and a policy route under r
   await t.rejects(boot({ required: false }, { allow: { emails: ['a@acme.com'] } }), /route GET \/: the plugin has required: false and this route has a policy/)
   await t.resolves(boot({}, { required: false }), 'a plain route and an optional one boot')
 })
+
+t.test('authorize\'s identity(): an all-of-groups rule, one lookup per token shared with the group grants', async (t) => {
+  const access = await emulator(t)
+  access.setIdentity('both@acme.com', { groups: [{ id: 'g-fin', name: 'finance' }, { id: 'g-adm', name: 'admins' }] })
+  access.setIdentity('one@acme.com', { groups: [{ id: 'g-fin', name: 'finance' }] })
+  const seen: unknown[] = []
+  const server = await app(t, access, {
+    allow: { groupIds: ['g-fin'] },
+    authorize: async (claims, request, { identity }) => {
+      seen.push(request.cfAccess)
+      const { groups } = await identity()
+      return ['g-fin', 'g-adm'].every((id) => groups.some((group) => group.id === id))
+    }
+  })
+  const both = access.signToken({ email: 'both@acme.com' })
+  const before = access.identityRequestCount
+  t.equal(await status(server, both), 200, 'in both groups: admitted')
+  t.equal(access.identityRequestCount, before + 1, 'one lookup, shared by the groupIds grant and authorize')
+  t.equal(await status(server, both), 200)
+  t.equal(access.identityRequestCount, before + 1, 'and cached for the token')
+  t.equal(await status(server, access.signToken({ email: 'one@acme.com' })), 403, 'in one of them: refused')
+  t.same(seen, [null, null, null], 'request.cfAccess is still null inside authorize')
+
+  const service = await app(t, access, { allow: { serviceTokens: true }, authorize: async (_claims, _request, { identity }) => (await identity()).email !== '' })
+  const res = await service.inject({ url: '/admin', headers: { [HEADER]: access.signServiceToken() } })
+  t.same([res.statusCode, res.json().code], [403, 'FST_CF_ACCESS_NO_IDENTITY'], 'a service token has no identity')
+  t.equal(access.identityRequestCount, before + 2, 'and costs no lookup')
+})
+
+t.test('a failed identity lookup refuses the request whatever authorize makes of it', async (t) => {
+  const access = await emulator(t)
+  const rules: Record<string, NonNullable<FastifyCloudflareAccessOptions['authorize']>> = {
+    awaited: async (_claims, _request, { identity }) => (await identity()).email !== '',
+    caught: async (_claims, _request, { identity }) => {
+      try { await identity() } catch { return true }
+      return true
+    },
+    'not awaited': (_claims, _request, { identity }) => { identity(); return true },
+    'thrown over': async (_claims, _request, { identity }) => {
+      await identity().catch(() => undefined)
+      throw new Error('a bug of its own')
+    },
+    'through request.cfAccessIdentity()': async (_claims, request) => {
+      try { await request.cfAccessIdentity() } catch { return true }
+      return true
+    }
+  }
+  for (const [name, authorize] of Object.entries(rules)) {
+    const server = await app(t, access, { authorize, identityTimeout: 300 })
+    access.setOutage(true, 'identity')
+    const down = await server.inject({ url: '/admin', headers: { [HEADER]: access.signToken() } })
+    t.same([down.statusCode, down.json().code, down.headers['retry-after']], [503, 'FST_CF_ACCESS_IDENTITY_UNAVAILABLE', '5'], `${name}: the endpoint down: 503 with Retry-After`)
+    access.setOutage(false, 'identity')
+    t.equal(await status(server, access.signToken()), name === 'thrown over' ? 500 : 200, `${name}: the endpoint back`)
+  }
+  // The endpoint refusing the session: a key the plugin still has cached and the emulator no longer knows.
+  const server = await app(t, access, { authorize: rules.caught as NonNullable<FastifyCloudflareAccessOptions['authorize']> })
+  const revoked = access.signToken({}, { key: 'previous' })
+  t.equal(await status(server, access.signToken()), 200, 'keys cached')
+  await access.rotateKeys()
+  await access.rotateKeys()
+  const res = await server.inject({ url: '/admin', headers: { [HEADER]: revoked } })
+  t.same([res.statusCode, res.json().code], [401, 'FST_CF_ACCESS_TOKEN_INVALID'], 'the endpoint refusing the token: 401, caught or not')
+})
+
+t.test('request.cfAccessIdentity() inside authorize is the identity of the token being verified', async (t) => {
+  const access = await emulator(t)
+  access.setIdentity('ann@acme.com', { groups: [{ id: 'g-fin', name: 'finance' }] })
+  const server = await app(t, access, {
+    authorize: async (claims, request, { identity }) => {
+      const [mine, same] = await Promise.all([request.cfAccessIdentity(), identity()])
+      return mine === same && mine.email === claims.email && mine.groups.some((group) => group.name === 'finance')
+    }
+  })
+  const before = access.identityRequestCount
+  t.equal(await status(server, access.signToken({ email: 'ann@acme.com' })), 200)
+  t.equal(access.identityRequestCount, before + 1, 'one lookup')
+  t.equal(await status(server, access.signToken({ email: 'bob@acme.com' })), 403)
+  const plain = Fastify()
+  t.teardown(() => plain.close())
+  await plain.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience, hook: false })
+  plain.get('/', async (request) => await request.cfAccessIdentity())
+  const res = await plain.inject('/')
+  t.same([res.statusCode, res.json().code], [401, 'FST_CF_ACCESS_TOKEN_MISSING'], 'outside authorize, without a verified token: 401 as before')
+})
+
+t.test('verifyToken(token, request) gives authorize the identity of the token it verifies', async (t) => {
+  const access = await emulator(t)
+  access.setIdentity('ann@acme.com', { groups: [{ id: 'g-fin', name: 'finance' }] })
+  const server = Fastify()
+  t.teardown(() => server.close())
+  await server.register(cloudflareAccess, {
+    teamDomain: access.teamDomain,
+    audience: access.audience,
+    authorize: async (_claims, _request, { identity }) => (await identity()).groups.some((group) => group.name === 'finance')
+  })
+  server.post('/check', async (request) => (await server.cfAccess.verifyToken(String(request.body), request)).email)
+  const caller = access.signToken({ email: 'ann@acme.com' })
+  const check = (token: string) => server.inject({ method: 'POST', url: '/check', headers: { [HEADER]: caller, 'content-type': 'text/plain' }, payload: token })
+  t.equal((await check(access.signToken({ email: 'ann@acme.com' }))).body, 'ann@acme.com')
+  t.equal((await check(access.signToken({ email: 'bob@acme.com' }))).statusCode, 403, 'the other token\'s identity, not the caller\'s')
+})
+
+t.test('email grants need an address: an @ after at least one character; the domain follows the last @', async (t) => {
+  const access = await emulator(t)
+  const domains = await app(t, access, { allow: { emailDomains: ['acme.com'] } })
+  const cases: Array<[string, number]> = [
+    ['acme.com', 403],
+    ['@acme.com', 403],
+    ['', 403],
+    ['"a@b"@acme.com', 200],
+    ['a@evil.com@acme.com', 200],
+    ['a@acme.com@evil.com', 403]
+  ]
+  for (const [email, expected] of cases) t.equal(await status(domains, access.signToken({ email })), expected, JSON.stringify(email))
+  const emails = await app(t, access, { allow: { emails: ['a@acme.com'] } })
+  t.equal(await status(emails, access.signToken({ email: 'A@ACME.COM' })), 200)
+  t.equal(await status(emails, access.signToken({ email: 'acme.com' })), 403)
+})
+
+t.test('group grants read every entry of the identity: an id grant needs a string id, a name grant a string name', async (t) => {
+  const access = await emulator(t)
+  access.setIdentity('ids@acme.com', { groups: [{ id: 'g-fin' }, { id: 7, name: 'finance' }] as never })
+  access.setIdentity('names@acme.com', { groups: [{ name: 'admins' }, { id: 'g-x', name: 7 }, null, 'admins'] as never })
+  const byId = await app(t, access, { allow: { groupIds: ['g-fin'] } })
+  t.equal(await status(byId, access.signToken({ email: 'ids@acme.com' })), 200, 'an entry with an id and no name counts for groupIds')
+  t.equal(await status(byId, access.signToken({ email: 'names@acme.com' })), 403)
+  const byName = await app(t, access, { allow: { groups: ['admins'] } }, (admin) => {
+    admin.get('/groups', async (request) => (await request.cfAccessIdentity()).groups)
+  })
+  t.equal(await status(byName, access.signToken({ email: 'names@acme.com' })), 200, 'an entry with a name and no id counts for groups')
+  t.equal(await status(byName, access.signToken({ email: 'ids@acme.com' })), 403, 'a numeric name is no name')
+  const groups = await byName.inject({ url: '/admin/groups', headers: { [HEADER]: access.signToken({ email: 'names@acme.com' }) } })
+  t.same(groups.json(), [], 'identity.groups, as the application gets it, keeps only entries with both, as typed')
+})

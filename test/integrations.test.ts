@@ -482,6 +482,34 @@ t.test('corsPreflight: only a real preflight skips verification; a tokened reque
   }
 })
 
+t.test('corsPreflight: no hook of a route sees an unverified request, whether a CORS plugin answers or not', async (t) => {
+  const access = await emulator(t)
+  const options = { teamDomain: access.teamDomain, audience: access.audience }
+  for (const withCors of [false, true]) {
+    const app = Fastify()
+    t.teardown(() => app.close())
+    const seen: unknown[] = []
+    app.register(async (api) => {
+      await api.register(cloudflareAccess, { ...options, corsPreflight: true })
+      if (withCors) await api.register(cors, { origin: true })
+      // another plugin's onRoute hook that appends a route hook of its own (as @fastify/rate-limit does)
+      api.addHook('onRoute', (route) => { route.onRequest = [...[route.onRequest ?? []].flat(), async (request: FastifyRequest) => { seen.push(['appended', request.cfAccess]) }] })
+      api.route({
+        method: ['OPTIONS', 'GET'],
+        url: '/data',
+        onRequest: async (request) => { seen.push(['own', request.cfAccess]) },
+        handler: async () => 'data'
+      })
+    }, { prefix: '/api' })
+    const preflight = await app.inject({ method: 'OPTIONS', url: '/api/data', headers: PREFLIGHT })
+    t.equal(preflight.statusCode, withCors ? 204 : 401, withCors ? '@fastify/cors, a scope hook after ours, answers it' : 'nothing answers it: 401')
+    t.same(seen, [], `${withCors ? 'with' : 'without'} @fastify/cors: no route hook ran`)
+    const res = await app.inject({ url: '/api/data', headers: { [HEADER]: access.signToken({ email: 'ann@acme.com' }) } })
+    t.equal(res.statusCode, 200)
+    t.same(seen.map(([which, claims]) => [which, (claims as { email?: string } | null)?.email]), [['own', 'ann@acme.com'], ['appended', 'ann@acme.com']], 'a verified request runs them, after verification')
+  }
+})
+
 t.test('CORS wired wrong: a preflight that nothing answers never reaches a handler', async (t) => {
   const access = await emulator(t)
   const options = { teamDomain: access.teamDomain, audience: access.audience }
