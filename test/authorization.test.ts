@@ -521,3 +521,11 @@ t.test('group grants read every entry of the identity: an id grant needs a strin
   const groups = await byName.inject({ url: '/admin/groups', headers: { [HEADER]: access.signToken({ email: 'names@acme.com' }) } })
   t.same(groups.json(), [], 'identity.groups, as the application gets it, keeps only entries with both, as typed')
 })
+
+t.test('an identity lookup authorize never awaits cannot become an unhandled rejection', async (t) => {
+  const access = await emulator(t)
+  // A service token's lookup rejects at once; authorize goes on waiting for something else.
+  const server = await app(t, access, { allow: { serviceTokens: true }, authorize: async (_claims, _request, { identity }) => { identity(); await sleep(50); return true } })
+  const res = await server.inject({ url: '/admin', headers: { [HEADER]: access.signServiceToken() } })
+  t.same([res.statusCode, res.json().code], [403, 'FST_CF_ACCESS_NO_IDENTITY'], 'refused with the lookup\'s error, and the process lives on')
+})
