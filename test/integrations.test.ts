@@ -1,6 +1,6 @@
 import fastifyAuth from '@fastify/auth'
 import swagger from '@fastify/swagger'
-import Fastify, { type FastifyInstance } from 'fastify'
+import Fastify, { type FastifyInstance, type FastifyRequest } from 'fastify'
 import t from 'tap'
 import cloudflareAccess, { cloudflareAccessSecurity, cloudflareAccessSecuritySchemes, cloudflareAccessTransform, requireUser } from '../index'
 import rateLimit from '@fastify/rate-limit'
@@ -488,7 +488,7 @@ t.test('corsPreflight: no hook of a route sees an unverified request, whether a 
   for (const withCors of [false, true]) {
     const app = Fastify()
     t.teardown(() => app.close())
-    const seen: unknown[] = []
+    const seen: Array<[string, unknown]> = []
     app.register(async (api) => {
       await api.register(cloudflareAccess, { ...options, corsPreflight: true })
       if (withCors) await api.register(cors, { origin: true })
