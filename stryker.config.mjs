@@ -51,6 +51,7 @@ export default {
     'lib/keys.ts',
     'lib/plugin.ts',
     'lib/token.ts',
+    'lib/decoder-check.ts',
     'lib/verify.ts',
     'lib/cache.ts'
   ],

@@ -232,7 +232,7 @@ async function inspect (argv: string[], io: Output): Promise<number> {
   }
 
   const now = at ?? Date.now()
-  const verifier = createTokenVerifier(options, keys, at)
+  const verifier = createTokenVerifier(options, keys, { at })
   let verdict: Record<string, unknown> | Error
   try {
     const result = await verifier.verify(token)

@@ -57,7 +57,7 @@ export async function cloudflareAccess (fastify: FastifyInstance, rawOptions: Fa
     maxStaleAge: options.maxStaleAge,
     log
   })
-  const verifier = createTokenVerifier(options, store)
+  const verifier = createTokenVerifier(options, store, { log })
   const identities = new IdentityClient({
     url: options.identityUrl,
     timeout: options.identityTimeout,
