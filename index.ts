@@ -21,7 +21,7 @@ fp(fastifyCloudflareAccess, { fastify: '5.x', name: 'fastify-cloudflare-access' 
 // export and the error constructors.
 const {
   errorCodes, TokenMissingError, TokenInvalidError, TokenExpiredError, ClaimInvalidError, KeysUnavailableError,
-  ForbiddenError, NoIdentityError, IdentityUnavailableError, AuthorizeFailedError, AuthorizeTimeoutError, RouteUnguardedError
+  ForbiddenError, NoIdentityError, IdentityUnavailableError, AuthorizeFailedError, AuthorizeTimeoutError, RouteUnguardedError, NotVerifiedError
 } = errors
 const { isServiceToken, isUserToken, requireClaims, requireUser, requireServiceToken } = claims
 // Destructured like the rest: Node's CommonJS-to-ESM bridge (below) sees `name,` but stops at `name: x.name`.
@@ -42,6 +42,7 @@ fastifyCloudflareAccess.IdentityUnavailableError = IdentityUnavailableError
 fastifyCloudflareAccess.AuthorizeFailedError = AuthorizeFailedError
 fastifyCloudflareAccess.AuthorizeTimeoutError = AuthorizeTimeoutError
 fastifyCloudflareAccess.RouteUnguardedError = RouteUnguardedError
+fastifyCloudflareAccess.NotVerifiedError = NotVerifiedError
 fastifyCloudflareAccess.isServiceToken = isServiceToken
 fastifyCloudflareAccess.isUserToken = isUserToken
 fastifyCloudflareAccess.cloudflareAccessStatus = cloudflareAccessStatus
@@ -71,6 +72,7 @@ fastifyCloudflareAccess.cloudflareAccessTransform = cloudflareAccessTransform
   AuthorizeFailedError,
   AuthorizeTimeoutError,
   RouteUnguardedError,
+  NotVerifiedError,
   isServiceToken,
   isUserToken,
   cloudflareAccessStatus,

@@ -119,6 +119,19 @@ export const RouteUnguardedError = createError<'FST_CF_ACCESS_ROUTE_UNGUARDED', 
   false
 )
 
+/**
+ * `requireUser`, `requireServiceToken` or `requireClaims` on a request the plugin never verified (outside
+ * its scopes, `config.cfAccess: false`, `hook: false` without `verify`, or called in a hook before the
+ * plugin's): the application's wiring mistake, even when the request carries a valid token. 500.
+ */
+export const NotVerifiedError = createError<'FST_CF_ACCESS_NOT_VERIFIED', 500, [message: string]>(
+  'FST_CF_ACCESS_NOT_VERIFIED',
+  '%s',
+  500,
+  Error,
+  false
+)
+
 /** Seconds a client should wait before retrying a 503. */
 export const RETRY_AFTER_SECONDS = 5
 
@@ -152,7 +165,8 @@ export const errorCodes = {
   IDENTITY_UNAVAILABLE: 'FST_CF_ACCESS_IDENTITY_UNAVAILABLE',
   AUTHORIZE_FAILED: 'FST_CF_ACCESS_AUTHORIZE_FAILED',
   AUTHORIZE_TIMEOUT: 'FST_CF_ACCESS_AUTHORIZE_TIMEOUT',
-  ROUTE_UNGUARDED: 'FST_CF_ACCESS_ROUTE_UNGUARDED'
+  ROUTE_UNGUARDED: 'FST_CF_ACCESS_ROUTE_UNGUARDED',
+  NOT_VERIFIED: 'FST_CF_ACCESS_NOT_VERIFIED'
 } as const
 
 /** One of the codes in {@link errorCodes}. */

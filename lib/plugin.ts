@@ -1,6 +1,6 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import { channels } from './channels'
-import { isServiceToken, subjectOf } from './claims'
+import { isServiceToken, kLookedAt, subjectOf } from './claims'
 import { AuthorizeFailedError, errorCodes, ForbiddenError, NoIdentityError, RETRY_AFTER_SECONDS, TokenMissingError, toError } from './errors'
 import { IdentityClient } from './identity'
 import { KeyStore } from './keys'
@@ -8,7 +8,7 @@ import { pluginLogger } from './log'
 import { decorateLogout } from './logout'
 import { describeRoutes } from './openapi'
 import { isOptional, watchRequirements } from './optional'
-import { normalizeOptions, warnIfLoopbackInProduction } from './options'
+import { normalizeOptions, warnIfAudienceUnusual, warnIfLoopbackInProduction } from './options'
 import { admits, IdentityLookups, type CompiledPolicy } from './policy'
 import { addScopeHook } from './preflight'
 import { watchRoutes } from './routes'
@@ -29,6 +29,7 @@ const kAdmitted = Symbol('fastify-cloudflare-access.admitted')
 const kVerifying = Symbol('fastify-cloudflare-access.verifying')
 
 type Request = FastifyRequest & {
+  [kLookedAt]: boolean
   [kToken]: string | null
   [kAdmitted]: object | true | null
   [kVerifying]: (() => Promise<CloudflareAccessIdentity>) | null
@@ -49,6 +50,7 @@ export async function cloudflareAccess (fastify: FastifyInstance, rawOptions: Fa
   claimScope(fastify)
 
   warnIfLoopbackInProduction(log, options.issuer)
+  warnIfAudienceUnusual(log, options.audience)
   const store = new KeyStore({
     certsUrl: options.certsUrl,
     fetchTimeout: options.fetchTimeout,
@@ -148,6 +150,7 @@ export async function cloudflareAccess (fastify: FastifyInstance, rawOptions: Fa
       if (ownHook) return undefined
       routeConfig = undefined
     }
+    (request as Request)[kLookedAt] = true
     const token = readToken(request.headers)
     if (token === undefined && ownHook && isOptional(routeConfig, options.required)) return undefined
     const before = hits()
@@ -206,6 +209,7 @@ export async function cloudflareAccess (fastify: FastifyInstance, rawOptions: Fa
   fastify.decorateRequest(kToken, null)
   fastify.decorateRequest(kAdmitted, null)
   fastify.decorateRequest(kVerifying, null)
+  fastify.decorateRequest(kLookedAt, false)
   fastify.decorateRequest('cfAccessIdentity', function (this: FastifyRequest) {
     const claims = this.cfAccess
     const token = (this as Request)[kToken]

@@ -2,6 +2,7 @@ import type { FastifyRequest } from 'fastify'
 import { isServiceToken } from './claims'
 import { AuthorizeTimeoutError, toError } from './errors'
 import { checkRouteRequired } from './optional'
+import { didYouMean } from './suggest'
 import { membershipOf } from './identity'
 import type { CloudflareAccessAuthorize, CloudflareAccessClaims, CloudflareAccessIdentity } from './types'
 
@@ -84,7 +85,7 @@ export function compilePolicy (where: string, allow: unknown, authorize: unknown
   const keys = Object.keys(grants)
   for (const key of keys) {
     // Stryker disable next-line ArrayDeclaration,StringLiteral: message text only (the refusal is tested)
-    if (!ALLOW_KEYS.has(key)) fail(where, `unknown key "allow.${key}"; known: ${[...ALLOW_KEYS].join(', ')}`)
+    if (!ALLOW_KEYS.has(key)) fail(where, `unknown key "allow.${key}";${didYouMean(key, ALLOW_KEYS)} known: ${[...ALLOW_KEYS].join(', ')}`)
   }
   const grantKinds = Object.freeze(keys.filter((key) => grants[key] !== undefined))
   if (grantKinds.length === 0) fail(where, '"allow" needs at least one of emails, emailDomains, groups, groupIds, serviceTokens')
@@ -110,7 +111,7 @@ export function compileRouteConfig (where: string, value: unknown): CompiledPoli
   }
   const policy = value as Record<string, unknown>
   for (const key of Object.keys(policy)) {
-    if (!POLICY_KEYS.has(key)) fail(where, `unknown key "config.cfAccess.${key}"; known: allow, authorize, required`)
+    if (!POLICY_KEYS.has(key)) fail(where, `unknown key "config.cfAccess.${key}";${didYouMean(key, POLICY_KEYS)} known: allow, authorize, required`)
   }
   checkRouteRequired(where, policy)
   if (policy.allow === undefined && policy.authorize === undefined && policy.required === undefined) {

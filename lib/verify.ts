@@ -67,6 +67,11 @@ export function createTokenVerifier (options: NormalizedOptions, store: KeySourc
   // an array costs more than all the rest of freezing the claims.
   const audiences = new Map(options.audience.map((aud) => [aud, Object.freeze([aud])]))
   const currentKey = (kid: string): SigningKey | undefined => store.get(kid)
+  // What a 401 for another application's token carries for the log line (never in its message, which the client gets).
+  const audienceHelp: AudienceHelp = Object.freeze({
+    expectedAudiences: options.audience,
+    help: 'the token names another Access application: npx fastify-cloudflare-access inspect shows its aud beside these'
+  })
 
   // The last key used, and its verifier: nearly every token is signed with the current key.
   let lastKey: SigningKey | undefined
@@ -128,7 +133,7 @@ export function createTokenVerifier (options: NormalizedOptions, store: KeySourc
       // What checkStructure refuses gets its answer, as if it had run first (the hot path leaves it to fast-jwt).
       const structural = checkStructure(token)
       if (structural instanceof Error) return structural
-      const rejection = translate(error as TokenError)
+      const rejection = translate(error as TokenError, audienceHelp)
       // A signed token for another application stays wrong: remember that, so that replaying it costs no RSA.
       if (rejection.code === errorCodes.CLAIM_INVALID) {
         const claims = payloadOf(token)
@@ -221,8 +226,17 @@ export function checkClaims (claims: Record<string, unknown>, now: number, toler
 
 const CLAIM_IN_MESSAGE = /\b(aud|iss|exp|nbf|iat)\b/
 
-/** Maps a fast-jwt error to one of ours, keeping only the claim name: no token text ever leaves. */
-function translate (error: TokenError): Rejection {
+/** The fields of a 401 for a token of another audience, for the log line. */
+interface AudienceHelp {
+  readonly expectedAudiences: readonly string[]
+  readonly help: string
+}
+
+/**
+ * Maps a fast-jwt error to one of ours, keeping only the claim name: no token text ever leaves. A token for
+ * another application also gets `audienceHelp`'s fields.
+ */
+function translate (error: TokenError, audienceHelp: AudienceHelp): Rejection {
   // fast-jwt formats the failing time into its message; a date beyond what Date can hold (an nbf far in
   // the future, an exp far in the past) makes that throw a RangeError instead.
   // Stryker disable next-line StringLiteral: message text only (the refusal and its code are tested)
@@ -236,8 +250,9 @@ function translate (error: TokenError): Rejection {
       // Stryker disable next-line StringLiteral: message text only (the refusal and its code are tested)
       return new TokenExpiredError('not valid yet (nbf)')
     case 'FAST_JWT_INVALID_CLAIM_VALUE':
-      // Stryker disable next-line all: message text only (the refusal and its code are tested)
-      return new ClaimInvalidError(claim === 'aud' ? 'aud does not name this application' : `${claim} is not the configured value`)
+      if (claim === 'aud') return Object.assign(new ClaimInvalidError('aud does not name this application'), audienceHelp)
+      // Stryker disable next-line StringLiteral: message text only (the refusal and its code are tested)
+      return new ClaimInvalidError(`${claim} is not the configured value`)
     // Stryker disable next-line ConditionalExpression: equivalent but for the message, this case falls through to the next one's error class and code
     case 'FAST_JWT_INVALID_CLAIM_TYPE':
       // Stryker disable next-line StringLiteral: message text only (the refusal and its code are tested)

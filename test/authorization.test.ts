@@ -202,7 +202,11 @@ t.test('policies are validated at registration', async (t) => {
     ['allow not an object', { allow: ['a@b.c'] }, /"allow" must be an object/],
     ['allow null', { allow: null }, /"allow" must be an object/],
     ['allow empty', { allow: {} }, /needs at least one of emails/],
-    ['unknown grant', { allow: { email: ['a@b.c'] } }, /unknown key "allow.email"/],
+    ['unknown grant', { allow: { email: ['a@b.c'] } }, /unknown key "allow.email"; did you mean "emails"\? known: emails, emailDomains, groups, groupIds, serviceTokens/],
+    ['a grant in the singular', { allow: { emailDomain: ['acme.com'] } }, /unknown key "allow.emailDomain"; did you mean "emailDomains"\?/],
+    ['a grant in another case', { allow: { groupIDs: ['g'] } }, /unknown key "allow.groupIDs"; did you mean "groupIds"\?/],
+    ['a grant half named', { allow: { domains: ['acme.com'] } }, /unknown key "allow.domains"; did you mean "emailDomains"\?/],
+    ['a grant nothing like one', { allow: { admins: ['a'] } }, /unknown key "allow.admins"; known: emails/],
     ['empty list', { allow: { emails: [] } }, /"allow.emails" must be a non-empty array/],
     ['non-string', { allow: { groups: ['a', 1] } }, /"allow.groups" must be a non-empty array of group names, got 1/],
     ['blank group', { allow: { groups: [' '] } }, /allow.groups/],
@@ -231,7 +235,8 @@ t.test('route configs are validated when the route is added: boot fails, not the
     ['true', true, /route GET \/x: config.cfAccess must be false or a policy/],
     ['null', null, /must be false or a policy/],
     ['empty policy', {}, /needs "allow", "authorize" or "required"/],
-    ['unknown key', { allowed: {} }, /unknown key "config.cfAccess.allowed"/],
+    ['unknown key', { allowed: {} }, /unknown key "config.cfAccess.allowed"; did you mean "allow"\? known: allow, authorize, required/],
+    ['a typo', { requred: true }, /unknown key "config.cfAccess.requred"; did you mean "required"\?/],
     ['bad grant', { allow: { emails: 'a@b.c' } }, /"allow.emails" must be a non-empty array/]
   ]
   for (const [name, cfAccess, message] of bad) {

@@ -2,7 +2,7 @@ import fastifyAuth from '@fastify/auth'
 import swagger from '@fastify/swagger'
 import Fastify, { type FastifyInstance, type FastifyRequest } from 'fastify'
 import t from 'tap'
-import cloudflareAccess, { cloudflareAccessSecurity, cloudflareAccessSecuritySchemes, cloudflareAccessTransform, requireUser } from '../index'
+import cloudflareAccess, { cloudflareAccessSecurity, cloudflareAccessSecuritySchemes, cloudflareAccessTransform, requireClaims, requireServiceToken, requireUser } from '../index'
 import rateLimit from '@fastify/rate-limit'
 import websocket from '@fastify/websocket'
 import type { AddressInfo } from 'node:net'
@@ -402,7 +402,7 @@ t.test('the caller in one typed line (examples/typed-claims.ts)', async (t) => {
   t.same((await call('/')).body, { outside: true }, 'outside every scope of the plugin: undefined, as typed')
 })
 
-t.test('the typed accessors wired wrong: wherever nothing verified, 401 — never a crash, never someone else', async (t) => {
+t.test('the typed accessors wired wrong: wherever the plugin never verified, a 500 that names the mistake — never a crash, never someone else', async (t) => {
   const access = await emulator(t)
   const app = Fastify()
   t.teardown(() => app.close())
@@ -413,19 +413,55 @@ t.test('the typed accessors wired wrong: wherever nothing verified, 401 — neve
   app.get('/outside', async (request) => requireUser(request).email)
   app.register(async (admin) => {
     await admin.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience, hook: false })
-    admin.get('/unverified', async (request) => requireUser(request).email) // hook: false and no verify
+    admin.get('/unverified', async (request) => requireServiceToken(request).common_name) // hook: false and no verify
     admin.get('/verified', { onRequest: admin.cfAccess.verify }, async (request) => requireUser(request).email)
+    admin.setNotFoundHandler(async (request) => requireClaims(request))
   }, { prefix: '/admin' })
+  app.register(async (site) => {
+    await site.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience })
+    site.get('/public', { config: { cfAccess: false } }, async (request) => requireClaims(request))
+  }, { prefix: '/site' })
   await app.ready()
-  t.equal(app.cfAccess, undefined, 'the root has no fastify.cfAccess: the type says so')
+  t.equal(app.cfAccess, undefined, 'the root has no fastify.cfAccess (typed as present: reading .verify here throws)')
   const token = access.signToken({ email: 'ann@acme.com' })
-  for (const url of ['/outside', '/admin/unverified']) {
+  const cases: Array<[string, string]> = [
+    ['/outside', 'requireUser(request) in route GET /outside'],
+    ['/admin/unverified', 'requireServiceToken(request) in route GET /admin/unverified'],
+    ['/admin/nope', 'requireClaims(request) in a not-found handler'],
+    ['/site/public', 'requireClaims(request) in route GET /site/public']
+  ]
+  for (const [url, where] of cases) {
     const res = await app.inject({ url, headers: { [HEADER]: token } })
-    t.equal(res.statusCode, 401, url)
-    t.equal(res.json().code, 'FST_CF_ACCESS_TOKEN_MISSING')
+    t.equal(res.statusCode, 500, `${url}: a valid token, and the application's bug`)
+    t.equal(res.json().code, 'FST_CF_ACCESS_NOT_VERIFIED')
+    t.equal(res.json().message, `fastify-cloudflare-access: ${where}, which the plugin never verified: the route is outside every registration of the plugin, ` +
+      'has config.cfAccess: false, belongs to a hook: false registration without fastify.cfAccess.verify in its hooks, or the call runs in a hook ' +
+      'before the plugin\'s. Register the plugin in the route\'s scope, add fastify.cfAccess.verify to the route, or call it from the handler')
   }
   t.equal((await app.inject({ url: '/admin/verified', headers: { [HEADER]: token } })).body, 'ann@acme.com')
-  t.same(seen, ['FST_CF_ACCESS_TOKEN_MISSING', 'FST_CF_ACCESS_TOKEN_MISSING', 'FST_CF_ACCESS_TOKEN_MISSING'], 'before verification even a valid token is not read')
+  t.equal(seen.length, 5, 'the root hook saw every request')
+  t.ok(seen.every((code) => code === 'FST_CF_ACCESS_NOT_VERIFIED'), 'before verification even a valid token is not read: 500, the hook is in the wrong place')
+})
+
+t.test('the typed accessors where the plugin verified and admitted no token: 401, the client\'s to fix', async (t) => {
+  const access = await emulator(t)
+  const app = Fastify()
+  t.teardown(() => app.close())
+  await app.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience, required: false })
+  app.get('/maybe', async (request) => requireUser(request).email)
+  const optional = await app.inject('/maybe')
+  t.same([optional.statusCode, optional.json().code], [401, 'FST_CF_ACCESS_TOKEN_MISSING'], 'an optional route without a token')
+
+  const chained = Fastify()
+  t.teardown(() => chained.close())
+  await chained.register(fastifyAuth)
+  await chained.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience, hook: false })
+  const apiKey = async (request: FastifyRequest): Promise<void> => {
+    if (request.headers['x-api-key'] !== 'k') throw Object.assign(new Error('bad API key'), { statusCode: 401 })
+  }
+  chained.get('/either', { onRequest: chained.auth([chained.cfAccess.verify, apiKey]) }, async (request) => requireClaims(request))
+  const swallowed = await chained.inject({ url: '/either', headers: { 'x-api-key': 'k', [HEADER]: 'garbage' } })
+  t.same([swallowed.statusCode, swallowed.json().code], [401, 'FST_CF_ACCESS_TOKEN_MISSING'], 'a refusal an "or" chain swallowed: still no claims')
 })
 
 const PREFLIGHT = { origin: 'https://app.acme.com', 'access-control-request-method': 'GET', 'access-control-request-headers': 'cf-access-jwt-assertion' }
