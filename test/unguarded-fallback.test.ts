@@ -30,6 +30,7 @@ t.test('routes outside every registration are refused at request time, guarded o
   }, { prefix: '/sibling' })
   app.register(async (site) => {
     site.get('/odd', { config: { cfAccess: 'yes' as never } }, async () => 'odd')
+    site.get('/null', { config: { cfAccess: null as never } }, async () => 'null')
     await site.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience, required: false })
     site.get('/', async () => 'site')
   }, { prefix: '/site' })
@@ -56,6 +57,7 @@ t.test('routes outside every registration are refused at request time, guarded o
   t.equal((await app.inject({ url: '/admin/early', headers: { 'cf-access-jwt-assertion': access.signToken({ email: 'eve@acme.com' }) } })).statusCode, 403, 'and its policy applied')
   t.equal((await app.inject('/site/')).statusCode, 200, 'an optional registration')
   t.equal((await app.inject('/site/odd')).statusCode, 401, 'an odd config added before it, unseen by the boot, is not optional')
+  t.equal((await app.inject('/site/null')).statusCode, 401, 'nor is null')
 
   const warnings = lines.filter((line) => /routes cannot all be seen at boot/.test(line.msg))
   t.equal(warnings.length, 1, 'one warning')
