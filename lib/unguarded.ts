@@ -43,15 +43,18 @@ interface Shared {
   apps: WeakMap<object, App>
   /** Roots whose routes are refused at request time (the boot could not see them all). */
   blind: WeakSet<object>
-  subscriber?: (message: unknown) => void
 }
 const kShared = Symbol.for('fastify-cloudflare-access.unguarded.v1')
+const kSubscriber = Symbol.for('fastify-cloudflare-access.unguarded.subscriber')
 const globals = globalThis as { [kShared]?: Shared }
 const shared: Shared = globals[kShared] ??= { apps: new WeakMap(), blind: new WeakSet() }
 
 /** Records a new app: its routes as they are added, checked once the app is ready. */
 function see (message: unknown): void {
   const root = (message as { fastify: FastifyInstance }).fastify
+  // An app of another realm (a runner such as Jest gives each test file its own globals, while Node's
+  // channels are the process's): its routes and registrations are that realm's copy's to check.
+  if (!(root instanceof Object)) return
   const app: App = { routes: [], seen: new WeakSet(), registrations: new Map() }
   shared.apps.set(root, app)
   root.addHook('onRoute', function cfAccessSeeRoute (this: object, route: RouteOptions) {
@@ -64,8 +67,13 @@ function see (message: unknown): void {
     done(unguardedError(routes, app.registrations))
   })
 }
-if (shared.subscriber !== undefined) diagnostics.unsubscribe('fastify.initialization', shared.subscriber)
-shared.subscriber = see
+// The subscriber is remembered on the channel, which is the process's, not on this realm's globals: a
+// runner that loads the package anew in a new realm for each test file (Jest) leaves no earlier copy
+// subscribed, to refuse the routes of apps whose registrations it cannot see (and to keep its realm alive).
+const initialization = diagnostics.channel('fastify.initialization') as diagnostics.Channel & { [kSubscriber]?: (message: unknown) => void }
+const previous = initialization[kSubscriber]
+if (previous !== undefined) diagnostics.unsubscribe('fastify.initialization', previous)
+initialization[kSubscriber] = see
 diagnostics.subscribe('fastify.initialization', see)
 
 function configOf (route: RouteOptions): unknown {
@@ -124,10 +132,10 @@ function unguardedError (routes: SeenRoute[], registrations: App['registrations'
   ].join('\n'))
 }
 
-/** The app's root instance: the end of the scope's prototype chain. */
+/** The app's root instance: the last object of the scope's prototype chain before `Object.prototype` (of whichever realm). */
 function rootOf (scope: object): object {
   let root = scope
-  for (let up = Object.getPrototypeOf(root) as object | null; up !== null && up !== Object.prototype; up = Object.getPrototypeOf(up) as object | null) root = up
+  while (Object.getPrototypeOf(Object.getPrototypeOf(root)) !== null) root = Object.getPrototypeOf(root) as object
   return root
 }
 
