@@ -60,6 +60,12 @@ function see (message: unknown): void {
   root.addHook('onRoute', function cfAccessSeeRoute (this: object, route: RouteOptions) {
     app.seen.add(route)
     app.routes.push({ route, scope: this })
+    // Fastify copies only the config's own enumerable properties into the route: an inherited, getter or
+    // non-enumerable `cfAccess` would be checked here but vanish from the route. Pinned as an own property.
+    const cfAccess = configOf(route)
+    if (cfAccess !== undefined && !Object.prototype.propertyIsEnumerable.call(route.config, 'cfAccess')) {
+      route.config = { ...route.config, cfAccess } as RouteOptions['config']
+    }
   })
   root.addHook('onReady', function cfAccessUnguardedRoutes (done) {
     const { routes } = app

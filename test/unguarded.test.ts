@@ -259,6 +259,29 @@ t.test('the self-check: a route the root did not see is refused at request time,
   t.match(warnings[0]?.msg, new RegExp(`Fastify ${app.version.replace(/\./g, '\\.')}; route GET /admin/me did not pass the onRoute hook of the app's root\\)`))
 })
 
+t.test('a cfAccess that Fastify would not copy into the route (inherited, a getter, not enumerable) is protected on a route declared before the plugin', async (t) => {
+  class Config { get cfAccess (): CloudflareAccessRouteConfig { return POLICY } }
+  const configs: Array<[string, () => object]> = [
+    ['inherited', () => Object.create({ cfAccess: POLICY }) as object],
+    ['a getter of a class', () => new Config()],
+    ['not enumerable', () => Object.defineProperty({}, 'cfAccess', { value: POLICY, enumerable: false })]
+  ]
+  for (const [kind, config] of configs) {
+    for (const hook of ['onRequest', 'preHandler', false] as const) {
+      const app = Fastify()
+      t.teardown(() => app.close())
+      app.register(async (scope) => {
+        scope.get('/before', { config: config() }, async () => 'x')
+        await scope.register(cloudflareAccess, options({ hook }))
+      })
+      await app.ready()
+      t.equal((await app.inject('/before')).statusCode, 401, `${kind}, hook ${String(hook)}: no token, 401`)
+      t.equal((await app.inject({ url: '/before', headers: { [HEADER]: access.signToken({ email: 'eve@acme.com' }) } })).statusCode, 403, `${kind}, hook ${String(hook)}: the policy refuses`)
+      t.equal((await app.inject({ url: '/before', headers: { [HEADER]: access.signToken({ email: 'cfo@acme.com' }) } })).statusCode, 200, `${kind}, hook ${String(hook)}: the policy admits`)
+    }
+  }
+})
+
 t.test('two copies of the package in one app: each checks its own routes, neither refuses the other\'s', async (t) => {
   // A second copy, as two versions of the package in one app (or a runner that reloads modules) load it.
   const lib = join(__dirname, '..', 'lib')
