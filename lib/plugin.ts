@@ -12,7 +12,7 @@ import { normalizeOptions, warnIfLoopbackInProduction } from './options'
 import { admits, type CompiledPolicy } from './policy'
 import { addScopeHook } from './preflight'
 import { watchRoutes } from './routes'
-import { claimScope } from './scopes'
+import { checkScope, claimScope } from './scopes'
 import { trackStatus } from './status'
 import { watchUnguarded } from './unguarded'
 import { readToken } from './token'
@@ -40,7 +40,7 @@ type Done = (error?: Error) => void
 export async function cloudflareAccess (fastify: FastifyInstance, rawOptions: FastifyCloudflareAccessOptions): Promise<void> {
   const options = normalizeOptions(rawOptions)
   const log = pluginLogger(fastify, rawOptions.logLevel, rawOptions.logSerializers)
-  claimScope(fastify)
+  checkScope(fastify)
 
   warnIfLoopbackInProduction(log, options.issuer)
   const store = new KeyStore({
@@ -218,6 +218,8 @@ export async function cloudflareAccess (fastify: FastifyInstance, rawOptions: Fa
     store.close()
     identities.close()
   })
+  // Last, once nothing above can fail: from now on the scope counts as guarded.
+  claimScope(fastify)
 }
 
 /** The grant kinds a policy tried, for the 403 log line: "why was I denied", without the user's data. */

@@ -282,6 +282,19 @@ t.test('a cfAccess that Fastify would not copy into the route (inherited, a gett
   }
 })
 
+t.test('a registration that failed, its error swallowed by an after() callback, guards nothing: the boot is refused', async (t) => {
+  const error = await boot(t, (app) => {
+    app.register(async (scope) => {
+      scope.decorate('cfAccess', { verify: async () => {} } as never) // the registration below fails on this
+      scope.register(cloudflareAccess, options())
+      scope.after((error) => { t.match(error?.message, /decorator 'cfAccess' has already been added/, 'the registration failed, and this callback drops its error') })
+      scope.get('/report', { config: { cfAccess: { required: true } } }, async () => 'report')
+    }, { prefix: '/admin' })
+  })
+  t.equal(error?.code, errorCodes.ROUTE_UNGUARDED, 'not served to anyone')
+  t.match(error?.message, /\(the plugin is not registered in this app\):\n {2}GET, HEAD \/admin\/report\n/)
+})
+
 t.test('two copies of the package in one app: each checks its own routes, neither refuses the other\'s', async (t) => {
   // A second copy, as two versions of the package in one app (or a runner that reloads modules) load it.
   const lib = join(__dirname, '..', 'lib')
