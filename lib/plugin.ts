@@ -208,7 +208,7 @@ export async function cloudflareAccess (fastify: FastifyInstance, rawOptions: Fa
   }
   const checkRequirements = watchRequirements(fastify, options.hook, options.required, options.policy !== null)
   describeRoutes(fastify, options, verify)
-  watchUnguarded({ scope: fastify, check (route) { routes.check(route); checkRequirements(route) } }, log)
+  watchUnguarded({ scope: fastify, verify, check (route) { routes.check(route); checkRequirements(route) } }, log)
   fastify.addHook('onReady', async () => {
     store.start()
     // Availability first by default; with waitForKeys, a deploy that cannot reach Cloudflare fails to start.

@@ -22,8 +22,10 @@ interface SeenRoute {
 export interface Registration {
   /** The scope the plugin is registered in. */
   scope: FastifyInstance
-  /** Validates a route that was added before the plugin (throws naming it). */
+  /** Validates a route that was added before the plugin, or outside its scope with its `verify` (throws naming it). */
   check: (route: RouteOptions) => void
+  /** The registration's `fastify.cfAccess.verify`: a route outside its scope that runs it is guarded by it. */
+  verify: unknown
 }
 
 interface App {
@@ -106,19 +108,30 @@ export function asksNothing (config: unknown): boolean {
  * invalid `config.cfAccess` of a route added before the plugin, in one error.
  */
 function unguardedError (routes: SeenRoute[], registrations: App['registrations']): Error | undefined {
-  const unguarded = new Map<string, string>()
+  const unguarded = new Map<string, Set<string>>()
   const invalid: string[] = []
   for (const { route, scope } of routes) {
     const config = configOf(route)
     if (config === undefined) continue
     const guard = guardOf(scope)
+    let registration: (Registration & { saw: WeakSet<RouteOptions> }) | undefined
     if (guard === undefined) {
-      if (!asksNothing(config)) unguarded.set(route.url, `${unguarded.has(route.url) ? `${unguarded.get(route.url) as string}, ` : ''}${[route.method].flat().join(', ')}`)
-      continue
+      if (asksNothing(config)) continue
+      // Outside every registration's scope, a route that runs a registration's own `verify` before its
+      // handler is guarded by that registration (verify applies the route's policy): checked as its route.
+      const hooks: unknown[] = [route.onRequest, route.preParsing, route.preValidation, route.preHandler].flat()
+      registration = [...registrations.values()].find(({ verify }) => hooks.includes(verify))
+      if (registration === undefined) {
+        const methods = unguarded.get(route.url) ?? new Set<string>()
+        for (const method of [route.method].flat()) methods.add(method)
+        unguarded.set(route.url, methods)
+        continue
+      }
+    } else {
+      // A copy of the package that does not share this record checks the routes of its registrations.
+      registration = registrations.get(guard)
+      if (registration === undefined || registration.saw.has(route)) continue
     }
-    // A copy of the package that does not share this record checks the routes of its registrations.
-    const registration = registrations.get(guard)
-    if (registration === undefined || registration.saw.has(route)) continue
     try {
       registration.check(route)
     } catch (error) {
@@ -131,7 +144,7 @@ function unguardedError (routes: SeenRoute[], registrations: App['registrations'
     `fastify-cloudflare-access: ${unguarded.size === 1 ? 'a route states' : `${unguarded.size} routes state`} Cloudflare Access protection ` +
     '(config.cfAccess) that no registration of the plugin gives, so nothing would check a token there ' +
     (where.length === 0 ? '(the plugin is not registered in this app):' : `(the plugin is registered in: ${where.join(', ')}):`),
-    ...[...unguarded].map(([url, methods]) => `  ${methods} ${url}`),
+    ...[...unguarded].map(([url, methods]) => `  ${[...methods].join(', ')} ${url}`),
     'Register the plugin in the scope of each of these routes or in a scope above it (a registration guards its own scope and the scopes inside it), ' +
     'or move the route into a scope where it is registered. A route meant to be public says config.cfAccess: false.',
     ...invalid

@@ -30,7 +30,7 @@ t.test('a registration in a scope of another realm, whose app was not seen: refu
   const { scope, hooks } = foreignScope()
   const warnings: unknown[][] = []
   const log = { warn: (...args: unknown[]) => { warnings.push(args) } } as unknown as FastifyBaseLogger
-  watchUnguarded({ scope, check () {} }, log)
+  watchUnguarded({ scope, verify: undefined, check () {} }, log)
   t.same(hooks, ['onRequest'], 'the request-time refusal, on the root of that scope')
   t.equal(warnings.length, 1)
   t.match(warnings[0], [{ fastifyVersion: '5.0.0' }, /the app was created before fastify-cloudflare-access was loaded/])
