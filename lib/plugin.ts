@@ -133,7 +133,8 @@ export async function cloudflareAccess (fastify: FastifyInstance, rawOptions: Fa
       routeConfig = undefined
     }
     const token = readToken(request.headers)
-    if (token === undefined && ownHook && isOptional(routeConfig, options.required)) return undefined
+    // Never optional under a plugin-level policy (refused at boot; also for a route the boot could not see)
+    if (token === undefined && ownHook && options.policy === null && isOptional(routeConfig, options.required)) return undefined
     const before = hits()
     const claims = verifier.verify(token)
     if (claims instanceof Error) return rejected(request, reply, claims)
