@@ -28,14 +28,14 @@ export function checkRouteRequired (where: string, config: Record<string, unknow
 /**
  * Whether the plugin's own hook lets a request **without a token** through on this route, with
  * `request.cfAccess` left `null`. A route's `required` decides, else the plugin's; a route with a policy
- * is never optional (also one added before the plugin, whose config was not checked at boot). Called only
- * when the request has no token, so it costs nothing on the common path.
+ * is never optional (also one added before the plugin, whose config was not checked at boot). A config
+ * object without a policy and without `required` is invalid (refused at boot where the boot saw it), so
+ * never optional either. Called only when the request has no token, so it costs nothing on the common path.
  */
 export function isOptional (config: unknown, pluginRequired: boolean): boolean {
   if (config === undefined) return !pluginRequired
   if (config === null || typeof config !== 'object' || hasPolicy(config)) return false
-  const { required } = config as { required?: unknown }
-  return required === false || (required === undefined && !pluginRequired)
+  return (config as { required?: unknown }).required === false
 }
 
 /**

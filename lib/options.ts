@@ -177,7 +177,7 @@ function normalizeRequired (options: Record<string, unknown>, hook: CloudflareAc
   }
   if (options.allow !== undefined || options.authorize !== undefined) {
     // Stryker disable next-line StringLiteral: message text only (the refusal is tested)
-    return fail('required', 'true when allow or authorize is given (a policy needs a token; make single routes optional with config.cfAccess: { required: false })', 'false')
+    return fail('required', 'true when allow or authorize is given (a policy needs a token; public routes say config.cfAccess: false, and optional routes need a registration without a policy, in a scope of their own)', 'false')
   }
   return false
 }

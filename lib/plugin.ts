@@ -12,7 +12,7 @@ import { normalizeOptions, warnIfAudienceUnusual, warnIfLoopbackInProduction } f
 import { admits, IdentityLookups, type CompiledPolicy } from './policy'
 import { addScopeHook } from './preflight'
 import { watchRoutes } from './routes'
-import { claimScope } from './scopes'
+import { checkScope, claimScope } from './scopes'
 import { trackStatus } from './status'
 import { watchUnguarded } from './unguarded'
 import { readToken } from './token'
@@ -47,7 +47,7 @@ type Done = (error?: Error) => void
 export async function cloudflareAccess (fastify: FastifyInstance, rawOptions: FastifyCloudflareAccessOptions): Promise<void> {
   const options = normalizeOptions(rawOptions)
   const log = pluginLogger(fastify, rawOptions.logLevel, rawOptions.logSerializers)
-  claimScope(fastify)
+  checkScope(fastify)
 
   warnIfLoopbackInProduction(log, options.issuer)
   warnIfAudienceUnusual(log, options.audience)
@@ -152,7 +152,8 @@ export async function cloudflareAccess (fastify: FastifyInstance, rawOptions: Fa
     }
     (request as Request)[kLookedAt] = true
     const token = readToken(request.headers)
-    if (token === undefined && ownHook && isOptional(routeConfig, options.required)) return undefined
+    // Never optional under a plugin-level policy (refused at boot; also for a route the boot could not see)
+    if (token === undefined && ownHook && options.policy === null && isOptional(routeConfig, options.required)) return undefined
     const before = hits()
     const claims = verifier.verify(token)
     if (claims instanceof Error) return rejected(request, reply, claims)
@@ -233,7 +234,7 @@ export async function cloudflareAccess (fastify: FastifyInstance, rawOptions: Fa
   }
   const checkRequirements = watchRequirements(fastify, options.hook, options.required, options.policy !== null)
   describeRoutes(fastify, options, verify)
-  watchUnguarded({ scope: fastify, check (route) { routes.check(route); checkRequirements(route) } }, log)
+  watchUnguarded({ scope: fastify, verify, check (route) { routes.check(route); checkRequirements(route) } }, log)
   fastify.addHook('onReady', async () => {
     store.start()
     // Availability first by default; with waitForKeys, a deploy that cannot reach Cloudflare fails to start.
@@ -243,6 +244,8 @@ export async function cloudflareAccess (fastify: FastifyInstance, rawOptions: Fa
     store.close()
     identities.close()
   })
+  // Last, once nothing above can fail: from now on the scope counts as guarded.
+  claimScope(fastify)
 }
 
 /** The grant kinds a policy tried, for the 403 log line: "why was I denied", without the user's data. */

@@ -19,9 +19,18 @@ const TWICE = 'fastify-cloudflare-access is already registered in this scope, a 
   // Stryker disable next-line StringLiteral: message text only, the advice after the refusal (the refusal and its first sentence are tested)
   'Register it once per protected scope; give one registration several audiences with audience: [...] instead of registering twice.'
 
-/** Records a registration in `scope`, or throws when this scope, a parent or a child already has one. */
-export function claimScope (scope: object): void {
+/** Throws when this scope, a parent or a child already has a registration. */
+export function checkScope (scope: object): void {
   if (registry.holding.has(scope) || guardOf(scope) !== undefined) throw new Error(TWICE)
+}
+
+/**
+ * Records a registration in `scope` (or throws as {@link checkScope}). Called once the registration has set
+ * up everything that can fail: a registration that failed (its error swallowed by an `after` callback)
+ * guards nothing, so its scope must not count as guarded.
+ */
+export function claimScope (scope: object): void {
+  checkScope(scope)
   registry.registered.add(scope)
   for (let up: object | null = scope; up !== null; up = Object.getPrototypeOf(up)) registry.holding.add(up)
 }

@@ -22,8 +22,10 @@ interface SeenRoute {
 export interface Registration {
   /** The scope the plugin is registered in. */
   scope: FastifyInstance
-  /** Validates a route that was added before the plugin (throws naming it). */
+  /** Validates a route that was added before the plugin, or outside its scope with its `verify` (throws naming it). */
   check: (route: RouteOptions) => void
+  /** The registration's `fastify.cfAccess.verify`: a route outside its scope that runs it is guarded by it. */
+  verify: unknown
 }
 
 interface App {
@@ -43,20 +45,29 @@ interface Shared {
   apps: WeakMap<object, App>
   /** Roots whose routes are refused at request time (the boot could not see them all). */
   blind: WeakSet<object>
-  subscriber?: (message: unknown) => void
 }
 const kShared = Symbol.for('fastify-cloudflare-access.unguarded.v1')
+const kSubscriber = Symbol.for('fastify-cloudflare-access.unguarded.subscriber')
 const globals = globalThis as { [kShared]?: Shared }
 const shared: Shared = globals[kShared] ??= { apps: new WeakMap(), blind: new WeakSet() }
 
 /** Records a new app: its routes as they are added, checked once the app is ready. */
 function see (message: unknown): void {
   const root = (message as { fastify: FastifyInstance }).fastify
+  // An app of another realm (a runner such as Jest gives each test file its own globals, while Node's
+  // channels are the process's): its routes and registrations are that realm's copy's to check.
+  if (!(root instanceof Object)) return
   const app: App = { routes: [], seen: new WeakSet(), registrations: new Map() }
   shared.apps.set(root, app)
   root.addHook('onRoute', function cfAccessSeeRoute (this: object, route: RouteOptions) {
     app.seen.add(route)
     app.routes.push({ route, scope: this })
+    // Fastify copies only the config's own enumerable properties into the route: an inherited, getter or
+    // non-enumerable `cfAccess` would be checked here but vanish from the route. Pinned as an own property.
+    const cfAccess = configOf(route)
+    if (cfAccess !== undefined && !Object.prototype.propertyIsEnumerable.call(route.config, 'cfAccess')) {
+      route.config = { ...route.config, cfAccess } as RouteOptions['config']
+    }
   })
   root.addHook('onReady', function cfAccessUnguardedRoutes (done) {
     const { routes } = app
@@ -64,8 +75,13 @@ function see (message: unknown): void {
     done(unguardedError(routes, app.registrations))
   })
 }
-if (shared.subscriber !== undefined) diagnostics.unsubscribe('fastify.initialization', shared.subscriber)
-shared.subscriber = see
+// The subscriber is remembered on the channel, which is the process's, not on this realm's globals: a
+// runner that loads the package anew in a new realm for each test file (Jest) leaves no earlier copy
+// subscribed, to refuse the routes of apps whose registrations it cannot see (and to keep its realm alive).
+const initialization = diagnostics.channel('fastify.initialization') as diagnostics.Channel & { [kSubscriber]?: (message: unknown) => void }
+const previous = initialization[kSubscriber]
+if (previous !== undefined) diagnostics.unsubscribe('fastify.initialization', previous)
+initialization[kSubscriber] = see
 diagnostics.subscribe('fastify.initialization', see)
 
 function configOf (route: RouteOptions): unknown {
@@ -92,19 +108,30 @@ export function asksNothing (config: unknown): boolean {
  * invalid `config.cfAccess` of a route added before the plugin, in one error.
  */
 function unguardedError (routes: SeenRoute[], registrations: App['registrations']): Error | undefined {
-  const unguarded = new Map<string, string>()
+  const unguarded = new Map<string, Set<string>>()
   const invalid: string[] = []
   for (const { route, scope } of routes) {
     const config = configOf(route)
     if (config === undefined) continue
     const guard = guardOf(scope)
+    let registration: (Registration & { saw: WeakSet<RouteOptions> }) | undefined
     if (guard === undefined) {
-      if (!asksNothing(config)) unguarded.set(route.url, `${unguarded.has(route.url) ? `${unguarded.get(route.url) as string}, ` : ''}${[route.method].flat().join(', ')}`)
-      continue
+      if (asksNothing(config)) continue
+      // Outside every registration's scope, a route that runs a registration's own `verify` before its
+      // handler is guarded by that registration (verify applies the route's policy): checked as its route.
+      const hooks: unknown[] = [route.onRequest, route.preParsing, route.preValidation, route.preHandler].flat()
+      registration = [...registrations.values()].find(({ verify }) => hooks.includes(verify))
+      if (registration === undefined) {
+        const methods = unguarded.get(route.url) ?? new Set<string>()
+        for (const method of [route.method].flat()) methods.add(method)
+        unguarded.set(route.url, methods)
+        continue
+      }
+    } else {
+      // A copy of the package that does not share this record checks the routes of its registrations.
+      registration = registrations.get(guard)
+      if (registration === undefined || registration.saw.has(route)) continue
     }
-    // A copy of the package that does not share this record checks the routes of its registrations.
-    const registration = registrations.get(guard)
-    if (registration === undefined || registration.saw.has(route)) continue
     try {
       registration.check(route)
     } catch (error) {
@@ -117,17 +144,17 @@ function unguardedError (routes: SeenRoute[], registrations: App['registrations'
     `fastify-cloudflare-access: ${unguarded.size === 1 ? 'a route states' : `${unguarded.size} routes state`} Cloudflare Access protection ` +
     '(config.cfAccess) that no registration of the plugin gives, so nothing would check a token there ' +
     (where.length === 0 ? '(the plugin is not registered in this app):' : `(the plugin is registered in: ${where.join(', ')}):`),
-    ...[...unguarded].map(([url, methods]) => `  ${methods} ${url}`),
+    ...[...unguarded].map(([url, methods]) => `  ${[...methods].join(', ')} ${url}`),
     'Register the plugin in the scope of each of these routes or in a scope above it (a registration guards its own scope and the scopes inside it), ' +
     'or move the route into a scope where it is registered. A route meant to be public says config.cfAccess: false.',
     ...invalid
   ].join('\n'))
 }
 
-/** The app's root instance: the end of the scope's prototype chain. */
+/** The app's root instance: the last object of the scope's prototype chain before `Object.prototype` (of whichever realm). */
 function rootOf (scope: object): object {
   let root = scope
-  for (let up = Object.getPrototypeOf(root) as object | null; up !== null && up !== Object.prototype; up = Object.getPrototypeOf(up) as object | null) root = up
+  while (Object.getPrototypeOf(Object.getPrototypeOf(root)) !== null) root = Object.getPrototypeOf(root) as object
   return root
 }
 

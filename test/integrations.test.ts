@@ -867,6 +867,10 @@ t.test('optional authentication wired wrong', async (t) => {
       await app.ready()
     }
     await t.rejects(boot(async (app) => { await app.register(cloudflareAccess, { ...options, required: false, allow: { emailDomains: ['acme.com'] } }) }), /option "required" must be true when allow or authorize is given/)
+    // the advice names ways out that boot: a route's { required: false } under this policy would be refused too
+    await t.rejects(boot(async (app) => { await app.register(cloudflareAccess, { ...options, required: false, allow: { emailDomains: ['acme.com'] } }) }), {
+      message: /\(a policy needs a token; public routes say config\.cfAccess: false, and optional routes need a registration without a policy, in a scope of their own\)/
+    })
     await t.rejects(boot(async (app) => { await app.register(cloudflareAccess, { ...options, required: false, authorize: () => true }) }), /option "required" must be true when allow or authorize/)
     await t.rejects(boot(async (app) => { await app.register(cloudflareAccess, { ...options, hook: false, required: false }) }), /option "required" must be true with hook: false/)
     await t.rejects(boot(async (app) => { await app.register(cloudflareAccess, { ...options, required: 'no' as unknown as boolean }) }), /option "required" must be true or false/)

@@ -31,9 +31,16 @@ t.test('routes outside every registration are refused at request time, guarded o
   app.register(async (site) => {
     site.get('/odd', { config: { cfAccess: 'yes' as never } }, async () => 'odd')
     site.get('/null', { config: { cfAccess: null as never } }, async () => 'null')
+    // A policy that came out undefined (allow: process.env.X ? ... : undefined): refused at boot where seen
+    site.get('/unsaid', { config: { cfAccess: { allow: undefined } } }, async () => 'unsaid')
     await site.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience, required: false })
     site.get('/', async () => 'site')
   }, { prefix: '/site' })
+  app.register(async (finance) => {
+    // An optional route under a plugin-level policy, unseen by the boot (which would refuse it): never anonymous
+    finance.get('/maybe', { config: { cfAccess: { required: false } } }, async () => 'maybe')
+    await finance.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience, allow: { emails: ['cfo@acme.com'] } })
+  }, { prefix: '/finance' })
   app.get('/public', { config: { cfAccess: false } }, async () => 'public')
   app.get('/optional', { config: { cfAccess: { required: false } } }, async () => 'optional')
   await app.ready()
@@ -55,9 +62,13 @@ t.test('routes outside every registration are refused at request time, guarded o
   t.equal((await app.inject('/admin/early')).statusCode, 401, 'a policy route added before the plugin: verified')
   t.equal((await app.inject({ url: '/admin/early', headers: { 'cf-access-jwt-assertion': cfo } })).statusCode, 200)
   t.equal((await app.inject({ url: '/admin/early', headers: { 'cf-access-jwt-assertion': access.signToken({ email: 'eve@acme.com' }) } })).statusCode, 403, 'and its policy applied')
+  t.equal((await app.inject('/finance/maybe')).statusCode, 401, 'an optional route under a plugin-level policy: a token is required')
+  t.equal((await app.inject({ url: '/finance/maybe', headers: { 'cf-access-jwt-assertion': access.signToken({ email: 'eve@acme.com' }) } })).statusCode, 403)
+  t.equal((await app.inject({ url: '/finance/maybe', headers: { 'cf-access-jwt-assertion': cfo } })).statusCode, 200)
   t.equal((await app.inject('/site/')).statusCode, 200, 'an optional registration')
   t.equal((await app.inject('/site/odd')).statusCode, 401, 'an odd config added before it, unseen by the boot, is not optional')
   t.equal((await app.inject('/site/null')).statusCode, 401, 'nor is null')
+  t.equal((await app.inject('/site/unsaid')).statusCode, 401, 'nor one that says neither a policy nor required')
 
   const warnings = lines.filter((line) => /routes cannot all be seen at boot/.test(line.msg))
   t.equal(warnings.length, 1, 'one warning')

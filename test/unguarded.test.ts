@@ -156,6 +156,11 @@ t.test('constrained routes: by host and by version', async (t) => {
     app.get('/h', { constraints: { host: 'billing.acme.com' }, config: { cfAccess: POLICY } }, async () => 'x')
     app.get('/v', { constraints: { version: '2.0.0' }, config: { cfAccess: POLICY } }, async () => 'x')
   }, ['GET, HEAD /h', 'GET, HEAD /v'])
+  await refused(t, (app) => {
+    admin(app)
+    app.get('/h', { constraints: { host: 'a.acme.com' }, config: { cfAccess: POLICY } }, async () => 'x')
+    app.get('/h', { constraints: { host: 'b.acme.com' }, config: { cfAccess: POLICY } }, async () => 'x')
+  }, ['GET, HEAD /h'], 'one url under two hosts: its methods listed once')
   const app = Fastify()
   t.teardown(() => app.close())
   app.register(async (scope) => {
@@ -257,6 +262,75 @@ t.test('the self-check: a route the root did not see is refused at request time,
   t.equal(warnings.length, 1, 'one warning')
   t.equal(warnings[0]?.fastifyVersion, app.version, 'naming the Fastify version')
   t.match(warnings[0]?.msg, new RegExp(`Fastify ${app.version.replace(/\./g, '\\.')}; route GET /admin/me did not pass the onRoute hook of the app's root\\)`))
+})
+
+t.test('a cfAccess that Fastify would not copy into the route (inherited, a getter, not enumerable) is protected on a route declared before the plugin', async (t) => {
+  class Config { get cfAccess (): CloudflareAccessRouteConfig { return POLICY } }
+  const configs: Array<[string, () => object]> = [
+    ['inherited', () => Object.create({ cfAccess: POLICY }) as object],
+    ['a getter of a class', () => new Config()],
+    ['not enumerable', () => Object.defineProperty({}, 'cfAccess', { value: POLICY, enumerable: false })]
+  ]
+  for (const [kind, config] of configs) {
+    for (const hook of ['onRequest', 'preHandler', false] as const) {
+      const app = Fastify()
+      t.teardown(() => app.close())
+      app.register(async (scope) => {
+        scope.get('/before', { config: config() }, async () => 'x')
+        await scope.register(cloudflareAccess, options({ hook }))
+      })
+      await app.ready()
+      t.equal((await app.inject('/before')).statusCode, 401, `${kind}, hook ${String(hook)}: no token, 401`)
+      t.equal((await app.inject({ url: '/before', headers: { [HEADER]: access.signToken({ email: 'eve@acme.com' }) } })).statusCode, 403, `${kind}, hook ${String(hook)}: the policy refuses`)
+      t.equal((await app.inject({ url: '/before', headers: { [HEADER]: access.signToken({ email: 'cfo@acme.com' }) } })).statusCode, 200, `${kind}, hook ${String(hook)}: the policy admits`)
+    }
+  }
+})
+
+t.test('a registration that failed, its error swallowed by an after() callback, guards nothing: the boot is refused', async (t) => {
+  const error = await boot(t, (app) => {
+    app.register(async (scope) => {
+      scope.decorate('cfAccess', { verify: async () => {} } as never) // the registration below fails on this
+      scope.register(cloudflareAccess, options())
+      scope.after((error) => { t.match(error?.message, /decorator 'cfAccess' has already been added/, 'the registration failed, and this callback drops its error') })
+      scope.get('/report', { config: { cfAccess: { required: true } } }, async () => 'report')
+    }, { prefix: '/admin' })
+  })
+  t.equal(error?.code, errorCodes.ROUTE_UNGUARDED, 'not served to anyone')
+  t.match(error?.message, /\(the plugin is not registered in this app\):\n {2}GET, HEAD \/admin\/report\n/)
+})
+
+t.test('a route outside every registration that runs a registration\'s own verify is guarded by it, and checked as its route', async (t) => {
+  const app = Fastify()
+  t.teardown(() => app.close())
+  let verify: ((...args: any[]) => Promise<void>) | undefined
+  await app.register(async (scope) => {
+    await scope.register(cloudflareAccess, options({ hook: false }))
+    verify = scope.cfAccess.verify
+  }, { prefix: '/admin' })
+  app.get('/billing', { onRequest: verify, config: { cfAccess: POLICY } }, async () => 'invoices')
+  app.get('/account', { preHandler: [async () => {}, verify as () => Promise<void>], config: { cfAccess: { allow: { emailDomains: ['acme.com'] } } } }, async () => 'account')
+  await app.ready()
+  t.equal((await app.inject('/billing')).statusCode, 401)
+  t.equal((await app.inject({ url: '/billing', headers: { [HEADER]: access.signToken({ email: 'eve@acme.com' }) } })).statusCode, 403, 'its policy applied')
+  t.equal((await app.inject({ url: '/billing', headers: { [HEADER]: access.signToken({ email: 'cfo@acme.com' }) } })).statusCode, 200)
+  t.equal((await app.inject('/account')).statusCode, 401, 'verify among other preHandlers')
+  t.equal((await app.inject({ url: '/account', headers: { [HEADER]: access.signToken({ email: 'eve@acme.com' }) } })).statusCode, 200)
+
+  const odd = await boot(t, async (app) => {
+    let verify: ((...args: any[]) => Promise<void>) | undefined
+    await app.register(async (scope) => {
+      await scope.register(cloudflareAccess, options())
+      verify = scope.cfAccess.verify
+    }, { prefix: '/admin' })
+    app.get('/odd', { onRequest: verify, config: { cfAccess: 'yes' as never } }, async () => 'x')
+    // a wrapper hides verify (and could swallow its refusal): not guarded
+    app.get('/wrapped', { onRequest: async (request, reply) => { await (verify as (...args: any[]) => Promise<void>)(request, reply) }, config: { cfAccess: POLICY } }, async () => 'x')
+  })
+  t.equal(odd?.code, errorCodes.ROUTE_UNGUARDED)
+  const listed = (odd?.message ?? '').split('\n').filter((line) => line.startsWith('  ')).map((line) => line.trim())
+  t.same(listed, ['GET, HEAD /wrapped'], 'the route that runs verify is not listed as unguarded')
+  t.match(odd?.message, /route GET \/odd: config\.cfAccess must be false or a policy/, 'but its config is validated')
 })
 
 t.test('two copies of the package in one app: each checks its own routes, neither refuses the other\'s', async (t) => {
