@@ -139,7 +139,7 @@ function unguardedError (routes: SeenRoute[], registrations: App['registrations'
     }
   }
   if (unguarded.size === 0) return invalid.length === 0 ? undefined : new Error(invalid.join('\n'))
-  const where = [...registrations.values()].map(({ scope }) => scope.prefix === '' ? 'a scope without a prefix' : scope.prefix)
+  const where = [...new Set([...registrations.values()].map(({ scope }) => scope.prefix === '' ? 'a scope without a prefix' : scope.prefix))]
   return new RouteUnguardedError([
     `fastify-cloudflare-access: ${unguarded.size === 1 ? 'a route states' : `${unguarded.size} routes state`} Cloudflare Access protection ` +
     '(config.cfAccess) that no registration of the plugin gives, so nothing would check a token there ' +

@@ -25,6 +25,9 @@ function cli (args: string[], stdin?: string): Promise<Run> {
   })
 }
 
+// Every test starts Node processes: on a loaded machine the file takes far longer than its CPU time.
+t.setTimeout(360_000)
+
 t.before(() => {
   if (!existsSync(CLI)) throw new Error('dist/lib/cli.js is missing: run npm run build first (npm test does)')
 })
