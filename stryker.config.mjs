@@ -15,6 +15,7 @@ export default {
       'test/adversarial.test.ts',
       'test/authorization.test.ts',
       'test/cache.test.ts',
+      'test/cloudflare-fixture.test.ts',
       'test/dev-proxy.test.ts',
       'test/emulator.test.ts',
       'test/examples.test.ts',
