@@ -21,7 +21,7 @@ fp(fastifyCloudflareAccess, { fastify: '5.x', name: 'fastify-cloudflare-access' 
 // export and the error constructors.
 const {
   errorCodes, TokenMissingError, TokenInvalidError, TokenExpiredError, ClaimInvalidError, KeysUnavailableError,
-  ForbiddenError, NoIdentityError, IdentityUnavailableError, AuthorizeFailedError, AuthorizeTimeoutError
+  ForbiddenError, NoIdentityError, IdentityUnavailableError, AuthorizeFailedError, AuthorizeTimeoutError, RouteUnguardedError, NotVerifiedError
 } = errors
 const { isServiceToken, isUserToken, requireClaims, requireUser, requireServiceToken } = claims
 // Destructured like the rest: Node's CommonJS-to-ESM bridge (below) sees `name,` but stops at `name: x.name`.
@@ -41,6 +41,8 @@ fastifyCloudflareAccess.NoIdentityError = NoIdentityError
 fastifyCloudflareAccess.IdentityUnavailableError = IdentityUnavailableError
 fastifyCloudflareAccess.AuthorizeFailedError = AuthorizeFailedError
 fastifyCloudflareAccess.AuthorizeTimeoutError = AuthorizeTimeoutError
+fastifyCloudflareAccess.RouteUnguardedError = RouteUnguardedError
+fastifyCloudflareAccess.NotVerifiedError = NotVerifiedError
 fastifyCloudflareAccess.isServiceToken = isServiceToken
 fastifyCloudflareAccess.isUserToken = isUserToken
 fastifyCloudflareAccess.cloudflareAccessStatus = cloudflareAccessStatus
@@ -69,6 +71,8 @@ fastifyCloudflareAccess.cloudflareAccessTransform = cloudflareAccessTransform
   IdentityUnavailableError,
   AuthorizeFailedError,
   AuthorizeTimeoutError,
+  RouteUnguardedError,
+  NotVerifiedError,
   isServiceToken,
   isUserToken,
   cloudflareAccessStatus,
@@ -104,6 +108,7 @@ declare namespace fastifyCloudflareAccess {
   export type CloudflareAccessCustom = types.CloudflareAccessCustom
   export type CloudflareAccessAllow = types.CloudflareAccessAllow
   export type CloudflareAccessAuthorize = types.CloudflareAccessAuthorize
+  export type CloudflareAccessAuthorizeContext = types.CloudflareAccessAuthorizeContext
   export type CloudflareAccessPolicy = types.CloudflareAccessPolicy
   export type CloudflareAccessRouteConfig = types.CloudflareAccessRouteConfig
   export type CloudflareAccessIdentity = types.CloudflareAccessIdentity

@@ -15,6 +15,7 @@ export default {
       'test/adversarial.test.ts',
       'test/authorization.test.ts',
       'test/cache.test.ts',
+      'test/cloudflare-fixture.test.ts',
       'test/dev-proxy.test.ts',
       'test/emulator.test.ts',
       'test/examples.test.ts',
@@ -28,6 +29,7 @@ export default {
       'test/properties.test.ts',
       'test/redteam-hotpath.test.ts',
       'test/seams.test.ts',
+      'test/unguarded.test.ts',
       'test/verify.test.ts'
     ],
     nodeArgs: ['--import=@tapjs/typescript/import', '-r', '{{hookFile}}', '{{testFile}}']
@@ -40,6 +42,7 @@ export default {
     'lib/policy.ts',
     'lib/scopes.ts',
     'lib/routes.ts',
+    'lib/unguarded.ts',
     'lib/optional.ts',
     'lib/preflight.ts',
     'lib/claims.ts',
@@ -49,6 +52,7 @@ export default {
     'lib/keys.ts',
     'lib/plugin.ts',
     'lib/token.ts',
+    'lib/decoder-check.ts',
     'lib/verify.ts',
     'lib/cache.ts',
     // and the dev proxy's checks: Host, login CSRF, header and cookie stripping, request targets, paths

@@ -29,7 +29,7 @@ export async function buildAuthApp (teamDomain: string, audience: string, keys: 
   const app = Fastify()
   await app.register(fastifyAuth)
   await app.register(cloudflareAccess, { teamDomain, audience, hook: false })
-  const { verify } = app.cfAccess!
+  const { verify } = app.cfAccess
   const apiKey = apiKeyStrategy(keys)
 
   // OR: @fastify/auth answers with the error of the last strategy that failed, so Access goes last and a

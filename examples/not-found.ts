@@ -23,7 +23,7 @@ export async function buildNotFoundApp (teamDomain: string, audience: string): P
   // hook: false: give the not-found handler the verify hook itself.
   app.register(async (api) => {
     await api.register(cloudflareAccess, { teamDomain, audience, hook: false })
-    const { verify } = api.cfAccess!
+    const { verify } = api.cfAccess
     api.setNotFoundHandler({ preHandler: verify }, notFound)
     api.get('/jobs', { onRequest: verify }, async () => ['build'])
   }, { prefix: '/api' })

@@ -35,7 +35,7 @@ export async function buildOpenapiApp (teamDomain: string, audience: string, api
   // hook: false: a route-level verify is seen; a wrapper (@fastify/auth) is not, so that route says so itself.
   app.register(async (api) => {
     await api.register(cloudflareAccess, { teamDomain, audience, hook: false })
-    const access = api.cfAccess!
+    const access = api.cfAccess
     api.get('/status', async () => 'ok')
     api.get('/jobs', { onRequest: access.verify, schema: { response: { 200: user } } }, async (request) => ({ email: request.cfAccess?.email }))
     const hasApiKey = async (request: FastifyRequest): Promise<void> => {

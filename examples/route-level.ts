@@ -9,7 +9,7 @@ export async function buildRouteLevelApp (teamDomain: string, audience: string):
   await app.register(cloudflareAccess, { teamDomain, audience, hook: false })
 
   app.get('/health', async () => 'ok') // open
-  app.get('/admin', { onRequest: app.cfAccess!.verify }, async (request) => request.cfAccess)
-  app.post('/admin/jobs', { preHandler: app.cfAccess!.verify }, async (request) => ({ by: request.cfAccess?.email }))
+  app.get('/admin', { onRequest: app.cfAccess.verify }, async (request) => request.cfAccess)
+  app.post('/admin/jobs', { preHandler: app.cfAccess.verify }, async (request) => ({ by: request.cfAccess?.email }))
   return app
 }

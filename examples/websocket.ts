@@ -48,8 +48,8 @@ export async function buildWebsocketApp (teamDomain: string, audience: string, o
     live.get('/feed', { websocket: true, onRequest: allowOrigins(origins) }, (socket, request) => {
       // The scope hook verified the upgrade request before this handler ran.
       const claims = requireClaims(request)
-      closeAtExpiry(socket, claims.exp)
       socket.send(JSON.stringify({ hello: isServiceToken(claims) ? claims.common_name : claims.email }))
+      closeAtExpiry(socket, claims.exp)
       socket.on('message', (data) => socket.send(`echo ${String(data)}`))
     })
   }, { prefix: '/live' })

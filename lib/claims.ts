@@ -1,5 +1,5 @@
 import type { FastifyRequest } from 'fastify'
-import { ForbiddenError, TokenMissingError } from './errors'
+import { ForbiddenError, NotVerifiedError, TokenMissingError } from './errors'
 import type { CloudflareAccessClaims, CloudflareAccessServiceClaims, CloudflareAccessUserClaims } from './types'
 
 /** Whether the claims are a service token's (`common_name`, no `email`). */
@@ -18,14 +18,35 @@ export function subjectOf (claims: CloudflareAccessClaims): string {
 }
 
 /**
- * The request's verified claims, user or service token. Throws `401 FST_CF_ACCESS_TOKEN_MISSING` where
- * no verification admitted the request (`request.cfAccess` is `null`, or `undefined` outside the plugin's
- * scopes): a handler that needs a caller never runs without one.
+ * Set on a request once the plugin looked for its token (by its own hook or `verify`), whatever came of it.
+ * Shared by every copy of the package in the process (a request one copy verified, read by another's
+ * `requireUser`).
+ */
+export const kLookedAt = Symbol.for('fastify-cloudflare-access.looked-at')
+
+/** The verified claims, or the error for a request without them (`caller` names the function for the 500's message). */
+function claimsOf (request: FastifyRequest, caller: string): CloudflareAccessClaims {
+  const claims = request.cfAccess
+  if (claims !== null && claims !== undefined) return claims
+  // The plugin looked and found no admitted token (none, on an optional route; or a refusal a wrapper swallowed).
+  if ((request as { [kLookedAt]?: boolean })[kLookedAt] === true) throw new TokenMissingError()
+  const { url } = request.routeOptions
+  throw new NotVerifiedError(
+    `fastify-cloudflare-access: ${caller}(request) in ${url === undefined ? 'a not-found handler' : `route ${request.method} ${url}`}, which the plugin never verified: ` +
+    'the route is outside every registration of the plugin, has config.cfAccess: false, belongs to a hook: false registration without ' +
+    'fastify.cfAccess.verify in its hooks, or the call runs in a hook before the plugin\'s. Register the plugin in the route\'s scope, ' +
+    'add fastify.cfAccess.verify to the route, or call it from the handler'
+  )
+}
+
+/**
+ * The request's verified claims, user or service token. Throws `401 FST_CF_ACCESS_TOKEN_MISSING` where the
+ * plugin verified the request and no token was admitted (an optional route without one), and `500
+ * FST_CF_ACCESS_NOT_VERIFIED` where the plugin never verified it (a wiring mistake, whatever the request
+ * carries): a handler that needs a caller never runs without one.
  */
 export function requireClaims (request: FastifyRequest): CloudflareAccessClaims {
-  const claims = request.cfAccess
-  if (claims === null || claims === undefined) throw new TokenMissingError()
-  return claims
+  return claimsOf(request, 'requireClaims')
 }
 
 /** A 403 that names the route and the subject for the log line (neither is in the answer). */
@@ -34,21 +55,21 @@ function wrongKind (request: FastifyRequest, claims: CloudflareAccessClaims): Er
 }
 
 /**
- * The verified user's claims (`email` is a `string`). Throws `401 FST_CF_ACCESS_TOKEN_MISSING` without
- * verified claims, and `403 FST_CF_ACCESS_FORBIDDEN` for a service token.
+ * The verified user's claims (`email` is a `string`). Throws as `requireClaims` without verified claims,
+ * and `403 FST_CF_ACCESS_FORBIDDEN` for a service token.
  */
 export function requireUser (request: FastifyRequest): CloudflareAccessUserClaims {
-  const claims = requireClaims(request)
+  const claims = claimsOf(request, 'requireUser')
   if (!isUserToken(claims)) throw wrongKind(request, claims)
   return claims
 }
 
 /**
- * The verified service token's claims (`common_name` is a `string`). Throws `401
- * FST_CF_ACCESS_TOKEN_MISSING` without verified claims, and `403 FST_CF_ACCESS_FORBIDDEN` for a user.
+ * The verified service token's claims (`common_name` is a `string`). Throws as `requireClaims` without
+ * verified claims, and `403 FST_CF_ACCESS_FORBIDDEN` for a user.
  */
 export function requireServiceToken (request: FastifyRequest): CloudflareAccessServiceClaims {
-  const claims = requireClaims(request)
+  const claims = claimsOf(request, 'requireServiceToken')
   if (!isServiceToken(claims)) throw wrongKind(request, claims)
   return claims
 }

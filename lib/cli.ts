@@ -10,7 +10,7 @@ import { parseArgs } from 'node:util'
 import { createDevProxy, DEFAULT_PORT, LOGIN_PATH } from './dev-proxy'
 import { KeyStore, parseKeySet, type SigningKey } from './keys'
 import { isLoopback, normalizeAudience, normalizeOptions } from './options'
-import { MAX_TOKEN_LENGTH } from './token'
+import { COOKIE_NAME, MAX_TOKEN_LENGTH, readCookie } from './token'
 import { createAccessEmulator } from './testing'
 import { createTokenVerifier, type KeySource } from './verify'
 
@@ -27,7 +27,8 @@ const INSPECT_USAGE = `Usage: fastify-cloudflare-access inspect <token | -> --te
 
 Verifies the token exactly as the plugin does and prints every check.
 
-  <token | ->        the token, or - to read it from standard input (keeps it out of shell history)
+  <token | ->        the token, or - to read it from standard input (keeps it out of shell history);
+                     either may also be CF_Authorization=<token> or a whole Cookie header
   --team <team>      team name, team domain or https origin (as the plugin's teamDomain)
   --aud <tag>        the application's AUD tag; repeat for several applications
   --at <ISO time>    verify as of this time instead of now (for old tokens, with --certs)
@@ -35,7 +36,12 @@ Verifies the token exactly as the plugin does and prints every check.
   --json             print a machine-readable result
   --help             this text
 
-Exit status: 0 valid, 1 rejected, 2 usage or network error.`
+Exit status: 0 valid, 1 rejected, 2 usage or network error.
+
+Where to find the token: the CF_Authorization cookie is HttpOnly, so scripts (document.cookie) cannot
+read it. In the browser's developer tools, open Application → Cookies (Chrome, Edge) or Storage →
+Cookies (Firefox, Safari), select your application's origin and copy the value of CF_Authorization; or,
+in the Network tab, copy a request's Cookie header and paste it whole. Standard input is read up to 64 KiB.`
 
 const EMULATOR_USAGE = `Usage: fastify-cloudflare-access emulator [--port <n>] [--aud <tag>]
 
@@ -70,14 +76,43 @@ interface Output {
   err: (text: string) => void
 }
 
-/** Reads all of standard input. */
+/** Most of standard input `inspect` reads: a token, a cookie or a Cookie header is a few KiB. */
+export const MAX_STDIN_BYTES = 64 * 1024
+
+/** Reads standard input, refusing more than MAX_STDIN_BYTES (it stops reading there). */
 function readStdin (): Promise<string> {
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = []
-    process.stdin.on('data', (chunk: Buffer) => chunks.push(chunk))
-    process.stdin.on('end', () => resolve(Buffer.concat(chunks).toString('utf8').trim()))
+    let size = 0
+    process.stdin.on('data', (chunk: Buffer) => {
+      size += chunk.length
+      if (size > MAX_STDIN_BYTES) {
+        process.stdin.destroy()
+        reject(new UsageError(`standard input is larger than ${MAX_STDIN_BYTES / 1024} KiB: paste the token, CF_Authorization=<token> or the Cookie header`))
+        return
+      }
+      chunks.push(chunk)
+    })
+    process.stdin.on('end', () => resolve(Buffer.concat(chunks).toString('utf8')))
     process.stdin.on('error', reject)
   })
+}
+
+const COOKIE_LINE = /^cookie\s*:/i
+const HEADER_LINE = /^cf-access-jwt-assertion\s*:/i
+
+/**
+ * The token in what was pasted: the token itself, `CF_Authorization=<token>`, a Cookie header's value
+ * (`a=b; CF_Authorization=<token>`), or a whole `Cookie:` or `Cf-Access-Jwt-Assertion:` header line.
+ */
+export function tokenFromInput (input: string): string {
+  const text = input.trim()
+  if (HEADER_LINE.test(text)) return text.slice(text.indexOf(':') + 1).trim()
+  const cookie = COOKIE_LINE.test(text) ? text.slice(text.indexOf(':') + 1) : text
+  if (!cookie.includes(`${COOKIE_NAME}=`) && !cookie.includes(`${COOKIE_NAME} =`)) return text
+  const value = readCookie(cookie)
+  if (value === undefined) throw new UsageError(`the pasted cookie has no ${COOKIE_NAME} value`)
+  return value
 }
 
 /** A fixed key set, from a saved certs document: the verifier's key source for --certs. */
@@ -217,7 +252,7 @@ async function inspect (argv: string[], io: Output): Promise<number> {
   } catch (error) {
     throw new UsageError((error as Error).message.replace('fastify-cloudflare-access: option "teamDomain"', '--team').replace('option "audience"', '--aud'))
   }
-  const token = positionals[0] === '-' ? await readStdin() : positionals[0] as string
+  const token = tokenFromInput(positionals[0] === '-' ? await readStdin() : positionals[0] as string)
 
   let keys: KeySource
   let store: KeyStore | undefined
@@ -235,7 +270,7 @@ async function inspect (argv: string[], io: Output): Promise<number> {
   }
 
   const now = at ?? Date.now()
-  const verifier = createTokenVerifier(options, keys, at)
+  const verifier = createTokenVerifier(options, keys, { at })
   let verdict: Record<string, unknown> | Error
   try {
     const result = await verifier.verify(token)

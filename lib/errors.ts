@@ -106,6 +106,32 @@ export const AuthorizeTimeoutError = createError<'FST_CF_ACCESS_AUTHORIZE_TIMEOU
   false
 )
 
+/**
+ * A route states protection (`config.cfAccess`) that no registration of the plugin gives: the
+ * application's wiring mistake, refused at boot (`ready()` rejects with it) or, where the boot could not see
+ * every route, at request time. 500. Never an admission.
+ */
+export const RouteUnguardedError = createError<'FST_CF_ACCESS_ROUTE_UNGUARDED', 500, [message: string]>(
+  'FST_CF_ACCESS_ROUTE_UNGUARDED',
+  '%s',
+  500,
+  Error,
+  false
+)
+
+/**
+ * `requireUser`, `requireServiceToken` or `requireClaims` on a request the plugin never verified (outside
+ * its scopes, `config.cfAccess: false`, `hook: false` without `verify`, or called in a hook before the
+ * plugin's): the application's wiring mistake, even when the request carries a valid token. 500.
+ */
+export const NotVerifiedError = createError<'FST_CF_ACCESS_NOT_VERIFIED', 500, [message: string]>(
+  'FST_CF_ACCESS_NOT_VERIFIED',
+  '%s',
+  500,
+  Error,
+  false
+)
+
 /** Seconds a client should wait before retrying a 503. */
 export const RETRY_AFTER_SECONDS = 5
 
@@ -138,7 +164,9 @@ export const errorCodes = {
   NO_IDENTITY: 'FST_CF_ACCESS_NO_IDENTITY',
   IDENTITY_UNAVAILABLE: 'FST_CF_ACCESS_IDENTITY_UNAVAILABLE',
   AUTHORIZE_FAILED: 'FST_CF_ACCESS_AUTHORIZE_FAILED',
-  AUTHORIZE_TIMEOUT: 'FST_CF_ACCESS_AUTHORIZE_TIMEOUT'
+  AUTHORIZE_TIMEOUT: 'FST_CF_ACCESS_AUTHORIZE_TIMEOUT',
+  ROUTE_UNGUARDED: 'FST_CF_ACCESS_ROUTE_UNGUARDED',
+  NOT_VERIFIED: 'FST_CF_ACCESS_NOT_VERIFIED'
 } as const
 
 /** One of the codes in {@link errorCodes}. */

@@ -21,6 +21,25 @@ const MAX_DEPTH = 32
 /** The statuses by which Access says it refuses the session itself (revoked, expired): the client must log in again. */
 const REFUSED: ReadonlySet<number | undefined> = new Set([400, 401, 403])
 
+/**
+ * What the group grants match: every string group id and every string group name the identity document
+ * lists, each on its own (an entry with an id but no name still counts for `groupIds`). The application's
+ * `identity.groups` keeps only the entries that have both, as typed.
+ */
+export interface GroupMembership {
+  readonly ids: ReadonlySet<string>
+  readonly names: ReadonlySet<string>
+}
+
+const NO_GROUPS: GroupMembership = Object.freeze({ ids: new Set<string>(), names: new Set<string>() })
+/** The membership of each identity the client returned. */
+const memberships = new WeakMap<CloudflareAccessIdentity, GroupMembership>()
+
+/** The group ids and names of an identity the identity client returned (none for any other object). */
+export function membershipOf (identity: CloudflareAccessIdentity): GroupMembership {
+  return memberships.get(identity) ?? NO_GROUPS
+}
+
 interface Entry {
   identity: CloudflareAccessIdentity
   expiresAt: number
@@ -110,15 +129,21 @@ export class IdentityClient {
       // Stryker disable next-line StringLiteral: message text only (the 503 is tested)
       throw new IdentityUnavailableError('the identity endpoint answered an unexpected document')
     }
-    identity.groups = Array.isArray(identity.groups)
-      // null has no properties; any other JSON value without a string id and name is dropped by the checks.
-      ? identity.groups.filter((group) => group !== null && typeof group.id === 'string' && typeof group.name === 'string')
-      : []
+    // null has no properties; any other JSON value without a string id or name counts for nothing.
+    const groups: Array<Partial<Record<'id' | 'name', unknown>> | null> = Array.isArray(identity.groups) ? identity.groups : []
+    const ids = new Set<string>()
+    const names = new Set<string>()
+    for (const group of groups) {
+      if (typeof group?.id === 'string') ids.add(group.id)
+      if (typeof group?.name === 'string') names.add(group.name)
+    }
+    identity.groups = groups.filter((group) => typeof group?.id === 'string' && typeof group.name === 'string') as CloudflareAccessIdentity['groups']
     // Shared by every request of the token: nobody may change it.
     if (!deepFreezeBounded(identity, MAX_DEPTH)) {
       // Stryker disable next-line StringLiteral: message text only (the 503 is tested)
       throw new IdentityUnavailableError(`the identity endpoint answered a document nested deeper than ${MAX_DEPTH} levels`)
     }
+    memberships.set(identity, { ids, names })
     const expiresAt = Math.min(Date.now() + this.#opts.ttl, exp * 1000)
     this.#cache.set(token, { identity, expiresAt })
     if (this.#cache.size > this.#opts.size) {

@@ -28,23 +28,26 @@ export function checkRouteRequired (where: string, config: Record<string, unknow
 /**
  * Whether the plugin's own hook lets a request **without a token** through on this route, with
  * `request.cfAccess` left `null`. A route's `required` decides, else the plugin's; a route with a policy
- * is never optional (also one added before the plugin, whose config was not checked at boot). Called only
- * when the request has no token, so it costs nothing on the common path.
+ * is never optional (also one added before the plugin, whose config was not checked at boot). A config
+ * object without a policy and without `required` is invalid (refused at boot where the boot saw it), so
+ * never optional either. Called only when the request has no token, so it costs nothing on the common path.
  */
 export function isOptional (config: unknown, pluginRequired: boolean): boolean {
   if (config === undefined) return !pluginRequired
   if (config === null || typeof config !== 'object' || hasPolicy(config)) return false
-  const { required } = config as { required?: unknown }
-  return required === false || (required === undefined && !pluginRequired)
+  return (config as { required?: unknown }).required === false
 }
 
 /**
  * Refuses at boot what the per-route checks cannot see: `required` on a route of a `hook: false`
  * registration (only the plugin's own hook makes a token optional; `fastify.cfAccess.verify` always
- * requires one), and a route policy that would inherit the plugin's `required: false`.
+ * requires one), a route policy that would inherit the plugin's `required: false`, and an optional route
+ * under a plugin-level policy (an anonymous visitor would get more than a signed-in user the policy
+ * refuses). Checks every route added to the scope from now on, and returns the check for routes added
+ * before (lib/unguarded.ts).
  */
-export function watchRequirements (fastify: FastifyInstance, hook: CloudflareAccessHook, pluginRequired: boolean): void {
-  fastify.addHook('onRoute', (route: RouteOptions) => {
+export function watchRequirements (fastify: FastifyInstance, hook: CloudflareAccessHook, pluginRequired: boolean, pluginHasPolicy: boolean): (route: RouteOptions) => void {
+  function check (route: RouteOptions): void {
     const config = (route.config as { cfAccess?: unknown } | undefined)?.cfAccess
     if (config === null || typeof config !== 'object') return
     const where = `route ${String(route.method)} ${route.url}`
@@ -55,5 +58,11 @@ export function watchRequirements (fastify: FastifyInstance, hook: CloudflareAcc
     if (!pluginRequired && required === undefined && hasPolicy(config)) {
       fail(where, 'the plugin has required: false and this route has a policy (allow/authorize): add required: true to the route\'s config.cfAccess to require a token there')
     }
-  })
+    if (pluginHasPolicy && required === false) {
+      fail(where, 'config.cfAccess has required: false but the registration has a policy (allow/authorize), which an anonymous visitor would skip: ' +
+        'use config.cfAccess: false for a public route, or put the optional routes in a scope whose registration has no policy')
+    }
+  }
+  fastify.addHook('onRoute', check)
+  return check
 }

@@ -1,4 +1,5 @@
 import { compilePolicy, type CompiledPolicy } from './policy'
+import { didYouMean } from './suggest'
 import type { CloudflareAccessHook, FastifyCloudflareAccessOptions } from './types'
 
 /** Options after validation: every field present, every value usable as is. */
@@ -117,6 +118,25 @@ export function warnIfLoopbackInProduction (log: { warn: (obj: object, msg: stri
   )
 }
 
+/** Cloudflare's AUD tags: 64 lowercase hexadecimal characters. */
+const AUD_TAG = /^[0-9a-f]{64}$/
+
+/**
+ * An audience that does not look like a Cloudflare AUD tag is often a copy-paste of something else (the
+ * application's name, its domain, the team name): say so once at registration. Not an error: tags of your
+ * own (an emulator's, a test's) stay possible.
+ */
+export function warnIfAudienceUnusual (log: { warn: (obj: object, msg: string) => void }, audience: readonly string[]): void {
+  const unusual = audience.filter((tag) => !AUD_TAG.test(tag))
+  if (unusual.length === 0) return
+  log.warn(
+    { audience: unusual },
+    `fastify-cloudflare-access: audience ${unusual.map((tag) => JSON.stringify(tag)).join(', ')} does not look like a Cloudflare Access ` +
+    'Application Audience (AUD) tag (64 hexadecimal characters: Zero Trust → Access → Applications → your application → Overview). ' +
+    'Tokens carry the tag in aud: npx fastify-cloudflare-access inspect shows it.'
+  )
+}
+
 export function normalizeAudience (value: unknown): readonly string[] {
   // Stryker disable next-line StringLiteral: message text only (the refusal is tested)
   const expected = 'an Application Audience (AUD) tag or a non-empty array of them (non-empty strings without spaces)'
@@ -157,7 +177,7 @@ function normalizeRequired (options: Record<string, unknown>, hook: CloudflareAc
   }
   if (options.allow !== undefined || options.authorize !== undefined) {
     // Stryker disable next-line StringLiteral: message text only (the refusal is tested)
-    return fail('required', 'true when allow or authorize is given (a policy needs a token; make single routes optional with config.cfAccess: { required: false })', 'false')
+    return fail('required', 'true when allow or authorize is given (a policy needs a token; public routes say config.cfAccess: false, and optional routes need a registration without a policy, in a scope of their own)', 'false')
   }
   return false
 }
@@ -191,7 +211,7 @@ export function normalizeOptions (raw: FastifyCloudflareAccessOptions | undefine
   }
   for (const key of Object.keys(options)) {
     if (!KNOWN_OPTIONS.has(key)) {
-      throw new Error(`fastify-cloudflare-access: unknown option "${key}"; known options: ${[...KNOWN_OPTIONS].join(', ')}`)
+      throw new Error(`fastify-cloudflare-access: unknown option "${key}";${didYouMean(key, KNOWN_OPTIONS)} known options: ${[...KNOWN_OPTIONS].join(', ')}`)
     }
   }
   const issuer = normalizeTeamDomain(options.teamDomain)

@@ -1,6 +1,6 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import { channels } from './channels'
-import { isServiceToken, subjectOf } from './claims'
+import { isServiceToken, kLookedAt, subjectOf } from './claims'
 import { AuthorizeFailedError, errorCodes, ForbiddenError, NoIdentityError, RETRY_AFTER_SECONDS, TokenMissingError, toError } from './errors'
 import { IdentityClient } from './identity'
 import { KeyStore } from './keys'
@@ -8,12 +8,13 @@ import { pluginLogger } from './log'
 import { decorateLogout } from './logout'
 import { describeRoutes } from './openapi'
 import { isOptional, watchRequirements } from './optional'
-import { normalizeOptions, warnIfLoopbackInProduction } from './options'
-import { admits, type CompiledPolicy } from './policy'
+import { normalizeOptions, warnIfAudienceUnusual, warnIfLoopbackInProduction } from './options'
+import { admits, IdentityLookups, type CompiledPolicy } from './policy'
 import { addScopeHook } from './preflight'
 import { watchRoutes } from './routes'
-import { claimScope } from './scopes'
+import { checkScope, claimScope } from './scopes'
 import { trackStatus } from './status'
+import { watchUnguarded } from './unguarded'
 import { readToken } from './token'
 import type { CloudflareAccessClaims, CloudflareAccessDecorator, CloudflareAccessIdentity, FastifyCloudflareAccessOptions } from './types'
 import { createTokenVerifier, kCacheCounters } from './verify'
@@ -24,8 +25,15 @@ const RETRY_AFTER = String(RETRY_AFTER_SECONDS)
 const kToken = Symbol('fastify-cloudflare-access.token')
 /** The route `config.cfAccess` (or `true` for none) whose policies admitted the request: private. */
 const kAdmitted = Symbol('fastify-cloudflare-access.admitted')
+/** While a policy runs on the request: the identity of the token it verifies, for `request.cfAccessIdentity()`. */
+const kVerifying = Symbol('fastify-cloudflare-access.verifying')
 
-type Request = FastifyRequest & { [kToken]: string | null, [kAdmitted]: object | true | null }
+type Request = FastifyRequest & {
+  [kLookedAt]: boolean
+  [kToken]: string | null
+  [kAdmitted]: object | true | null
+  [kVerifying]: (() => Promise<CloudflareAccessIdentity>) | null
+}
 type Done = (error?: Error) => void
 
 /**
@@ -39,9 +47,10 @@ type Done = (error?: Error) => void
 export async function cloudflareAccess (fastify: FastifyInstance, rawOptions: FastifyCloudflareAccessOptions): Promise<void> {
   const options = normalizeOptions(rawOptions)
   const log = pluginLogger(fastify, rawOptions.logLevel, rawOptions.logSerializers)
-  claimScope(fastify)
+  checkScope(fastify)
 
   warnIfLoopbackInProduction(log, options.issuer)
+  warnIfAudienceUnusual(log, options.audience)
   const store = new KeyStore({
     certsUrl: options.certsUrl,
     fetchTimeout: options.fetchTimeout,
@@ -50,7 +59,7 @@ export async function cloudflareAccess (fastify: FastifyInstance, rawOptions: Fa
     maxStaleAge: options.maxStaleAge,
     log
   })
-  const verifier = createTokenVerifier(options, store)
+  const verifier = createTokenVerifier(options, store, { log })
   const identities = new IdentityClient({
     url: options.identityUrl,
     timeout: options.identityTimeout,
@@ -67,8 +76,18 @@ export async function cloudflareAccess (fastify: FastifyInstance, rawOptions: Fa
   // `request` is undefined only for verifyToken(token) without a request, which refuses a policy with
   // `authorize` before getting here.
   async function enforce (policy: CompiledPolicy, claims: CloudflareAccessClaims, token: string, request: FastifyRequest | undefined): Promise<void> {
-    const context = { request: request as FastifyRequest, identity: () => identityFor(token, claims), authorizeTimeout: options.authorizeTimeout }
-    if (await admits(policy, claims, context)) return
+    const identity = new IdentityLookups(() => identityFor(token, claims))
+    const context = { request: request as FastifyRequest, identity, authorizeTimeout: options.authorizeTimeout }
+    // While the policy runs, request.cfAccessIdentity() is the identity of the token being verified.
+    const req = request as Request | undefined
+    if (req !== undefined) req[kVerifying] = identity.get
+    let admitted: boolean
+    try {
+      admitted = await admits(policy, claims, context)
+    } finally {
+      if (req !== undefined) req[kVerifying] = null
+    }
+    if (admitted) return
     const route = request?.routeOptions.url
     const grants = grantsOf(policy)
     channels.denied.hasSubscribers && channels.denied.publish({ route, grants, kind: isServiceToken(claims) ? 'service' : 'user' })
@@ -131,8 +150,10 @@ export async function cloudflareAccess (fastify: FastifyInstance, rawOptions: Fa
       if (ownHook) return undefined
       routeConfig = undefined
     }
+    (request as Request)[kLookedAt] = true
     const token = readToken(request.headers)
-    if (token === undefined && ownHook && isOptional(routeConfig, options.required)) return undefined
+    // Never optional under a plugin-level policy (refused at boot; also for a route the boot could not see)
+    if (token === undefined && ownHook && options.policy === null && isOptional(routeConfig, options.required)) return undefined
     const before = hits()
     const claims = verifier.verify(token)
     if (claims instanceof Error) return rejected(request, reply, claims)
@@ -188,10 +209,16 @@ export async function cloudflareAccess (fastify: FastifyInstance, rawOptions: Fa
   fastify.decorateRequest('cfAccess', null)
   fastify.decorateRequest(kToken, null)
   fastify.decorateRequest(kAdmitted, null)
+  fastify.decorateRequest(kVerifying, null)
+  fastify.decorateRequest(kLookedAt, false)
   fastify.decorateRequest('cfAccessIdentity', function (this: FastifyRequest) {
     const claims = this.cfAccess
     const token = (this as Request)[kToken]
-    if (claims == null || token === null) return Promise.reject(new TokenMissingError())
+    if (claims == null || token === null) {
+      // Inside `authorize`, before admission: the token being verified (its lookups refuse as identity() does).
+      const verifying = (this as Request)[kVerifying]
+      return verifying === null ? Promise.reject(new TokenMissingError()) : verifying()
+    }
     return identityFor(token, claims)
   })
   decorateLogout(fastify)
@@ -205,8 +232,9 @@ export async function cloudflareAccess (fastify: FastifyInstance, rawOptions: Fa
       verify(request, reply).then(() => done(), done)
     })
   }
-  watchRequirements(fastify, options.hook, options.required)
+  const checkRequirements = watchRequirements(fastify, options.hook, options.required, options.policy !== null)
   describeRoutes(fastify, options, verify)
+  watchUnguarded({ scope: fastify, verify, check (route) { routes.check(route); checkRequirements(route) } }, log)
   fastify.addHook('onReady', async () => {
     store.start()
     // Availability first by default; with waitForKeys, a deploy that cannot reach Cloudflare fails to start.
@@ -216,6 +244,8 @@ export async function cloudflareAccess (fastify: FastifyInstance, rawOptions: Fa
     store.close()
     identities.close()
   })
+  // Last, once nothing above can fail: from now on the scope counts as guarded.
+  claimScope(fastify)
 }
 
 /** The grant kinds a policy tried, for the 403 log line: "why was I denied", without the user's data. */

@@ -2,6 +2,8 @@ import type { FastifyRequest } from 'fastify'
 import { isServiceToken } from './claims'
 import { AuthorizeTimeoutError, toError } from './errors'
 import { checkRouteRequired } from './optional'
+import { didYouMean } from './suggest'
+import { membershipOf } from './identity'
 import type { CloudflareAccessAuthorize, CloudflareAccessClaims, CloudflareAccessIdentity } from './types'
 
 /** A policy after validation: sets for the lists, nothing left to check at request time but membership. */
@@ -84,7 +86,7 @@ export function compilePolicy (where: string, allow: unknown, authorize: unknown
   const keys = Object.keys(grants)
   for (const key of keys) {
     // Stryker disable next-line ArrayDeclaration,StringLiteral: message text only (the refusal is tested)
-    if (!ALLOW_KEYS.has(key)) fail(where, `unknown key "allow.${key}"; known: ${[...ALLOW_KEYS].join(', ')}`)
+    if (!ALLOW_KEYS.has(key)) fail(where, `unknown key "allow.${key}";${didYouMean(key, ALLOW_KEYS)} known: ${[...ALLOW_KEYS].join(', ')}`)
   }
   const grantKinds = Object.freeze(keys.filter((key) => grants[key] !== undefined))
   if (grantKinds.length === 0) fail(where, '"allow" needs at least one of emails, emailDomains, groups, groupIds, serviceTokens')
@@ -110,7 +112,7 @@ export function compileRouteConfig (where: string, value: unknown): CompiledPoli
   }
   const policy = value as Record<string, unknown>
   for (const key of Object.keys(policy)) {
-    if (!POLICY_KEYS.has(key)) fail(where, `unknown key "config.cfAccess.${key}"; known: allow, authorize, required`)
+    if (!POLICY_KEYS.has(key)) fail(where, `unknown key "config.cfAccess.${key}";${didYouMean(key, POLICY_KEYS)} known: allow, authorize, required`)
   }
   checkRouteRequired(where, policy)
   if (policy.allow === undefined && policy.authorize === undefined && policy.required === undefined) {
@@ -119,23 +121,59 @@ export function compileRouteConfig (where: string, value: unknown): CompiledPoli
   return compilePolicy(where, policy.allow, policy.authorize)
 }
 
+/**
+ * The identity of the token being verified, for the group grants and `authorize`: looked up on first use
+ * (the identity client caches it per token, so the grants and `authorize` share one lookup), and every
+ * lookup remembered, so that one that failed refuses the request whatever `authorize` made of it.
+ */
+export class IdentityLookups {
+  readonly #lookup: () => Promise<CloudflareAccessIdentity>
+  readonly #asked: Array<Promise<CloudflareAccessIdentity>> = []
+
+  constructor (lookup: () => Promise<CloudflareAccessIdentity>) {
+    this.#lookup = lookup
+  }
+
+  /** What `authorize`'s `identity()` and `request.cfAccessIdentity()` answer while the policy runs. */
+  readonly get = (): Promise<CloudflareAccessIdentity> => {
+    const pending = this.#lookup()
+    // Handled here too: a lookup that `authorize` never awaits must not become an unhandled rejection.
+    pending.catch(noop)
+    this.#asked.push(pending)
+    return pending
+  }
+
+  /** Rejects with the error of the first lookup that failed, once all have settled. */
+  async settled (): Promise<void> {
+    for (const pending of this.#asked) await pending
+  }
+}
+
+function noop (): void {}
+
 /** What a policy check needs besides the claims. */
 export interface PolicyContext {
   request: FastifyRequest
-  /** The user's identity, looked up at most once and only when a `groups`/`groupIds` grant is reached. */
-  identity: () => Promise<CloudflareAccessIdentity>
+  /** The user's identity, looked up only when a `groups`/`groupIds` grant is reached or `authorize` asks. */
+  identity: IdentityLookups
   /** Longest `authorize` may take, in milliseconds. */
   authorizeTimeout: number
 }
 
 /**
  * Whether the policy admits the verified claims. The identity endpoint is asked only when a user token
- * reaches a group grant; `authorize` runs last and must return exactly `true`. Rejects with an Error
- * only: whatever `authorize` throws (or never settling) never reads as "admitted" or "no error".
+ * reaches a group grant or `authorize` asks for it; `authorize` runs last and must return exactly `true`.
+ * Rejects with an Error only: whatever `authorize` throws (or never settling) never reads as "admitted"
+ * or "no error", and an identity lookup that failed while `authorize` ran refuses the request with its own
+ * error (401, 403 or 503), whatever `authorize` returned or threw.
  */
 export async function admits (policy: CompiledPolicy, claims: CloudflareAccessClaims, context: PolicyContext): Promise<boolean> {
   if (policy.hasAllow && !await allowed(policy, claims, context.identity)) return false
-  return policy.authorize === null || await runAuthorize(policy.authorize, claims, context) === true
+  if (policy.authorize === null) return true
+  const outcome = await runAuthorize(policy.authorize, claims, context).then((value) => ({ value }), (error: Error) => ({ error }))
+  await context.identity.settled()
+  if ('error' in outcome) throw outcome.error
+  return outcome.value === true
 }
 
 /**
@@ -145,7 +183,7 @@ export async function admits (policy: CompiledPolicy, claims: CloudflareAccessCl
 function runAuthorize (authorize: CloudflareAccessAuthorize, claims: CloudflareAccessClaims, context: PolicyContext): Promise<unknown> {
   let result: unknown
   try {
-    result = authorize(claims, context.request)
+    result = authorize(claims, context.request, { identity: context.identity.get })
     if (!isThenable(result)) return Promise.resolve(result)
   } catch (error) {
     return Promise.reject(toError(error))
@@ -165,17 +203,27 @@ function isThenable (value: unknown): value is PromiseLike<unknown> {
   return typeof (value as { then?: unknown } | null | undefined)?.then === 'function'
 }
 
-async function allowed (policy: CompiledPolicy, claims: CloudflareAccessClaims, identity: () => Promise<CloudflareAccessIdentity>): Promise<boolean> {
+/**
+ * The domain of an email claim, ASCII-lowercased: what follows its last `@` (RFC 5321 allows `@` in a
+ * quoted local part), or undefined for a claim with no `@` after at least one character, which is no
+ * address and matches no email grant.
+ */
+function domainOf (email: string): string | undefined {
+  const at = email.lastIndexOf('@')
+  return at < 1 ? undefined : email.slice(at + 1)
+}
+
+async function allowed (policy: CompiledPolicy, claims: CloudflareAccessClaims, identity: IdentityLookups): Promise<boolean> {
   if (isServiceToken(claims)) {
     return policy.serviceTokens === true || (policy.serviceTokens?.has(claims.common_name) ?? false)
   }
   const email = asciiLower(claims.email)
-  if (policy.emails?.has(email) === true) return true
-  if (policy.emailDomains?.has(email.slice(email.lastIndexOf('@') + 1)) === true) return true
+  const domain = domainOf(email)
+  if (domain !== undefined && policy.emails?.has(email) === true) return true
+  if (domain !== undefined && policy.emailDomains?.has(domain) === true) return true
   if (policy.groups === null && policy.groupIds === null) return false
-  const { groups } = await identity()
-  for (const group of groups) {
-    if (policy.groups?.has(group.name) === true || policy.groupIds?.has(group.id) === true) return true
-  }
+  const { ids, names } = membershipOf(await identity.get())
+  for (const name of names) if (policy.groups?.has(name) === true) return true
+  for (const id of ids) if (policy.groupIds?.has(id) === true) return true
   return false
 }

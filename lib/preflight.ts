@@ -1,5 +1,5 @@
 /** CORS preflights through the plugin's own scope hook without a token — only real ones, and never into a handler. */
-import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
+import type { FastifyInstance, FastifyReply, FastifyRequest, RouteOptions } from 'fastify'
 import { TokenMissingError } from './errors'
 
 type Done = (error?: Error) => void
@@ -44,6 +44,13 @@ export function addScopeHook (fastify: FastifyInstance, phase: 'onRequest' | 'pr
     else done()
   }
   if (phase === 'onRequest') {
+    // A route's own onRequest hooks run after the scope's: the refusal goes first among them, so that no
+    // hook of a route sees an unverified request (a scope hook added after ours, such as @fastify/cors's,
+    // still answers first). preParsing refuses what a route added before the plugin lets through.
+    const refuseFirst = function cfAccessPreflightUnanswered (request: FastifyRequest, _reply: FastifyReply, done: Done): void { refuse(request, done) }
+    fastify.addHook('onRoute', (route: RouteOptions) => {
+      route.onRequest = [refuseFirst, ...[route.onRequest ?? []].flat()] as RouteOptions['onRequest']
+    })
     fastify.addHook('preParsing', function cfAccessPreflightUnanswered (request, _reply, _payload, done) { refuse(request, done) })
   } else {
     fastify.addHook('preHandler', function cfAccessPreflightUnanswered (request, _reply, done) { refuse(request, done) })

@@ -19,6 +19,11 @@ interface Mark { guarded: boolean }
 export interface RoutePolicies {
   /** The compiled policy of a route's `config.cfAccess` object (compiled on first use for a route added before the plugin). */
   policyOf: (config: object) => CompiledPolicy
+  /**
+   * Validates a route's `config.cfAccess` as the route's `onRoute` pass does (throws naming the route), for a
+   * route added before the plugin, which that pass never saw.
+   */
+  check: (route: RouteOptions) => void
   /** Whether the route whose `config` (`request.routeOptions.config`) this is was seen being added (and so is guarded). */
   guards: (routeConfig: object) => boolean
 }
@@ -40,19 +45,26 @@ export function watchRoutes (
   /** Guarded routes until `onReady` checks that their guard is still among their hooks. */
   let unchecked: Array<{ route: RouteOptions, guard: unknown, mark: Mark }> = []
 
-  fastify.addHook('onRoute', (route: RouteOptions) => {
+  /** Validates the route's config (a bad one throws) and compiles a policy; returns the config, or undefined when there is none to guard. */
+  function check (route: RouteOptions): object | undefined {
     const config = (route.config as { cfAccess?: unknown } | undefined)?.cfAccess
-    if (config === undefined) return
+    if (config === undefined) return undefined
     const where = `route ${String(route.method)} ${route.url}`
     if (config === false) {
       const hooks = [route.onRequest, route.preHandler].flat()
       if (hooks.includes(verify)) {
         throw new Error(`fastify-cloudflare-access: ${where}: config.cfAccess is false (no verification) but the route also runs fastify.cfAccess.verify; remove one of them`)
       }
-      return
+      return undefined
     }
     compiled.set(config as object, compileRouteConfig(where, config))
-    if (!hasPolicy(config as object)) {
+    return config as object
+  }
+
+  fastify.addHook('onRoute', (route: RouteOptions) => {
+    const config = check(route)
+    if (config === undefined) return
+    if (!hasPolicy(config)) {
       // Only `required` (lib/optional.ts): nothing to guard, but pinned like a policy (see below).
       route.config = { ...route.config, cfAccess: config as CloudflareAccessRouteConfig } as RouteOptions['config']
       return
@@ -64,7 +76,7 @@ export function watchRoutes (
     route.config = { ...route.config, cfAccess: config as CloudflareAccessPolicy, [kGuarded]: mark } as RouteOptions['config']
     // Callback style: no promise on the common path, where the scope hook already admitted the request.
     const guard = function cfAccessRoutePolicy (request: FastifyRequest, reply: FastifyReply, done: Done): void {
-      if (isAdmitted(request, config as object)) done()
+      if (isAdmitted(request, config)) done()
       else enforce(request, reply).then(() => done(), (error: unknown) => done(toError(error)))
     }
     route.preHandler = [route.preHandler ?? []].flat().concat(guard as unknown as Hook)
@@ -84,6 +96,7 @@ export function watchRoutes (
   })
 
   return {
+    check (route) { check(route) },
     policyOf (config) {
       let policy = compiled.get(config)
       if (policy === undefined) {

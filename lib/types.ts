@@ -33,14 +33,27 @@ export interface CloudflareAccessAllow {
   serviceTokens?: readonly string[] | true
 }
 
+/** What `authorize` gets besides the claims and the request. */
+export interface CloudflareAccessAuthorizeContext {
+  /**
+   * The full identity of the token being verified, from the identity endpoint: looked up at most once per
+   * token (the same cache as `allow.groups`, `allow.groupIds` and `request.cfAccessIdentity()`). Rejects as
+   * the group grants do: the endpoint refusing the token → 401, unreachable → 503 with `Retry-After`, a
+   * service token → 403 `FST_CF_ACCESS_NO_IDENTITY`. A lookup that failed refuses the request with that
+   * error whatever `authorize` returns — catching it cannot admit anyone.
+   */
+  identity: () => Promise<CloudflareAccessIdentity>
+}
+
 /**
  * An extra rule that must also hold. Return `true` to admit; anything else answers 403. A thrown Error
  * goes to Fastify's error handler unchanged; any other thrown value becomes a 500
  * `FST_CF_ACCESS_AUTHORIZE_FAILED`; a promise that does not settle within `authorizeTimeout` a 503
  * `FST_CF_ACCESS_AUTHORIZE_TIMEOUT`. Never an admission. Read the claims from the argument:
- * `request.cfAccess` is set only once every policy admitted the request.
+ * `request.cfAccess` is set only once every policy admitted the request. The third argument gives the
+ * identity (groups, device posture…): `authorize: async (claims, request, { identity }) => …`.
  */
-export type CloudflareAccessAuthorize = (claims: CloudflareAccessClaims, request: FastifyRequest) => boolean | Promise<boolean>
+export type CloudflareAccessAuthorize = (claims: CloudflareAccessClaims, request: FastifyRequest, context: CloudflareAccessAuthorizeContext) => boolean | Promise<boolean>
 
 /** A policy: both parts, when present, must admit the token. */
 export interface CloudflareAccessPolicy {
@@ -228,8 +241,10 @@ export interface CloudflareAccessDecorator {
 
 // Where each decorator exists: the plugin decorates the scope it is registered in (fastify-plugin makes
 // that the scope that calls `register`) and that scope's children — not the parent scopes, which
-// Fastify gives a plugin no way to reach. A registration inside `/admin` leaves the root without them,
-// so `request.cfAccess` and `fastify.cfAccess` are typed as what they are there: absent.
+// Fastify gives a plugin no way to reach. `request.cfAccess` is typed as what it is outside them
+// (absent); `fastify.cfAccess` is typed as present, the Fastify convention for decorators, so that a
+// scope without it fails loudly (a TypeError when a route reads `.verify`) instead of inviting `?.`,
+// which would hand Fastify an `undefined` hook: an open route.
 declare module 'fastify' {
   interface FastifyRequest {
     /**
@@ -243,7 +258,8 @@ declare module 'fastify' {
     /**
      * The user's full identity from the identity endpoint (groups, name, device posture…), cached per
      * token. Rejects for service tokens (403), without a verified token (401), or when the endpoint is
-     * down (503).
+     * down (503). Inside `authorize` (before admission) it is the identity of the token being verified, as
+     * `authorize`'s `identity()`.
      */
     cfAccessIdentity: () => Promise<CloudflareAccessIdentity>
   }
@@ -264,9 +280,12 @@ declare module 'fastify' {
   }
   interface FastifyInstance {
     /**
-     * Set by fastify-cloudflare-access on the scope it is registered in and that scope's children;
-     * `undefined` elsewhere (for example at the root when the plugin is registered inside a prefix).
+     * Set by fastify-cloudflare-access on the scope it is registered in and that scope's children. Typed as
+     * present, as Fastify decorators are: elsewhere (the root, when the plugin is registered inside a
+     * prefix) it is `undefined` at run time, and `fastify.cfAccess.verify` throws a TypeError where the
+     * route is declared. Never write `fastify.cfAccess?.verify`: where the plugin is missing, that hands
+     * Fastify an `undefined` hook, and the route is served to anyone.
      */
-    cfAccess?: CloudflareAccessDecorator
+    cfAccess: CloudflareAccessDecorator
   }
 }

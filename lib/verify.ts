@@ -1,8 +1,10 @@
 import { createVerifier, type TokenError } from 'fast-jwt'
+import type { FastifyBaseLogger } from 'fastify'
 import { ClaimInvalidError, errorCodes, TokenExpiredError, TokenInvalidError } from './errors'
 import type { KeyStore, SigningKey } from './keys'
 import type { NormalizedOptions } from './options'
 import { TokenCache, type CacheCounters } from './cache'
+import { decoderIsStrict, warnDecoderNotStrict } from './decoder-check'
 import { deepFreeze } from './freeze'
 import { checkStructure, MAX_TOKEN_LENGTH, payloadIsUtf8, StructureMemo } from './token'
 import type { CloudflareAccessClaims } from './types'
@@ -19,6 +21,11 @@ export interface TokenVerifier {
   verify: (token: unknown) => CloudflareAccessClaims | Error | Promise<CloudflareAccessClaims>
   /** The verified-token cache's hits, misses and size. */
   cacheCounters: () => CacheCounters
+  /**
+   * Whether the hot path is on: only when fast-jwt's decoder refuses characters outside base64url
+   * (lib/decoder-check.ts); otherwise every token gets the full structural check.
+   */
+  hotPath: boolean
 }
 
 /**
@@ -27,6 +34,19 @@ export interface TokenVerifier {
  */
 export const kCacheCounters = Symbol('fastify-cloudflare-access.cacheCounters')
 
+/** Where keys come from: the plugin's KeyStore, or a fixed set (the CLI's `--certs`). */
+export type KeySource = Pick<KeyStore, 'get' | 'isKnownUnknown' | 'resolve'>
+
+/** What a verifier may be given besides the options and the keys. */
+export interface VerifierExtras {
+  /** Verify as of this time (milliseconds), instead of now: for the CLI's `--at`; the plugin never sets it. */
+  at?: number
+  /** Where to say that the hot path is off (the plugin's logger). */
+  log?: Pick<FastifyBaseLogger, 'warn'>
+  /** fast-jwt's `createVerifier`: the one this package resolved, or, in tests, another version's. */
+  createVerifier?: typeof createVerifier
+}
+
 /**
  * Verification of one registration: verified-token cache → structure → key by kid → fast-jwt (RS256,
  * signature, aud, iss, exp, nbf) → the checks fast-jwt does not make (iat, claim types, `type`, user or
@@ -34,23 +54,24 @@ export const kCacheCounters = Symbol('fastify-cloudflare-access.cacheCounters')
  * full for a header not seen before; for one seen before, only what fast-jwt's decoder does not check
  * (see StructureMemo), so that a token is decoded once.
  */
-/** Where keys come from: the plugin's KeyStore, or a fixed set (the CLI's `--certs`). */
-export type KeySource = Pick<KeyStore, 'get' | 'isKnownUnknown' | 'resolve'>
-
-/**
- * `at`: verify as of this time (milliseconds), instead of now — for the CLI's `--at`; the plugin never
- * sets it.
- */
-export function createTokenVerifier (options: NormalizedOptions, store: KeySource, at?: number): TokenVerifier {
+export function createTokenVerifier (options: NormalizedOptions, store: KeySource, extra: VerifierExtras = {}): TokenVerifier {
+  const { at, log, createVerifier: create = createVerifier } = extra
   // One fast-jwt verifier per key, built the first time the key is used and dropped with the key.
   const verifiers = new WeakMap<SigningKey, ClaimsVerifier>()
   const cache = new TokenCache(options.cacheSize)
   const shapes = new StructureMemo()
+  const hotPath = decoderIsStrict(create)
+  if (!hotPath && log !== undefined) warnDecoderNotStrict(log)
   const { clockToleranceMs } = options
   // The `aud` of nearly every token is one configured audience, alone: shared, frozen once, since freezing
   // an array costs more than all the rest of freezing the claims.
   const audiences = new Map(options.audience.map((aud) => [aud, Object.freeze([aud])]))
   const currentKey = (kid: string): SigningKey | undefined => store.get(kid)
+  // What a 401 for another application's token carries for the log line (never in its message, which the client gets).
+  const audienceHelp: AudienceHelp = Object.freeze({
+    expectedAudiences: options.audience,
+    help: 'the token names another Access application: npx fastify-cloudflare-access inspect shows its aud beside these'
+  })
 
   // The last key used, and its verifier: nearly every token is signed with the current key.
   let lastKey: SigningKey | undefined
@@ -60,7 +81,7 @@ export function createTokenVerifier (options: NormalizedOptions, store: KeySourc
     if (key === lastKey) return lastVerifier as ClaimsVerifier
     let verifier = verifiers.get(key)
     if (verifier === undefined) {
-      verifier = createVerifier({
+      verifier = create({
         key: key.pem,
         algorithms: ['RS256'],
         // Plain strings only: fast-jwt matches RegExp audiences unanchored.
@@ -112,7 +133,7 @@ export function createTokenVerifier (options: NormalizedOptions, store: KeySourc
       // What checkStructure refuses gets its answer, as if it had run first (the hot path leaves it to fast-jwt).
       const structural = checkStructure(token)
       if (structural instanceof Error) return structural
-      const rejection = translate(error as TokenError)
+      const rejection = translate(error as TokenError, audienceHelp)
       // A signed token for another application stays wrong: remember that, so that replaying it costs no RSA.
       if (rejection.code === errorCodes.CLAIM_INVALID) {
         const claims = payloadOf(token)
@@ -140,13 +161,14 @@ export function createTokenVerifier (options: NormalizedOptions, store: KeySourc
 
   return {
     cacheCounters: () => cache.counters(),
+    hotPath,
     verify (token: unknown): CloudflareAccessClaims | Error | Promise<CloudflareAccessClaims> {
       if (typeof token === 'string' && token.length <= MAX_TOKEN_LENGTH) {
         const now = at ?? Date.now()
         const cached = cache.get(token, now, currentKey)
         if (cached !== undefined) return cached
         // The hot path: a header seen before, a key at hand (see StructureMemo for what fast-jwt checks).
-        const kid = shapes.kidOf(token)
+        const kid = hotPath ? shapes.kidOf(token) : undefined
         const key = kid === undefined ? undefined : store.get(kid)
         if (key !== undefined) return verifyWithKey(token, key, now)
       }
@@ -204,8 +226,17 @@ export function checkClaims (claims: Record<string, unknown>, now: number, toler
 
 const CLAIM_IN_MESSAGE = /\b(aud|iss|exp|nbf|iat)\b/
 
-/** Maps a fast-jwt error to one of ours, keeping only the claim name: no token text ever leaves. */
-function translate (error: TokenError): Rejection {
+/** The fields of a 401 for a token of another audience, for the log line. */
+interface AudienceHelp {
+  readonly expectedAudiences: readonly string[]
+  readonly help: string
+}
+
+/**
+ * Maps a fast-jwt error to one of ours, keeping only the claim name: no token text ever leaves. A token for
+ * another application also gets `audienceHelp`'s fields.
+ */
+function translate (error: TokenError, audienceHelp: AudienceHelp): Rejection {
   // fast-jwt formats the failing time into its message; a date beyond what Date can hold (an nbf far in
   // the future, an exp far in the past) makes that throw a RangeError instead.
   // Stryker disable next-line StringLiteral: message text only (the refusal and its code are tested)
@@ -219,8 +250,9 @@ function translate (error: TokenError): Rejection {
       // Stryker disable next-line StringLiteral: message text only (the refusal and its code are tested)
       return new TokenExpiredError('not valid yet (nbf)')
     case 'FAST_JWT_INVALID_CLAIM_VALUE':
-      // Stryker disable next-line all: message text only (the refusal and its code are tested)
-      return new ClaimInvalidError(claim === 'aud' ? 'aud does not name this application' : `${claim} is not the configured value`)
+      if (claim === 'aud') return Object.assign(new ClaimInvalidError('aud does not name this application'), audienceHelp)
+      // Stryker disable next-line StringLiteral: message text only (the refusal and its code are tested)
+      return new ClaimInvalidError(`${claim} is not the configured value`)
     // Stryker disable next-line ConditionalExpression: equivalent but for the message, this case falls through to the next one's error class and code
     case 'FAST_JWT_INVALID_CLAIM_TYPE':
       // Stryker disable next-line StringLiteral: message text only (the refusal and its code are tested)

@@ -286,7 +286,7 @@ t.test('verifyToken refuses 8 KiB + 1 and 1 MiB without parsing them', async (t)
   for (const token of [`${h}.${'A'.repeat(8193 - h.length - s.length - 2)}.${s}`, `${h}.${'A'.repeat(1024 * 1024)}.${s}`]) {
     const scoped = Fastify()
     await scoped.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience, hook: false })
-    await t.rejects(scoped.cfAccess!.verifyToken(token), { statusCode: 401, code: INVALID, message: /longer than 8192/ })
+    await t.rejects(scoped.cfAccess.verifyToken(token), { statusCode: 401, code: INVALID, message: /longer than 8192/ })
     await scoped.close()
   }
 })

@@ -164,7 +164,7 @@ t.test('route policies work with hook: false and with preHandler', async (t) => 
     const server = Fastify()
     t.teardown(() => server.close())
     await server.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience, hook })
-    const hooks = hook === false ? { onRequest: server.cfAccess!.verify } : {}
+    const hooks = hook === false ? { onRequest: server.cfAccess.verify } : {}
     server.get('/ops', { ...hooks, config: { cfAccess: { allow: { emails: ['ops@acme.com'] } } } }, async () => 'ok')
     server.get('/open', { config: { cfAccess: false } }, async (request) => ({ claims: request.cfAccess }))
     await server.ready()
@@ -180,14 +180,19 @@ t.test('a route declared before the plugin in the same scope still has its polic
   const server = Fastify()
   t.teardown(() => server.close())
   server.get('/early', { config: { cfAccess: { allow: { emails: ['a@acme.com'] } } } }, async () => 'ok')
-  server.get('/bad', { config: { cfAccess: { allow: {} } } }, async () => 'ok')
   await server.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience })
   await server.ready()
   t.equal(await status(server, access.signToken({ email: 'a@acme.com' }), '/early'), 200)
   t.equal(await status(server, access.signToken({ email: 'b@acme.com' }), '/early'), 403)
-  const bad = await server.inject({ url: '/bad', headers: { [HEADER]: access.signToken() } })
-  t.equal(bad.statusCode, 500, 'an invalid policy the plugin could not see at boot fails closed')
-  t.match(bad.json().message, /"allow" needs at least one/)
+})
+
+t.test('an invalid policy on a route declared before the plugin refuses the boot, naming the route', async (t) => {
+  const access = await emulator(t)
+  const server = Fastify()
+  t.teardown(() => server.close())
+  server.get('/bad', { config: { cfAccess: { allow: {} } } }, async () => 'ok')
+  await server.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience })
+  await t.rejects(async () => { await server.ready() }, /route GET \/bad: "allow" needs at least one/)
 })
 
 t.test('policies are validated at registration', async (t) => {
@@ -197,7 +202,11 @@ t.test('policies are validated at registration', async (t) => {
     ['allow not an object', { allow: ['a@b.c'] }, /"allow" must be an object/],
     ['allow null', { allow: null }, /"allow" must be an object/],
     ['allow empty', { allow: {} }, /needs at least one of emails/],
-    ['unknown grant', { allow: { email: ['a@b.c'] } }, /unknown key "allow.email"/],
+    ['unknown grant', { allow: { email: ['a@b.c'] } }, /unknown key "allow.email"; did you mean "emails"\? known: emails, emailDomains, groups, groupIds, serviceTokens/],
+    ['a grant in the singular', { allow: { emailDomain: ['acme.com'] } }, /unknown key "allow.emailDomain"; did you mean "emailDomains"\?/],
+    ['a grant in another case', { allow: { groupIDs: ['g'] } }, /unknown key "allow.groupIDs"; did you mean "groupIds"\?/],
+    ['a grant half named', { allow: { domains: ['acme.com'] } }, /unknown key "allow.domains"; did you mean "emailDomains"\?/],
+    ['a grant nothing like one', { allow: { admins: ['a'] } }, /unknown key "allow.admins"; known: emails/],
     ['empty list', { allow: { emails: [] } }, /"allow.emails" must be a non-empty array/],
     ['non-string', { allow: { groups: ['a', 1] } }, /"allow.groups" must be a non-empty array of group names, got 1/],
     ['blank group', { allow: { groups: [' '] } }, /allow.groups/],
@@ -226,7 +235,8 @@ t.test('route configs are validated when the route is added: boot fails, not the
     ['true', true, /route GET \/x: config.cfAccess must be false or a policy/],
     ['null', null, /must be false or a policy/],
     ['empty policy', {}, /needs "allow", "authorize" or "required"/],
-    ['unknown key', { allowed: {} }, /unknown key "config.cfAccess.allowed"/],
+    ['unknown key', { allowed: {} }, /unknown key "config.cfAccess.allowed"; did you mean "allow"\? known: allow, authorize, required/],
+    ['a typo', { requred: true }, /unknown key "config.cfAccess.requred"; did you mean "required"\?/],
     ['bad grant', { allow: { emails: 'a@b.c' } }, /"allow.emails" must be a non-empty array/]
   ]
   for (const [name, cfAccess, message] of bad) {
@@ -238,7 +248,7 @@ t.test('route configs are validated when the route is added: boot fails, not the
   const server = Fastify()
   t.teardown(() => server.close())
   await server.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience, hook: false })
-  t.throws(() => server.get('/x', { onRequest: [server.cfAccess!.verify], config: { cfAccess: false } }, async () => 'ok'),
+  t.throws(() => server.get('/x', { onRequest: [server.cfAccess.verify], config: { cfAccess: false } }, async () => 'ok'),
     /config.cfAccess is false \(no verification\) but the route also runs fastify.cfAccess.verify/)
 })
 
@@ -326,7 +336,7 @@ t.test('verifyToken applies the route policy of the request it is given, and no 
   const outcomes: unknown[] = []
   // Before the route's own guard, with the token in another header: only verifyToken sees it.
   const record = async (request: FastifyRequest): Promise<void> => {
-    outcomes.push(await server.cfAccess!.verifyToken(request.headers['x-token'] as string, request)
+    outcomes.push(await server.cfAccess.verifyToken(request.headers['x-token'] as string, request)
       .then((claims) => claims.email, (error: { code?: string, message: string }) => error.code ?? error.message))
   }
   server.get('/boss', { onRequest: record, config: { cfAccess: { allow: { emails: ['boss@acme.com'] } } } }, async () => 'in')
@@ -334,7 +344,7 @@ t.test('verifyToken applies the route policy of the request it is given, and no 
   server.get('/off', { onRequest: record, config: { cfAccess: false } }, async () => 'in')
   await server.ready()
   const eve = access.signToken({ email: 'eve@acme.com' })
-  t.equal(await server.cfAccess!.verifyToken(eve).then((claims) => claims.email, (error: Error) => error.message), 'eve@acme.com', 'no request: no route policy')
+  t.equal(await server.cfAccess.verifyToken(eve).then((claims) => claims.email, (error: Error) => error.message), 'eve@acme.com', 'no request: no route policy')
   for (const url of ['/boss', '/plain', '/off']) await server.inject({ url, headers: { 'x-token': eve } })
   t.same(outcomes, ['FST_CF_ACCESS_FORBIDDEN', 'eve@acme.com', 'eve@acme.com'], 'the route policy, none, none')
 })
@@ -380,4 +390,147 @@ t.test('boot refuses required on a hook: false route, and a policy route under r
   await t.rejects(boot({ hook: false }, { required: false }), /route GET \/: config\.cfAccess\.required applies to the plugin's own hook/)
   await t.rejects(boot({ required: false }, { allow: { emails: ['a@acme.com'] } }), /route GET \/: the plugin has required: false and this route has a policy/)
   await t.resolves(boot({}, { required: false }), 'a plain route and an optional one boot')
+})
+
+t.test('authorize\'s identity(): an all-of-groups rule, one lookup per token shared with the group grants', async (t) => {
+  const access = await emulator(t)
+  access.setIdentity('both@acme.com', { groups: [{ id: 'g-fin', name: 'finance' }, { id: 'g-adm', name: 'admins' }] })
+  access.setIdentity('one@acme.com', { groups: [{ id: 'g-fin', name: 'finance' }] })
+  const seen: unknown[] = []
+  const server = await app(t, access, {
+    allow: { groupIds: ['g-fin'] },
+    authorize: async (claims, request, { identity }) => {
+      seen.push(request.cfAccess)
+      const { groups } = await identity()
+      return ['g-fin', 'g-adm'].every((id) => groups.some((group) => group.id === id))
+    }
+  })
+  const both = access.signToken({ email: 'both@acme.com' })
+  const before = access.identityRequestCount
+  t.equal(await status(server, both), 200, 'in both groups: admitted')
+  t.equal(access.identityRequestCount, before + 1, 'one lookup, shared by the groupIds grant and authorize')
+  t.equal(await status(server, both), 200)
+  t.equal(access.identityRequestCount, before + 1, 'and cached for the token')
+  t.equal(await status(server, access.signToken({ email: 'one@acme.com' })), 403, 'in one of them: refused')
+  t.same(seen, [null, null, null], 'request.cfAccess is still null inside authorize')
+
+  const service = await app(t, access, { allow: { serviceTokens: true }, authorize: async (_claims, _request, { identity }) => (await identity()).email !== '' })
+  const res = await service.inject({ url: '/admin', headers: { [HEADER]: access.signServiceToken() } })
+  t.same([res.statusCode, res.json().code], [403, 'FST_CF_ACCESS_NO_IDENTITY'], 'a service token has no identity')
+  t.equal(access.identityRequestCount, before + 2, 'and costs no lookup')
+})
+
+t.test('a failed identity lookup refuses the request whatever authorize makes of it', async (t) => {
+  const access = await emulator(t)
+  const rules: Record<string, NonNullable<FastifyCloudflareAccessOptions['authorize']>> = {
+    awaited: async (_claims, _request, { identity }) => (await identity()).email !== '',
+    caught: async (_claims, _request, { identity }) => {
+      try { await identity() } catch { return true }
+      return true
+    },
+    'not awaited': (_claims, _request, { identity }) => { identity(); return true },
+    'thrown over': async (_claims, _request, { identity }) => {
+      await identity().catch(() => undefined)
+      throw new Error('a bug of its own')
+    },
+    'through request.cfAccessIdentity()': async (_claims, request) => {
+      try { await request.cfAccessIdentity() } catch { return true }
+      return true
+    }
+  }
+  for (const [name, authorize] of Object.entries(rules)) {
+    const server = await app(t, access, { authorize, identityTimeout: 300 })
+    access.setOutage(true, 'identity')
+    const down = await server.inject({ url: '/admin', headers: { [HEADER]: access.signToken() } })
+    t.same([down.statusCode, down.json().code, down.headers['retry-after']], [503, 'FST_CF_ACCESS_IDENTITY_UNAVAILABLE', '5'], `${name}: the endpoint down: 503 with Retry-After`)
+    access.setOutage(false, 'identity')
+    t.equal(await status(server, access.signToken()), name === 'thrown over' ? 500 : 200, `${name}: the endpoint back`)
+  }
+  // The endpoint refusing the session: a key the plugin still has cached and the emulator no longer knows.
+  const server = await app(t, access, { authorize: rules.caught as NonNullable<FastifyCloudflareAccessOptions['authorize']> })
+  const revoked = access.signToken({}, { key: 'previous' })
+  t.equal(await status(server, access.signToken()), 200, 'keys cached')
+  await access.rotateKeys()
+  await access.rotateKeys()
+  const res = await server.inject({ url: '/admin', headers: { [HEADER]: revoked } })
+  t.same([res.statusCode, res.json().code], [401, 'FST_CF_ACCESS_TOKEN_INVALID'], 'the endpoint refusing the token: 401, caught or not')
+})
+
+t.test('request.cfAccessIdentity() inside authorize is the identity of the token being verified', async (t) => {
+  const access = await emulator(t)
+  access.setIdentity('ann@acme.com', { groups: [{ id: 'g-fin', name: 'finance' }] })
+  const server = await app(t, access, {
+    authorize: async (claims, request, { identity }) => {
+      const [mine, same] = await Promise.all([request.cfAccessIdentity(), identity()])
+      return mine === same && mine.email === claims.email && mine.groups.some((group) => group.name === 'finance')
+    }
+  })
+  const before = access.identityRequestCount
+  t.equal(await status(server, access.signToken({ email: 'ann@acme.com' })), 200)
+  t.equal(access.identityRequestCount, before + 1, 'one lookup')
+  t.equal(await status(server, access.signToken({ email: 'bob@acme.com' })), 403)
+  const plain = Fastify()
+  t.teardown(() => plain.close())
+  await plain.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience, hook: false })
+  plain.get('/', async (request) => await request.cfAccessIdentity())
+  const res = await plain.inject('/')
+  t.same([res.statusCode, res.json().code], [401, 'FST_CF_ACCESS_TOKEN_MISSING'], 'outside authorize, without a verified token: 401 as before')
+})
+
+t.test('verifyToken(token, request) gives authorize the identity of the token it verifies', async (t) => {
+  const access = await emulator(t)
+  access.setIdentity('ann@acme.com', { groups: [{ id: 'g-fin', name: 'finance' }] })
+  const server = Fastify()
+  t.teardown(() => server.close())
+  await server.register(cloudflareAccess, {
+    teamDomain: access.teamDomain,
+    audience: access.audience,
+    authorize: async (_claims, _request, { identity }) => (await identity()).groups.some((group) => group.name === 'finance')
+  })
+  server.post('/check', async (request) => (await server.cfAccess.verifyToken(String(request.body), request)).email)
+  const caller = access.signToken({ email: 'ann@acme.com' })
+  const check = (token: string) => server.inject({ method: 'POST', url: '/check', headers: { [HEADER]: caller, 'content-type': 'text/plain' }, payload: token })
+  t.equal((await check(access.signToken({ email: 'ann@acme.com' }))).body, 'ann@acme.com')
+  t.equal((await check(access.signToken({ email: 'bob@acme.com' }))).statusCode, 403, 'the other token\'s identity, not the caller\'s')
+})
+
+t.test('email grants need an address: an @ after at least one character; the domain follows the last @', async (t) => {
+  const access = await emulator(t)
+  const domains = await app(t, access, { allow: { emailDomains: ['acme.com'] } })
+  const cases: Array<[string, number]> = [
+    ['acme.com', 403],
+    ['@acme.com', 403],
+    ['', 403],
+    ['"a@b"@acme.com', 200],
+    ['a@evil.com@acme.com', 200],
+    ['a@acme.com@evil.com', 403]
+  ]
+  for (const [email, expected] of cases) t.equal(await status(domains, access.signToken({ email })), expected, JSON.stringify(email))
+  const emails = await app(t, access, { allow: { emails: ['a@acme.com'] } })
+  t.equal(await status(emails, access.signToken({ email: 'A@ACME.COM' })), 200)
+  t.equal(await status(emails, access.signToken({ email: 'acme.com' })), 403)
+})
+
+t.test('group grants read every entry of the identity: an id grant needs a string id, a name grant a string name', async (t) => {
+  const access = await emulator(t)
+  access.setIdentity('ids@acme.com', { groups: [{ id: 'g-fin' }, { id: 7, name: 'finance' }] as never })
+  access.setIdentity('names@acme.com', { groups: [{ name: 'admins' }, { id: 'g-x', name: 7 }, null, 'admins'] as never })
+  const byId = await app(t, access, { allow: { groupIds: ['g-fin'] } })
+  t.equal(await status(byId, access.signToken({ email: 'ids@acme.com' })), 200, 'an entry with an id and no name counts for groupIds')
+  t.equal(await status(byId, access.signToken({ email: 'names@acme.com' })), 403)
+  const byName = await app(t, access, { allow: { groups: ['admins'] } }, (admin) => {
+    admin.get('/groups', async (request) => (await request.cfAccessIdentity()).groups)
+  })
+  t.equal(await status(byName, access.signToken({ email: 'names@acme.com' })), 200, 'an entry with a name and no id counts for groups')
+  t.equal(await status(byName, access.signToken({ email: 'ids@acme.com' })), 403, 'a numeric name is no name')
+  const groups = await byName.inject({ url: '/admin/groups', headers: { [HEADER]: access.signToken({ email: 'names@acme.com' }) } })
+  t.same(groups.json(), [], 'identity.groups, as the application gets it, keeps only entries with both, as typed')
+})
+
+t.test('an identity lookup authorize never awaits cannot become an unhandled rejection', async (t) => {
+  const access = await emulator(t)
+  // A service token's lookup rejects at once; authorize goes on waiting for something else.
+  const server = await app(t, access, { allow: { serviceTokens: true }, authorize: async (_claims, _request, { identity }) => { identity(); await sleep(50); return true } })
+  const res = await server.inject({ url: '/admin', headers: { [HEADER]: access.signServiceToken() } })
+  t.same([res.statusCode, res.json().code], [403, 'FST_CF_ACCESS_NO_IDENTITY'], 'refused with the lookup\'s error, and the process lives on')
 })

@@ -21,9 +21,14 @@ function cli (args: string[], stdin?: string): Promise<Run> {
     child.stdout.on('data', (chunk: Buffer) => { out += chunk.toString() })
     child.stderr.on('data', (chunk: Buffer) => { err += chunk.toString() })
     child.on('close', (code) => resolve({ code, out, err }))
+    // a CLI that stops reading (more than it accepts) closes the pipe under a writer
+    child.stdin.on('error', () => {})
     child.stdin.end(stdin ?? '')
   })
 }
+
+// Every test starts Node processes: on a loaded machine the file takes far longer than its CPU time.
+t.setTimeout(360_000)
 
 // eslint-disable-next-line no-control-regex
 const RAW_CONTROL = /[\u0000-\u0009\u000b-\u001f\u007f-\u009f\u202a-\u202e\u2066-\u2069]/
@@ -231,11 +236,12 @@ t.test('inspect: claims that defeat String() or JSON.stringify (a non-callable t
   writeFileSync(certs, JSON.stringify(access.jwks()))
   const header = { alg: 'RS256', kid: access.kids[0] }
   const base = `"iss":${JSON.stringify(access.teamDomain)},"email":"a@acme.com","exp":${nowSeconds() + 600}`
-  const depth = 100_000
+  // as deep as fits in the 64 KiB inspect reads from standard input (base64 makes 4 characters of 3)
+  const depth = 20_000
   const cases: Record<string, string> = {
     'aud [{"toString":1}]': access.signRaw(header, `{${base},"aud":[{"toString":1}]}`),
     'aud {"toString":1,"valueOf":1}': access.signRaw(header, `{${base},"aud":{"toString":1,"valueOf":1}}`),
-    'a claim nested 100000 deep': access.signRaw(header, `{${base},"aud":[${JSON.stringify(access.audience)}],"x":${'['.repeat(depth)}${']'.repeat(depth)}}`),
+    'a claim nested 20000 deep': access.signRaw(header, `{${base},"aud":[${JSON.stringify(access.audience)}],"x":${'['.repeat(depth)}${']'.repeat(depth)}}`),
     'aud nested as deep as 8192 characters allow': access.signRaw(header, `{${base},"aud":${'['.repeat(2800)}${']'.repeat(2800)}}`)
   }
   t.ok((cases['aud nested as deep as 8192 characters allow'] as string).length <= 8192, 'the deepest token the plugin would decode')
@@ -286,4 +292,33 @@ t.test('dev: logins with an email no header can carry and answers Node cannot wr
   t.equal(await page.text(), 'dev@example.com')
   t.equal(child.exitCode, null, 'still running')
   t.equal(await stop(), 0)
+})
+
+t.test('inspect: a pasted cookie or Cookie header is read as the token; more than 64 KiB of standard input is refused', async (t) => {
+  const access = await emulator(t)
+  const token = access.signToken({ email: 'alice@acme.com' })
+  const args = ['--team', access.teamDomain, '--aud', access.audience]
+  const pasted: Array<[string, string]> = [
+    ['the cookie', `CF_Authorization=${token}`],
+    ['a Cookie header value', `theme=dark; CF_Authorization=${token}; _ga=GA1.2.3`],
+    ['a whole Cookie header line', `Cookie: theme=dark; CF_Authorization="${token}"\n`],
+    ['a header line', `cf-access-jwt-assertion: ${token}`],
+    ['the token with white space around it', `\n  ${token}  \n`]
+  ]
+  for (const [name, text] of pasted) {
+    const fromStdin = await cli(['inspect', '-', ...args], text)
+    t.equal(fromStdin.code, 0, `${name}, from standard input`)
+    t.match(fromStdin.out, /VALID: the plugin accepts this token/)
+  }
+  t.equal((await cli(['inspect', `CF_Authorization=${token}`, ...args])).code, 0, 'the cookie as the argument')
+  const empty = await cli(['inspect', '-', ...args], 'theme=dark; CF_Authorization=; b=1')
+  t.equal(empty.code, 2, 'a cookie without a value: a usage error')
+  t.match(empty.err, /the pasted cookie has no CF_Authorization value/)
+  const huge = await cli(['inspect', '-', ...args], 'x'.repeat(64 * 1024 + 1))
+  t.equal(huge.code, 2, 'more than 64 KiB: a usage error')
+  t.match(huge.err, /standard input is larger than 64 KiB/)
+  t.equal((await cli(['inspect', '-', ...args], `${'x'.repeat(64 * 1024 - token.length - 1)} ${token}`)).code, 1, 'exactly 64 KiB is read (and that text is no token)')
+  const help = await cli(['inspect', '--help'])
+  t.match(help.out, /CF_Authorization cookie is HttpOnly/, 'the help says how to copy the cookie')
+  t.match(help.out, /Application → Cookies \(Chrome, Edge\) or Storage →\s+Cookies \(Firefox, Safari\)/)
 })

@@ -140,7 +140,7 @@ t.before(async () => {
       socket.end('HTTP/1.1 404 Not Found\r\nContent-Length: 9\r\n\r\nnot found')
       return
     }
-    app.cfAccess!.verifyToken(String(req.headers['cf-access-jwt-assertion'])).then((claims) => {
+    app.cfAccess.verifyToken(String(req.headers['cf-access-jwt-assertion'])).then((claims) => {
       wss.handleUpgrade(req, socket, head, (ws) => {
         ws.send(`hello ${claims.email ?? claims.common_name}`)
         ws.on('message', (data) => ws.send(`echo ${String(data)}`))

@@ -1,5 +1,8 @@
 import fc from 'fast-check'
+import { createVerifier } from 'fast-jwt'
+import { createVerifier as laxCreateVerifier } from 'fast-jwt-lax'
 import t from 'tap'
+import { decoderIsStrict } from '../lib/decoder-check'
 import { KeyStore } from '../lib/keys'
 import { normalizeOptions } from '../lib/options'
 import { createAccessEmulator, type AccessEmulator } from '../lib/testing'
@@ -149,4 +152,37 @@ t.test('tokens naming one configured audience share one frozen aud array; a toke
   t.same(both.aud, [access.audience, other], 'two audiences: both kept')
   const foreign = await two.verify(access.signToken({ aud: [access.audience, 'e'.repeat(64)] })) as { aud: string[] }
   t.same(foreign.aud, [access.audience, 'e'.repeat(64)], 'one of ours and another: both kept')
+})
+
+t.test('the start-up self-check: the hot path is on only with a fast-jwt whose decoder refuses respelt tokens', async (t) => {
+  t.ok(decoderIsStrict(), 'the fast-jwt this package resolves is strict')
+  t.ok(warm.hotPath, 'so the plugin\'s verifiers use the hot path')
+  t.notOk(decoderIsStrict(laxCreateVerifier), 'fast-jwt 6.2.2 decodes base64 leniently')
+  // A fast-jwt that refuses the genuine token too proves nothing about respellings: not trusted either.
+  const refusesAll = ((options: object) => createVerifier({ ...options, allowedAud: ['no such audience'] } as never)) as unknown as typeof createVerifier
+  t.notOk(decoderIsStrict(refusesAll), 'a decoder that does not verify the embedded token is not called strict')
+
+  // What the check guards against: fast-jwt 6.2.2 verifies a signed token with its signature respelt, which
+  // the full structural check refuses. Through the hot path that token would be admitted.
+  const [header, payload, signature] = valid.split('.') as [string, string, string]
+  const respelt = [`${valid}==`, `${header}.${payload}.${signature.replace(/-/g, '+').replace(/_/g, '/')}`, `${header}.${payload}.${signature.slice(0, 100)} ${signature.slice(100)}`]
+    .filter((token) => token !== valid)
+  const pem = (await store.resolve(decode(valid).header.kid as string))?.pem as string
+  const lax = laxCreateVerifier({ key: pem, algorithms: ['RS256'], allowedAud: [access.audience], allowedIss: [access.teamDomain], cache: false })
+  t.ok(respelt.some((token) => { try { lax(token); return true } catch { return false } }), 'fast-jwt 6.2.2 accepts a respelt copy')
+
+  const warnings: Array<[object, string]> = []
+  const log = { warn: (fields: object, message?: string) => { warnings.push([fields, message ?? '']) } }
+  const withLax = createTokenVerifier(normalizeOptions({ teamDomain: access.teamDomain, audience: access.audience, cacheSize: 0 }), store, { createVerifier: laxCreateVerifier, log })
+  t.notOk(withLax.hotPath, 'with it, the hot path is off')
+  t.equal(warnings.length, 1, 'and a warning says so')
+  t.match(warnings[0]?.[1], /fast-jwt \d+\.\d+\.\d+ accepts a respelt copy of a signed token .*the verifier's hot path is off/)
+  t.same(Object.keys(warnings[0]?.[0] ?? {}), ['fastJwtVersion'])
+  t.notOk((await withLax.verify(valid)) instanceof Error, 'a valid token is admitted (its header now seen)')
+  for (const token of respelt) {
+    const result = await withLax.verify(token)
+    t.equal((result as { code?: string }).code, 'FST_CF_ACCESS_TOKEN_INVALID', `a respelt copy is refused: ${token.length} characters`)
+  }
+  createTokenVerifier(normalizeOptions({ teamDomain: access.teamDomain, audience: access.audience }), store, { createVerifier: laxCreateVerifier })
+  t.equal(warnings.length, 1, 'a verifier without a logger says nothing (the CLI); the check ran once per fast-jwt')
 })

@@ -3,7 +3,7 @@ import type { AddressInfo } from 'node:net'
 import Fastify from 'fastify'
 import t, { type Test } from 'tap'
 import cloudflareAccess from '../index'
-import { IdentityClient } from '../lib/identity'
+import { IdentityClient, membershipOf } from '../lib/identity'
 import { emulator, HEADER, nowSeconds, setup, sleep } from './helpers'
 
 t.test('request.cfAccessIdentity(): the full identity, cached per token', async (t) => {
@@ -169,7 +169,7 @@ async function identityServer (t: Test, answer: () => string | null): Promise<st
   return `http://127.0.0.1:${(server.address() as AddressInfo).port}/cdn-cgi/access/get-identity`
 }
 
-t.test('IdentityClient: a document that is not an identity is a 503; groups keep only entries with a string id and name', async (t) => {
+t.test('IdentityClient: a document that is not an identity is a 503; identity.groups keeps only entries with a string id and name, the grants read each id and name on its own', async (t) => {
   let body = 'null'
   const client = new IdentityClient({ url: await identityServer(t, () => body), timeout: 1000, ttl: 60_000, size: 10 })
   const exp = nowSeconds() + 3600
@@ -178,7 +178,11 @@ t.test('IdentityClient: a document that is not an identity is a 503; groups keep
     await t.rejects(client.get(`token for ${document}`, exp), { statusCode: 503, code: 'FST_CF_ACCESS_IDENTITY_UNAVAILABLE' }, document)
   }
   body = JSON.stringify({ email: 'a@acme.com', groups: [{ id: 'g', name: 'ok' }, { id: 5, name: 'n' }, { id: 'i', name: null }, { id: 'i' }, { name: 'n' }, null, 'x', [1]] })
-  t.same((await client.get('token with groups', exp)).groups, [{ id: 'g', name: 'ok' }])
+  const identity = await client.get('token with groups', exp)
+  t.same(identity.groups, [{ id: 'g', name: 'ok' }], 'what the application gets: both, as typed')
+  t.same([...membershipOf(identity).ids], ['g', 'i'], 'what groupIds matches: every string id')
+  t.same([...membershipOf(identity).names], ['ok', 'n'], 'what groups matches: every string name')
+  t.same([...membershipOf({ email: 'a@acme.com', groups: [{ id: 'g', name: 'ok' }] }).ids], [], 'an identity the client did not return has none')
   body = JSON.stringify({ email: 'a@acme.com' })
   t.same((await client.get('token without groups', exp)).groups, [], 'no groups: none')
 })

@@ -1,8 +1,8 @@
 import fastifyAuth from '@fastify/auth'
 import swagger from '@fastify/swagger'
-import Fastify, { type FastifyInstance } from 'fastify'
+import Fastify, { type FastifyInstance, type FastifyRequest } from 'fastify'
 import t from 'tap'
-import cloudflareAccess, { cloudflareAccessSecurity, cloudflareAccessSecuritySchemes, cloudflareAccessTransform, requireUser } from '../index'
+import cloudflareAccess, { cloudflareAccessSecurity, cloudflareAccessSecuritySchemes, cloudflareAccessTransform, requireClaims, requireServiceToken, requireUser } from '../index'
 import rateLimit from '@fastify/rate-limit'
 import websocket from '@fastify/websocket'
 import type { AddressInfo } from 'node:net'
@@ -16,7 +16,7 @@ import { buildOptionalApp } from '../examples/optional'
 import { buildRateLimitedApp, subjectKey } from '../examples/rate-limit'
 import { buildTypedApp } from '../examples/typed-claims'
 import { allowOrigins, buildWebsocketApp, closeAtExpiry, TOKEN_EXPIRED_CLOSE } from '../examples/websocket'
-import { attackerKey as attacker, captureLogs, emulator, eventually, HEADER, nowSeconds } from './helpers'
+import { attackerKey as attacker, captureLogs, decode, emulator, eventually, HEADER, nowSeconds } from './helpers'
 
 // The integrations with the usual Fastify plugins, each a recipe in examples/ run here with the real
 // plugin installed, and the ways of wiring each one wrong. One test process for all of them.
@@ -162,8 +162,8 @@ t.test('OpenAPI wired wrong: fails loudly, never documents a protected route as 
     t.teardown(() => app.close())
     await app.register(swagger, { openapi: { components: { securitySchemes: { ...cloudflareAccessSecuritySchemes } } }, transform: cloudflareAccessTransform })
     await app.register(cloudflareAccess, { ...options, hook: false })
-    app.get('/p', { onRequest: app.cfAccess!.verify, config: { cfAccess: { allow: { emailDomains: ['acme.com'] } } } }, async () => 'x')
-    app.get('/q', { preHandler: [async () => {}, app.cfAccess!.verify] }, async () => 'x')
+    app.get('/p', { onRequest: app.cfAccess.verify, config: { cfAccess: { allow: { emailDomains: ['acme.com'] } } } }, async () => 'x')
+    app.get('/q', { preHandler: [async () => {}, app.cfAccess.verify] }, async () => 'x')
     await app.ready()
     t.same(operation(app, '/p').security, SECURITY)
     t.same(operation(app, '/q').security, SECURITY, 'verify found inside an array of hooks')
@@ -301,11 +301,17 @@ t.test('WebSockets (examples/websocket.ts), with a real ws client', async (t) =>
   })
 
   t.test('the socket is closed when the token expires', async (t) => {
-    const result = await upgrade(base, { [HEADER]: access.signServiceToken({ common_name: 'feed.access' }, { expiresIn: 1 }) })
-    t.same(JSON.parse(result.first as string), { hello: 'feed.access' })
-    const started = Date.now()
-    t.same(await closed(result.ws as WebSocket), { code: TOKEN_EXPIRED_CLOSE, reason: 'Cloudflare Access token expired' })
-    t.ok(Date.now() - started < 2500, 'within a second or so of exp')
+    // exp is whole seconds: a token signed late in a second may expire a few milliseconds later, before the
+    // client reads the greeting. So the close is awaited from the start, and the greeting checked after it.
+    const token = access.signServiceToken({ common_name: 'feed.access' }, { expiresIn: 2 })
+    const exp = decode(token).payload.exp as number
+    const ws = new WebSocket(base, { headers: { [HEADER]: token } })
+    const messages: string[] = []
+    ws.on('message', (data) => messages.push(String(data)))
+    t.same(await closed(ws), { code: TOKEN_EXPIRED_CLOSE, reason: 'Cloudflare Access token expired' })
+    t.ok(Date.now() >= exp * 1000, 'not before exp')
+    t.ok(Date.now() < exp * 1000 + 10_000, 'at exp, not hours later')
+    t.same(messages.map((message) => JSON.parse(message)), [{ hello: 'feed.access' }], 'the greeting came first')
   })
 })
 
@@ -330,7 +336,7 @@ t.test('WebSockets wired wrong: other hook positions still refuse an unverified 
     app.register(async (live) => {
       if (layout === 'origin-check-first') live.addHook('onRequest', allowOrigins(['https://app.acme.com']))
       await live.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience, hook: layout === 'preHandler' ? 'preHandler' : layout === 'hook-false-route-verify' ? false : 'onRequest' })
-      const onRequest = layout === 'hook-false-route-verify' ? live.cfAccess!.verify : []
+      const onRequest = layout === 'hook-false-route-verify' ? live.cfAccess.verify : []
       live.get('/feed', { websocket: true, onRequest }, (socket, request) => { socket.send(String(request.cfAccess?.email)) })
     }, { prefix: '/live' })
     const base = `${await listen(app)}/live/feed`
@@ -402,7 +408,7 @@ t.test('the caller in one typed line (examples/typed-claims.ts)', async (t) => {
   t.same((await call('/')).body, { outside: true }, 'outside every scope of the plugin: undefined, as typed')
 })
 
-t.test('the typed accessors wired wrong: wherever nothing verified, 401 — never a crash, never someone else', async (t) => {
+t.test('the typed accessors wired wrong: wherever the plugin never verified, a 500 that names the mistake — never a crash, never someone else', async (t) => {
   const access = await emulator(t)
   const app = Fastify()
   t.teardown(() => app.close())
@@ -413,19 +419,55 @@ t.test('the typed accessors wired wrong: wherever nothing verified, 401 — neve
   app.get('/outside', async (request) => requireUser(request).email)
   app.register(async (admin) => {
     await admin.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience, hook: false })
-    admin.get('/unverified', async (request) => requireUser(request).email) // hook: false and no verify
-    admin.get('/verified', { onRequest: admin.cfAccess!.verify }, async (request) => requireUser(request).email)
+    admin.get('/unverified', async (request) => requireServiceToken(request).common_name) // hook: false and no verify
+    admin.get('/verified', { onRequest: admin.cfAccess.verify }, async (request) => requireUser(request).email)
+    admin.setNotFoundHandler(async (request) => requireClaims(request))
   }, { prefix: '/admin' })
+  app.register(async (site) => {
+    await site.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience })
+    site.get('/public', { config: { cfAccess: false } }, async (request) => requireClaims(request))
+  }, { prefix: '/site' })
   await app.ready()
-  t.equal(app.cfAccess, undefined, 'the root has no fastify.cfAccess: the type says so')
+  t.equal(app.cfAccess, undefined, 'the root has no fastify.cfAccess (typed as present: reading .verify here throws)')
   const token = access.signToken({ email: 'ann@acme.com' })
-  for (const url of ['/outside', '/admin/unverified']) {
+  const cases: Array<[string, string]> = [
+    ['/outside', 'requireUser(request) in route GET /outside'],
+    ['/admin/unverified', 'requireServiceToken(request) in route GET /admin/unverified'],
+    ['/admin/nope', 'requireClaims(request) in a not-found handler'],
+    ['/site/public', 'requireClaims(request) in route GET /site/public']
+  ]
+  for (const [url, where] of cases) {
     const res = await app.inject({ url, headers: { [HEADER]: token } })
-    t.equal(res.statusCode, 401, url)
-    t.equal(res.json().code, 'FST_CF_ACCESS_TOKEN_MISSING')
+    t.equal(res.statusCode, 500, `${url}: a valid token, and the application's bug`)
+    t.equal(res.json().code, 'FST_CF_ACCESS_NOT_VERIFIED')
+    t.equal(res.json().message, `fastify-cloudflare-access: ${where}, which the plugin never verified: the route is outside every registration of the plugin, ` +
+      'has config.cfAccess: false, belongs to a hook: false registration without fastify.cfAccess.verify in its hooks, or the call runs in a hook ' +
+      'before the plugin\'s. Register the plugin in the route\'s scope, add fastify.cfAccess.verify to the route, or call it from the handler')
   }
   t.equal((await app.inject({ url: '/admin/verified', headers: { [HEADER]: token } })).body, 'ann@acme.com')
-  t.same(seen, ['FST_CF_ACCESS_TOKEN_MISSING', 'FST_CF_ACCESS_TOKEN_MISSING', 'FST_CF_ACCESS_TOKEN_MISSING'], 'before verification even a valid token is not read')
+  t.equal(seen.length, 5, 'the root hook saw every request')
+  t.ok(seen.every((code) => code === 'FST_CF_ACCESS_NOT_VERIFIED'), 'before verification even a valid token is not read: 500, the hook is in the wrong place')
+})
+
+t.test('the typed accessors where the plugin verified and admitted no token: 401, the client\'s to fix', async (t) => {
+  const access = await emulator(t)
+  const app = Fastify()
+  t.teardown(() => app.close())
+  await app.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience, required: false })
+  app.get('/maybe', async (request) => requireUser(request).email)
+  const optional = await app.inject('/maybe')
+  t.same([optional.statusCode, optional.json().code], [401, 'FST_CF_ACCESS_TOKEN_MISSING'], 'an optional route without a token')
+
+  const chained = Fastify()
+  t.teardown(() => chained.close())
+  await chained.register(fastifyAuth)
+  await chained.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience, hook: false })
+  const apiKey = async (request: FastifyRequest): Promise<void> => {
+    if (request.headers['x-api-key'] !== 'k') throw Object.assign(new Error('bad API key'), { statusCode: 401 })
+  }
+  chained.get('/either', { onRequest: chained.auth([chained.cfAccess.verify, apiKey]) }, async (request) => requireClaims(request))
+  const swallowed = await chained.inject({ url: '/either', headers: { 'x-api-key': 'k', [HEADER]: 'garbage' } })
+  t.same([swallowed.statusCode, swallowed.json().code], [401, 'FST_CF_ACCESS_TOKEN_MISSING'], 'a refusal an "or" chain swallowed: still no claims')
 })
 
 const PREFLIGHT = { origin: 'https://app.acme.com', 'access-control-request-method': 'GET', 'access-control-request-headers': 'cf-access-jwt-assertion' }
@@ -479,6 +521,34 @@ t.test('corsPreflight: only a real preflight skips verification; a tokened reque
     }
     const unanswered = await app.inject({ method: 'OPTIONS', url: '/x', headers: { ...PREFLIGHT, [HEADER]: token } })
     t.equal(unanswered.statusCode, 401, `${hook}: a real preflight nothing answers is refused, token or not`)
+  }
+})
+
+t.test('corsPreflight: no hook of a route sees an unverified request, whether a CORS plugin answers or not', async (t) => {
+  const access = await emulator(t)
+  const options = { teamDomain: access.teamDomain, audience: access.audience }
+  for (const withCors of [false, true]) {
+    const app = Fastify()
+    t.teardown(() => app.close())
+    const seen: Array<[string, unknown]> = []
+    app.register(async (api) => {
+      await api.register(cloudflareAccess, { ...options, corsPreflight: true })
+      if (withCors) await api.register(cors, { origin: true })
+      // another plugin's onRoute hook that appends a route hook of its own (as @fastify/rate-limit does)
+      api.addHook('onRoute', (route) => { route.onRequest = [...[route.onRequest ?? []].flat(), async (request: FastifyRequest) => { seen.push(['appended', request.cfAccess]) }] })
+      api.route({
+        method: ['OPTIONS', 'GET'],
+        url: '/data',
+        onRequest: async (request) => { seen.push(['own', request.cfAccess]) },
+        handler: async () => 'data'
+      })
+    }, { prefix: '/api' })
+    const preflight = await app.inject({ method: 'OPTIONS', url: '/api/data', headers: PREFLIGHT })
+    t.equal(preflight.statusCode, withCors ? 204 : 401, withCors ? '@fastify/cors, a scope hook after ours, answers it' : 'nothing answers it: 401')
+    t.same(seen, [], `${withCors ? 'with' : 'without'} @fastify/cors: no route hook ran`)
+    const res = await app.inject({ url: '/api/data', headers: { [HEADER]: access.signToken({ email: 'ann@acme.com' }) } })
+    t.equal(res.statusCode, 200)
+    t.same(seen.map(([which, claims]) => [which, (claims as { email?: string } | null)?.email]), [['own', 'ann@acme.com'], ['appended', 'ann@acme.com']], 'a verified request runs them, after verification')
   }
 })
 
@@ -537,7 +607,7 @@ t.test('CORS wired wrong: a preflight that nothing answers never reaches a handl
     const app = Fastify()
     t.teardown(() => app.close())
     await app.register(cloudflareAccess, { ...options, corsPreflight: true })
-    app.options('/x', { onRequest: app.cfAccess!.verify }, async () => 'handled')
+    app.options('/x', { onRequest: app.cfAccess.verify }, async () => 'handled')
     await app.register(cors, { origin: true, preflightContinue: true })
     t.equal((await app.inject({ method: 'OPTIONS', url: '/x', headers: PREFLIGHT })).statusCode, 401)
     await t.rejects(async () => { await Fastify().register(cloudflareAccess, { ...options, hook: false, corsPreflight: true }) }, /option "corsPreflight" must be used with the plugin's own hook/)
@@ -657,7 +727,7 @@ t.test('@fastify/auth wired wrong', async (t) => {
     t.teardown(() => app.close())
     await app.register(fastifyAuth)
     await app.register(cloudflareAccess, { ...options, hook: false })
-    app.get('/x', { onRequest: app.auth([app.cfAccess!.verify, apiKey]) }, async () => 'x')
+    app.get('/x', { onRequest: app.auth([app.cfAccess.verify, apiKey]) }, async () => 'x')
     t.equal((await app.inject('/x')).json().code, 'APP_API_KEY_INVALID')
   })
 
@@ -666,7 +736,7 @@ t.test('@fastify/auth wired wrong', async (t) => {
     t.teardown(() => app.close())
     await app.register(fastifyAuth)
     await app.register(cloudflareAccess, { ...options, hook: false })
-    app.get('/and', { config: { cfAccess: false }, onRequest: app.auth([app.cfAccess!.verify, apiKey], { relation: 'and' }) }, async () => 'x')
+    app.get('/and', { config: { cfAccess: false }, onRequest: app.auth([app.cfAccess.verify, apiKey], { relation: 'and' }) }, async () => 'x')
     t.equal((await app.inject({ url: '/and', headers: { 'x-api-key': 'k1' } })).statusCode, 401, 'a valid API key alone does not pass an "and"')
     t.equal((await app.inject({ url: '/and', headers: { 'x-api-key': 'k1', [HEADER]: access.signToken() } })).statusCode, 200)
   })
@@ -676,7 +746,7 @@ t.test('@fastify/auth wired wrong', async (t) => {
     t.teardown(() => app.close())
     await app.register(fastifyAuth)
     await app.register(cloudflareAccess, { ...options, hook: false, allow: { emailDomains: ['acme.com'] } })
-    app.get('/x', { onRequest: app.auth([app.cfAccess!.verify, apiKey]) }, async (request) => ({ claims: request.cfAccess }))
+    app.get('/x', { onRequest: app.auth([app.cfAccess.verify, apiKey]) }, async (request) => ({ claims: request.cfAccess }))
     t.same((await app.inject({ url: '/x', headers: { [HEADER]: token, 'x-api-key': 'k1' } })).json(), { claims: null })
     t.equal((await app.inject({ url: '/x', headers: { [HEADER]: token } })).json().code, 'APP_API_KEY_INVALID')
   })
@@ -686,7 +756,7 @@ t.test('@fastify/auth wired wrong', async (t) => {
     t.teardown(() => app.close())
     await app.register(fastifyAuth)
     await app.register(cloudflareAccess, { ...options, hook: false })
-    app.get('/x', { config: { cfAccess: { allow: { emailDomains: ['acme.com'] } } }, onRequest: app.auth([apiKey, app.cfAccess!.verify]) }, async () => 'x')
+    app.get('/x', { config: { cfAccess: { allow: { emailDomains: ['acme.com'] } } }, onRequest: app.auth([apiKey, app.cfAccess.verify]) }, async () => 'x')
     t.equal((await app.inject({ url: '/x', headers: { 'x-api-key': 'k1' } })).statusCode, 401)
     t.equal((await app.inject({ url: '/x', headers: { 'x-api-key': 'k1', [HEADER]: token } })).statusCode, 403)
     t.equal((await app.inject({ url: '/x', headers: { [HEADER]: access.signToken({ email: 'ann@acme.com' }) } })).statusCode, 200)
@@ -747,7 +817,7 @@ t.test('optional authentication wired wrong', async (t) => {
     t.teardown(() => app.close())
     await app.register(fastifyAuth)
     await app.register(cloudflareAccess, { ...options, required: false })
-    const { verify } = app.cfAccess!
+    const { verify } = app.cfAccess
     app.get('/hooked', { onRequest: verify }, async () => 'x')
     app.get('/wrapped', { onRequest: app.auth([verify]), config: { cfAccess: { required: false } } }, async () => 'x')
     app.get('/later', { preHandler: verify }, async () => 'x')
@@ -797,6 +867,10 @@ t.test('optional authentication wired wrong', async (t) => {
       await app.ready()
     }
     await t.rejects(boot(async (app) => { await app.register(cloudflareAccess, { ...options, required: false, allow: { emailDomains: ['acme.com'] } }) }), /option "required" must be true when allow or authorize is given/)
+    // the advice names ways out that boot: a route's { required: false } under this policy would be refused too
+    await t.rejects(boot(async (app) => { await app.register(cloudflareAccess, { ...options, required: false, allow: { emailDomains: ['acme.com'] } }) }), {
+      message: /\(a policy needs a token; public routes say config\.cfAccess: false, and optional routes need a registration without a policy, in a scope of their own\)/
+    })
     await t.rejects(boot(async (app) => { await app.register(cloudflareAccess, { ...options, required: false, authorize: () => true }) }), /option "required" must be true when allow or authorize/)
     await t.rejects(boot(async (app) => { await app.register(cloudflareAccess, { ...options, hook: false, required: false }) }), /option "required" must be true with hook: false/)
     await t.rejects(boot(async (app) => { await app.register(cloudflareAccess, { ...options, required: 'no' as unknown as boolean }) }), /option "required" must be true or false/)
@@ -821,25 +895,35 @@ t.test('optional authentication wired wrong', async (t) => {
       app.get('/x', { config: { cfAccess: {} as never } }, async () => 'x')
     }), /needs "allow", "authorize" or "required"/)
 
+    // Routes added before the plugin are checked at boot too (lib/unguarded.ts), all in one error.
+    const refused = await boot(async (app) => {
+      app.register(async (scope) => {
+        scope.get('/early', { config: { cfAccess: { allow: { emailDomains: ['acme.com'] } } } }, async () => 'x')
+        scope.get('/early-odd', { config: { cfAccess: 'yes' as never } }, async () => 'x')
+        scope.get('/early-null', { config: { cfAccess: null as never } }, async () => 'x')
+        scope.get('/early-unsaid', { config: { cfAccess: { required: undefined } as never } }, async () => 'x')
+        await scope.register(cloudflareAccess, { ...options, required: false })
+      })
+    }).then(() => undefined, (error: Error) => error.message)
+    t.match(refused, /route GET \/early: the plugin has required: false and this route has a policy/, 'a route policy added before the plugin that would inherit required: false')
+    t.match(refused, /route GET \/early-odd: config\.cfAccess must be false or a policy/, 'an odd config added before the plugin')
+    t.match(refused, /route GET \/early-null: config\.cfAccess must be false or a policy/)
+    t.match(refused, /route GET \/early-unsaid: config\.cfAccess needs "allow", "authorize" or "required"/)
+
     const app = Fastify()
     t.teardown(() => app.close())
     app.register(async (scope) => {
-      scope.get('/early', { config: { cfAccess: { allow: { emailDomains: ['acme.com'] } } } }, async () => 'x') // before the plugin: not checked at boot
+      scope.get('/early', { config: { cfAccess: { required: true, allow: { emailDomains: ['acme.com'] } } } }, async () => 'x')
       scope.get('/early-optional', { config: { cfAccess: { required: false } } }, async (request) => ({ claims: request.cfAccess }))
-      scope.get('/early-odd', { config: { cfAccess: 'yes' as never } }, async () => 'x')
-      scope.get('/early-null', { config: { cfAccess: null as never } }, async () => 'x')
-      scope.get('/early-unsaid', { config: { cfAccess: { required: undefined } as never } }, async (request) => ({ claims: request.cfAccess }))
       await scope.register(cloudflareAccess, { ...options, required: false })
       scope.get('/required', { config: { cfAccess: { required: true, allow: { emailDomains: ['acme.com'] } } } }, async () => 'x')
     })
-    t.equal((await app.inject('/early')).statusCode, 401, 'a route policy the boot did not see still requires a token')
+    for (const url of ['/early', '/required']) {
+      t.equal((await app.inject(url)).statusCode, 401, `${url}: a route policy requires a token`)
+      t.equal((await app.inject({ url, headers: { [HEADER]: access.signToken({ email: 'eve@evil.com' }) } })).statusCode, 403)
+      t.equal((await app.inject({ url, headers: { [HEADER]: token } })).statusCode, 200)
+    }
     t.same((await app.inject('/early-optional')).json(), { claims: null })
-    t.equal((await app.inject('/early-odd')).statusCode, 401, 'an odd config the boot did not see is not optional')
-    t.equal((await app.inject('/early-null')).statusCode, 401)
-    t.same((await app.inject('/early-unsaid')).json(), { claims: null }, 'a route that does not say follows the plugin\'s required: false')
-    t.equal((await app.inject('/required')).statusCode, 401)
-    t.equal((await app.inject({ url: '/required', headers: { [HEADER]: access.signToken({ email: 'eve@evil.com' }) } })).statusCode, 403)
-    t.equal((await app.inject({ url: '/required', headers: { [HEADER]: token } })).statusCode, 200)
   })
 
   t.test('OpenAPI: an optional route offers "no token" as an alternative', async (t) => {
@@ -859,7 +943,7 @@ t.test('optional authentication wired wrong', async (t) => {
     const app = Fastify()
     t.teardown(() => app.close())
     await app.register(cloudflareAccess, options)
-    app.get('/maybe', { config: { cfAccess: { required: false } } }, async (request) => (await app.cfAccess!.verifyToken(token, request)).email)
+    app.get('/maybe', { config: { cfAccess: { required: false } } }, async (request) => (await app.cfAccess.verifyToken(token, request)).email)
     t.equal((await app.inject('/maybe')).body, 'ann@acme.com')
   })
 })

@@ -27,7 +27,7 @@ t.test('status(): cold, ready, caches, stale after failed refreshes; reachable f
   app.register(async (admin) => {
     await admin.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience, refreshInterval: 1000 })
     admin.get('/', async (request) => request.cfAccess?.email)
-    admin.get('/status', async () => admin.cfAccess!.status())
+    admin.get('/status', async () => admin.cfAccess.status())
   }, { prefix: '/admin' })
   t.same(cloudflareAccessStatus(app), { ready: false, registrations: [] }, 'nothing registered yet: not ready')
   await app.ready()
@@ -74,7 +74,7 @@ t.test('the readiness recipe: 503 until the first key set is held and again once
   const stale = Fastify()
   t.teardown(() => stale.close())
   await stale.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience, maxStaleAge: 1000, refreshInterval: 1000 })
-  stale.get('/ready', { config: { cfAccess: false } }, async (_request, reply) => reply.code(stale.cfAccess!.status().ready ? 200 : 503).send())
+  stale.get('/ready', { config: { cfAccess: false } }, async (_request, reply) => reply.code(stale.cfAccess.status().ready ? 200 : 503).send())
   await stale.ready()
   t.ok(await eventually(async () => (await stale.inject('/ready')).statusCode === 200, 3000))
   access.setOutage('error')
@@ -88,7 +88,7 @@ t.test('waitForKeys: ready() waits for the first key set, and rejects within its
   t.teardown(() => waiting.close())
   await waiting.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience, waitForKeys: 3000 })
   await waiting.ready()
-  t.equal(waiting.cfAccess!.status().ready, true, 'ready() resolved with the keys held')
+  t.equal(waiting.cfAccess.status().ready, true, 'ready() resolved with the keys held')
   const down = await emulator(t)
   down.setOutage('error')
   const failing = Fastify()
@@ -109,7 +109,7 @@ t.test('waitForKeys: ready() waits for the first key set, and rejects within its
   await fast.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience })
   access.setLatency(Infinity)
   await fast.ready()
-  t.equal(fast.cfAccess!.status().ready, false, 'by default ready() does not wait for Cloudflare')
+  t.equal(fast.cfAccess.status().ready, false, 'by default ready() does not wait for Cloudflare')
   await t.rejects(async () => { await Fastify().register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience, waitForKeys: -1 }) }, /"waitForKeys" must be a number of milliseconds from 0/)
 })
 
@@ -139,7 +139,7 @@ t.test('diagnostics channels: each event is published with its documented shape,
   await app.inject({ url: '/', headers: { [HEADER]: access.signToken({ email: 'a@acme.com' }) } })
   access.setOutage('error')
   t.ok(await eventually(() => seen.keyStale.length > 0, 3000), 'a failed refresh while serving: stale')
-  t.ok(await eventually(() => seen.keyDropped.length > 0 || (app.cfAccess!.status().ready === false && seen.keyDropped.length > 0), 4000), 'older than maxStaleAge: dropped')
+  t.ok(await eventually(() => seen.keyDropped.length > 0 || (app.cfAccess.status().ready === false && seen.keyDropped.length > 0), 4000), 'older than maxStaleAge: dropped')
 
   t.match(seen.accepted, [
     { route: '/', kind: 'user', cached: false },

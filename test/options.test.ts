@@ -106,7 +106,17 @@ t.test('hook, clockTolerance and the key-store durations', async (t) => {
 })
 
 t.test('unknown options and a non-object are rejected, naming what is accepted', async (t) => {
-  t.throws(() => normalizeOptions({ teamDomain: 'acme', audience: AUD, audiences: [AUD] } as never), /unknown option "audiences"; known options: teamDomain, audience/)
+  t.throws(() => normalizeOptions({ teamDomain: 'acme', audience: AUD, audiences: [AUD] } as never), /unknown option "audiences"; did you mean "audience"\? known options: teamDomain, audience/)
+  const suggestions: Array<[string, string | undefined]> = [
+    ['teamdomain', 'teamDomain'], ['team', 'teamDomain'], ['aud', 'audience'], ['clocktolerance', 'clockTolerance'],
+    ['requried', 'required'], ['cors', 'corsPreflight'], ['cache', 'cacheSize'], ['hooks', 'hook'], ['allowed', 'allow'],
+    ['policy', undefined], ['x', undefined], ['emails', undefined]
+  ]
+  for (const [typed, meant] of suggestions) {
+    const message = t.throws(() => normalizeOptions({ teamDomain: 'acme', audience: AUD, [typed]: 1 } as never)) as Error
+    if (meant === undefined) t.notMatch(message?.message, /did you mean/, `${typed}: no guess`)
+    else t.match(message?.message, `unknown option "${typed}"; did you mean "${meant}"? known options:`, `${typed} → ${meant}`)
+  }
   t.throws(() => normalizeOptions(null as never), /options are required/)
   t.throws(() => normalizeOptions('acme' as never), /options are required/)
 })

@@ -1,7 +1,7 @@
 import t from 'tap'
 import { checkStructure, readCookie } from '../lib/token'
 import { checkClaims } from '../lib/verify'
-import { decode, nowSeconds, setup } from './helpers'
+import { captureLogs, decode, nowSeconds, setup } from './helpers'
 
 // Every test here drives real HTTP-shaped requests through the plugin against the emulator's real keys.
 
@@ -16,11 +16,14 @@ t.test('a valid user token passes and request.cfAccess holds its claims', async 
 
 t.test('time claims', async (t) => {
   const { access, get } = await setup(t, { clockTolerance: 30 })
+  // Whole seconds against a clock that moves on while the test runs: each case keeps a margin of 10 s or
+  // more from the 30 s tolerance (nbf 31 s ahead was once admitted a second later). The boundaries to the
+  // millisecond are tested through the verifier's own clock (checkClaims, cache.test.ts).
   const now = nowSeconds()
   const cases: Array<[string, Record<string, unknown>, number, string?]> = [
     ['expired beyond tolerance', { exp: now - 31 }, 401, 'FST_CF_ACCESS_TOKEN_EXPIRED'],
     ['expired within tolerance', { exp: now - 20 }, 200],
-    ['not yet valid beyond tolerance', { nbf: now + 31, iat: now }, 401, 'FST_CF_ACCESS_TOKEN_EXPIRED'],
+    ['not yet valid beyond tolerance', { nbf: now + 40, iat: now }, 401, 'FST_CF_ACCESS_TOKEN_EXPIRED'],
     ['not yet valid within tolerance (origin clock lags)', { nbf: now + 20, iat: now + 20 }, 200],
     ['issued in the future beyond tolerance', { iat: now + 60, nbf: undefined }, 401, 'FST_CF_ACCESS_TOKEN_EXPIRED'],
     ['no nbf', { nbf: undefined }, 200],
@@ -298,4 +301,40 @@ t.test('a half-quoted cookie value is taken as it is, not unquoted', async (t) =
     t.equal(res.statusCode, 401, JSON.stringify(value.slice(0, 3) + '…' + value.slice(-3)))
   }
   t.equal((await app.inject({ url: '/admin/me', headers: { cookie: `CF_Authorization="${token}"` } })).statusCode, 200, 'quoted: unquoted')
+})
+
+t.test('a token for another application: the 401 carries the expected audiences for the log line, never in its answer', async (t) => {
+  const logs = captureLogs('info')
+  const { access, get } = await setup(t, {}, { fastify: { logger: logs.logger } })
+  const other = access.signToken({ aud: ['f'.repeat(64)] })
+  for (const pass of ['first', 'cached']) {
+    const res = await get(other)
+    t.same([res.statusCode, res.json.code, res.json.message], [401, 'FST_CF_ACCESS_CLAIM_INVALID', 'Cloudflare Access token rejected: aud does not name this application'], `${pass}: the answer`)
+    t.notMatch(JSON.stringify(res.json), access.audience, `${pass}: the configured audience is not in the answer`)
+  }
+  const lines = logs.lines.filter((line) => line.err?.code === 'FST_CF_ACCESS_CLAIM_INVALID')
+  t.equal(lines.length, 2)
+  for (const line of lines) {
+    t.same(line.err.expectedAudiences, [access.audience], 'the log line names what this registration expects')
+    t.match(line.err.help, /npx fastify-cloudflare-access inspect/, 'and points at inspect')
+    t.notMatch(line.err.message, access.audience)
+  }
+  const wrongIssuer = await get(access.signToken({ iss: 'https://evil.cloudflareaccess.com' }))
+  t.equal(wrongIssuer.statusCode, 401)
+  const issuerLine = logs.lines.filter((line) => line.err?.code === 'FST_CF_ACCESS_CLAIM_INVALID').at(-1)
+  t.equal(issuerLine?.err.expectedAudiences, undefined, 'only a token for another audience gets them')
+})
+
+t.test('an audience that does not look like an AUD tag: one warning at registration, not an error', async (t) => {
+  for (const [audience, warned] of [[['my-app.acme.com', 'acme'], true], ['a'.repeat(64), false], ['A'.repeat(64), true]] as const) {
+    const logs = captureLogs('warn')
+    const { app } = await setup(t, { audience: audience as string | string[] }, { fastify: { logger: logs.logger } })
+    const lines = logs.lines.filter((line) => /does not look like a Cloudflare Access Application Audience/.test(line.msg))
+    t.equal(lines.length, warned ? 1 : 0, `${JSON.stringify(audience)}: ${warned ? 'one warning' : 'none'}`)
+    if (warned) {
+      t.same(lines[0]?.audience, [audience].flat(), 'naming each unusual tag')
+      t.match(lines[0]?.msg, /npx fastify-cloudflare-access inspect/)
+    }
+    t.ok(app.hasRoute({ method: 'GET', url: '/admin/me' }), 'the app booted')
+  }
 })

@@ -8,6 +8,8 @@ import cloudflareAccess, {
   ForbiddenError,
   isServiceToken,
   type CloudflareAccessAllow,
+  type CloudflareAccessAuthorize,
+  type CloudflareAccessAuthorizeContext,
   type CloudflareAccessGroup,
   type CloudflareAccessIdentity,
   type CloudflareAccessRouteConfig,
@@ -73,8 +75,8 @@ expectAssignable<CloudflareAccessClaims>({ aud: ['a'], iss: 'i', exp: 1, email: 
 expectAssignable<CloudflareAccessClaims>({ aud: ['a'], iss: 'i', exp: 1, common_name: 'x.access', sub: '' })
 
 // fastify.cfAccess: the route-level hook and verifyToken, on the scopes where the plugin is registered
-expectType<CloudflareAccessDecorator | undefined>(app.cfAccess)
-const access = app.cfAccess!
+expectType<CloudflareAccessDecorator>(app.cfAccess)
+const access = app.cfAccess
 expectType<(request: FastifyRequest, reply: FastifyReply) => Promise<void>>(access.verify)
 expectType<Promise<CloudflareAccessClaims>>(access.verifyToken('token'))
 app.get('/ws', async (request) => {
@@ -139,6 +141,20 @@ expectError(app.register(cloudflareAccess, { teamDomain: 'acme', audience: 'AUD'
 app.get('/health', { config: { cfAccess: false } }, async () => 'ok')
 app.post('/billing', { config: { cfAccess: { allow: { groups: ['finance'] } } } }, async () => 'ok')
 app.post('/eu', { config: { cfAccess: { authorize: (claims) => claims.exp > 0 } } }, async () => 'ok')
+// authorize's third argument: the identity of the token being verified
+app.register(cloudflareAccess, {
+  teamDomain: 'acme',
+  audience: 'AUD',
+  authorize: async (claims, request, context) => {
+    expectType<CloudflareAccessAuthorizeContext>(context)
+    expectType<Promise<CloudflareAccessIdentity>>(context.identity())
+    const { groups } = await context.identity()
+    return ['finance', 'admins'].every((name) => groups.some((group) => group.name === name))
+  }
+})
+app.post('/finance', { config: { cfAccess: { authorize: async (_claims, _request, { identity }) => (await identity()).groups.length > 0 } } }, async () => 'ok')
+expectAssignable<CloudflareAccessAuthorize>(() => true)
+expectNotAssignable<CloudflareAccessAuthorize>((_claims: CloudflareAccessClaims, _request: FastifyRequest, context: { identity: () => string }) => context.identity() === '')
 // Fastify infers a route's config type from the literal, so a wrong value there is caught at boot (a
 // test covers it); the augmented FastifyContextConfig itself is precise:
 expectType<CloudflareAccessRouteConfig | undefined>(({} as FastifyContextConfig).cfAccess)
