@@ -4,6 +4,7 @@
  * (createTokenVerifier, the same code the hook runs) against the team's live keys or a saved certs file,
  * and explains the result. `fastify-cloudflare-access emulator`: the test kit's Access emulator, standalone.
  * `fastify-cloudflare-access dev`: a stand-in for Access in front of a local app (lib/dev-proxy.ts).
+ * `fastify-cloudflare-access demo`: the main job against the emulator (lib/demo.ts, loaded only then).
  */
 import { readFileSync } from 'node:fs'
 import { parseArgs } from 'node:util'
@@ -17,6 +18,7 @@ import { createTokenVerifier, type KeySource } from './verify'
 const USAGE = `Usage: fastify-cloudflare-access <command> [options]
 
 Commands:
+  demo       watch the plugin verify real tokens against a local Access emulator (needs fastify)
   inspect    explain why a Cloudflare Access token is accepted or rejected
   emulator   run a local Access emulator and print fresh tokens
   dev        run a stand-in for Access in front of your app, with a login page
@@ -66,6 +68,19 @@ Cf-Access-Jwt-Assertion. It listens on 127.0.0.1 only. For development only: nev
   --allow-remote-upstream  accept an --upstream on another machine: it receives signed tokens and your
                            browser's cookies for the proxy
   --help                   this text`
+
+const DEMO_USAGE = `Usage: fastify-cloudflare-access demo [--serve]
+
+The plugin's main job, with no Cloudflare account: a local Access emulator issues real RS256 tokens, and
+an app with a public route and an /admin scope protected by the plugin answers real HTTP requests — no
+token, a user token in the header and in the cookie, a service token, an expired token, another
+application's token, a group-restricted route, a forged email header, the key endpoint down. Each
+request and answer is printed. It runs a Fastify app: your project needs fastify (npm i fastify).
+
+  --serve   keep the app listening afterwards, and print a ready curl command (Ctrl-C to stop)
+  --help    this text
+
+Exit status: 0 every answer as expected, 1 otherwise, 2 usage error or no fastify.`
 
 class UsageError extends Error {}
 
@@ -387,6 +402,33 @@ function untilSignal (): Promise<void> {
   })
 }
 
+/** The demo module, which needs Fastify: a project without it is told how to get it. */
+function loadDemo (): typeof import('./demo') {
+  try {
+    return require('./demo') as typeof import('./demo')
+  } catch (error) {
+    if ((error as { code?: unknown }).code === 'MODULE_NOT_FOUND' && /['"]fastify['"]/.test((error as Error).message)) {
+      throw new UsageError('the demo runs a Fastify app, and this project has no fastify: npm i fastify')
+    }
+    throw error
+  }
+}
+
+async function demo (argv: string[], io: Output): Promise<number> {
+  const { values } = parseArgs({ args: argv, options: { serve: { type: 'boolean' }, help: { type: 'boolean' } } })
+  if (values.help === true) {
+    io.out(DEMO_USAGE)
+    return 0
+  }
+  const serve = values.serve === true
+  const result = await loadDemo().runDemo({ serve, print: io.out })
+  if (serve) {
+    await untilSignal()
+    await result.close()
+  }
+  return result.ok ? 0 : 1
+}
+
 async function dev (argv: string[], io: Output): Promise<number> {
   const { values } = parseArgs({
     args: argv,
@@ -423,6 +465,7 @@ async function dev (argv: string[], io: Output): Promise<number> {
 export async function main (argv: string[], io: Output): Promise<number> {
   const [command, ...rest] = argv
   try {
+    if (command === 'demo') return await demo(rest, io)
     if (command === 'inspect') return await inspect(rest, io)
     if (command === 'emulator') return await emulator(rest, io)
     if (command === 'dev') return await dev(rest, io)
@@ -438,7 +481,8 @@ export async function main (argv: string[], io: Output): Promise<number> {
   } catch (error) {
     // parseArgs reports unknown or malformed flags with ERR_PARSE_ARGS_* codes
     if (error instanceof UsageError || String((error as { code?: unknown }).code).startsWith('ERR_PARSE_ARGS')) {
-      const usage = command === 'inspect' ? INSPECT_USAGE : command === 'emulator' ? EMULATOR_USAGE : command === 'dev' ? DEV_USAGE : USAGE
+      const usages: Record<string, string> = { demo: DEMO_USAGE, inspect: INSPECT_USAGE, emulator: EMULATOR_USAGE, dev: DEV_USAGE }
+      const usage = usages[command as string] ?? USAGE
       io.err(`fastify-cloudflare-access: ${printable((error as Error).message)}\n\n${usage}`)
       return 2
     }

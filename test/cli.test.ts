@@ -167,6 +167,16 @@ async function running (args: string[]): Promise<{ out: string, child: ChildProc
   }
 }
 
+t.test('demo: every answer as expected (exit 0); with --serve it keeps listening until SIGTERM', async (t) => {
+  const walk = await cli(['demo'])
+  t.equal(walk.code, 0)
+  t.match(walk.out, /11\/11 answers as expected/)
+  const { out, stop } = await running(['demo', '--serve'])
+  const [, url, token] = /curl -s (\S+) -H 'Cf-Access-Jwt-Assertion: ([^']+)'/.exec(out) ?? []
+  t.equal((await fetch(url as string, { headers: { 'cf-access-jwt-assertion': token as string } })).status, 200, 'the printed curl works')
+  t.equal(await stop(), 0)
+})
+
 t.test('emulator: runs standalone, prints a token that verifies, stops on SIGTERM', async (t) => {
   const { out, stop } = await running(['emulator', '--aud', 'a'.repeat(64)])
   const teamDomain = /teamDomain\s+(\S+)/.exec(out)?.[1] as string

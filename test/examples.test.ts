@@ -1,5 +1,5 @@
 import t from 'tap'
-import { runDemo } from '../examples/demo'
+import { runDemo } from '../lib/demo'
 import { buildPoliciesApp } from '../examples/policies'
 import { buildRouteLevelApp } from '../examples/route-level'
 import { testMyApp } from '../examples/testing-your-app'

@@ -25,6 +25,8 @@ const env = { ...process.env, npm_config_cache: npmCache, npm_config_offline: 't
 
 let scratch = ''
 let tarball = ''
+/** `npx fastify-cloudflare-access demo` before fastify was installed (null: it succeeded). */
+let withoutFastify: { code: number, stderr: string } | null = null
 /** attw's verdict on the tarball: started as soon as it exists, to run alongside the install. */
 let attw: Promise<string>
 
@@ -49,6 +51,8 @@ t.before(async () => {
   writeFileSync(join(scratch, 'package.json'), JSON.stringify({ name: 'consumer', private: true, version: '1.0.0' }))
   for (const name of Object.keys(manifest.dependencies)) link(name)
   await run('npm', ['install', '--offline', '--ignore-scripts', '--no-package-lock', tarball], { cwd: scratch, env })
+  // Before the project has fastify: the demo says how to get it.
+  withoutFastify = await run('npx', ['--no', 'fastify-cloudflare-access', 'demo'], { cwd: scratch, env }).then(() => null, (error: { code: number, stderr: string }) => error)
   // the consumer's own dependencies, after the install (npm would prune them as extraneous)
   link('fastify')
   link('@types/node')
@@ -155,4 +159,13 @@ t.test('the CLI runs from the installed package', async (t) => {
   const rejected = await run(cli, ['inspect', access.signToken({ aud: ['0'.repeat(64)] }), ...args], { cwd: scratch, env }).then(() => null, (error: { code: number, stdout: string }) => error)
   t.equal(rejected?.code, 1)
   t.match(rejected?.stdout, /✗ aud/)
+})
+
+t.test('npx fastify-cloudflare-access demo: the main job from the installed package, and what to do without fastify', async (t) => {
+  t.equal(withoutFastify?.code, 2, 'without fastify: a usage error')
+  t.match(withoutFastify?.stderr, /the demo runs a Fastify app, and this project has no fastify: npm i fastify/)
+  const { stdout } = await run('npx', ['--no', 'fastify-cloudflare-access', 'demo'], { cwd: scratch, env })
+  t.match(stdout, /11\/11 answers as expected/, 'with fastify: every answer as expected, exit 0')
+  t.match(stdout, /← 403 .*FST_CF_ACCESS_FORBIDDEN/)
+  t.match((await run('npx', ['--no', 'fastify-cloudflare-access', 'demo', '--help'], { cwd: scratch, env })).stdout, /Usage: fastify-cloudflare-access demo \[--serve\]/)
 })

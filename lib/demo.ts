@@ -1,14 +1,13 @@
 /**
- * The main job, end to end, with no Cloudflare account: a local Access emulator issues real RS256 tokens
- * and serves its keys; an app shaped like Cloudflare's FastAPI tutorial (`/` public, `/admin/*` behind a
- * prefix-scoped registration) answers real HTTP requests.
- *
- *   npm run demo               walk through the cases and exit (0 when every answer is as expected)
- *   npm run demo -- --serve    then keep listening and print a ready curl command
+ * The main job, end to end, with no Cloudflare account (`npx fastify-cloudflare-access demo`, `npm run demo`):
+ * a local Access emulator issues real RS256 tokens and serves its keys; an app shaped like Cloudflare's
+ * FastAPI tutorial (`/` public, `/admin/*` behind a prefix-scoped registration) answers real HTTP requests.
+ * Shipped in the package, and loaded by the CLI only when asked for: it needs Fastify, which an
+ * application of this plugin has (the plugin itself does not depend on it).
  */
 import Fastify, { type FastifyInstance } from 'fastify'
 import cloudflareAccess from '../index'
-import { createAccessEmulator, type AccessEmulator } from '../lib/testing'
+import { createAccessEmulator, type AccessEmulator } from './testing'
 
 export interface DemoOptions {
   /** Keep the server listening after the walk-through. */
@@ -113,25 +112,11 @@ export async function runDemo (options: DemoOptions): Promise<DemoResult> {
   const ok = passed === steps.length
   if (options.serve === true) {
     print('')
-    print('Serving. Try (Ctrl-C to stop):')
+    print('Serving. Try:')
     print(`  curl -s ${url}/admin/me -H 'Cf-Access-Jwt-Assertion: ${access.signToken()}'`)
+    print('Ctrl-C to stop.')
   } else {
     await close()
   }
   return { ok, url, close }
 }
-
-/* c8 ignore start */
-if (require.main === module) {
-  const serve = process.argv.includes('--serve')
-  runDemo({ serve, print: console.log }).then((result) => {
-    if (!result.ok) process.exitCode = 1
-    if (serve) {
-      process.once('SIGINT', () => { result.close().then(() => process.exit(0), () => process.exit(1)) })
-    }
-  }, (error: unknown) => {
-    console.error(error)
-    process.exit(1)
-  })
-}
-/* c8 ignore stop */
