@@ -166,6 +166,12 @@ export async function cloudflareAccess (fastify: FastifyInstance, rawOptions: Fa
     return undefined
   }
 
+  /** Whether the scope hook lets this request through without a token: a `config.cfAccess: false` or an optional route. */
+  function tokenOptional (request: FastifyRequest): boolean {
+    const routeConfig = request.routeOptions.config.cfAccess as object | false | undefined
+    return routeConfig === false || (options.policy === null && isOptional(routeConfig, options.required))
+  }
+
   /** The scope hook, callback style: no promise and no exception on the synchronous path. */
   function hook (request: FastifyRequest, reply: FastifyReply, done: Done): void {
     const outcome = authenticate(request, reply, true)
@@ -224,7 +230,7 @@ export async function cloudflareAccess (fastify: FastifyInstance, rawOptions: Fa
   })
   decorateLogout(fastify)
   if (options.hook !== false) {
-    addScopeHook(fastify, options.hook, hook, options.corsPreflight)
+    addScopeHook(fastify, options.hook, hook, options.corsPreflight, tokenOptional)
   } else {
     // A route with a policy added before the plugin is not guarded by watchRoutes: enforce it up front.
     fastify.addHook('onRequest', function cfAccessEarlyRoutePolicy (request: FastifyRequest, reply: FastifyReply, done: Done) {

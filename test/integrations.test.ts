@@ -524,6 +524,36 @@ t.test('corsPreflight: only a real preflight skips verification; a tokened reque
   }
 })
 
+t.test('corsPreflight: a public route (config.cfAccess: false) and an optional route answer an OPTIONS shaped as a preflight as without the option', async (t) => {
+  const access = await emulator(t)
+  for (const hook of ['onRequest', 'preHandler'] as const) {
+    const app = Fastify()
+    t.teardown(() => app.close())
+    app.register(async (site) => {
+      await site.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience, hook, corsPreflight: true })
+      site.options('/public', { config: { cfAccess: false } }, async () => 'public preflight')
+      site.options('/optional', { config: { cfAccess: { required: false } } }, async (request) => request.cfAccess?.email ?? 'anonymous')
+      site.options('/private', async () => 'private')
+    })
+    app.register(async (optional) => {
+      await optional.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience, hook, corsPreflight: true, required: false })
+      optional.options('/all-optional', async () => 'anonymous')
+    })
+    app.register(async (policy) => {
+      await policy.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience, hook, corsPreflight: true, allow: { emails: ['ann@acme.com'] } })
+      policy.options('/policy', async () => 'policy')
+    })
+    const preflight = (url: string, headers = {}) => app.inject({ method: 'OPTIONS', url, headers: { ...PREFLIGHT, ...headers } })
+    t.equal((await preflight('/public')).body, 'public preflight', `${hook}: the public route answers`)
+    t.equal((await preflight('/optional')).body, 'anonymous', `${hook}: the optional route answers without a token`)
+    t.equal((await preflight('/all-optional')).body, 'anonymous', `${hook}: so does a route of an optional registration`)
+    t.equal((await preflight('/optional', { [HEADER]: access.signToken({ email: 'ann@acme.com' }) })).body, 'ann@acme.com', `${hook}: a token there is verified`)
+    t.equal((await preflight('/optional', { [HEADER]: 'not.a.token' })).statusCode, 401, `${hook}: a bad one refused`)
+    t.equal((await preflight('/private')).statusCode, 401, `${hook}: a protected route still refuses it`)
+    t.equal((await preflight('/policy')).statusCode, 401, `${hook}: so does a route under a plugin-level policy`)
+  }
+})
+
 t.test('corsPreflight: no hook of a route sees an unverified request, whether a CORS plugin answers or not', async (t) => {
   const access = await emulator(t)
   const options = { teamDomain: access.teamDomain, audience: access.audience }
