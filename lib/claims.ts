@@ -34,8 +34,9 @@ function claimsOf (request: FastifyRequest, caller: string): CloudflareAccessCla
   throw new NotVerifiedError(
     `fastify-cloudflare-access: ${caller}(request) in ${url === undefined ? 'a not-found handler' : `route ${request.method} ${url}`}, which the plugin never verified: ` +
     'the route is outside every registration of the plugin, has config.cfAccess: false, belongs to a hook: false registration without ' +
-    'fastify.cfAccess.verify in its hooks, or the call runs in a hook before the plugin\'s. Register the plugin in the route\'s scope, ' +
-    'add fastify.cfAccess.verify to the route, or call it from the handler'
+    'fastify.cfAccess.verify in its hooks, a wrapper such as @fastify/auth let the request through by another strategy before verify ran, ' +
+    'or the call runs in a hook before the plugin\'s. Register the plugin in the route\'s scope, add fastify.cfAccess.verify to the route, ' +
+    'or call it from the handler; behind a wrapper, read request.cfAccess'
   )
 }
 

@@ -207,7 +207,7 @@ function decodePart (part: string | undefined): Record<string, unknown> | undefi
 }
 
 /** What each check looked at, in words, whatever the verdict: for the report only. */
-function details (claims: Record<string, unknown> | undefined, header: Record<string, unknown> | undefined, issuer: string, audience: readonly string[], now: number): Record<CheckName, string> {
+function details (token: string, claims: Record<string, unknown> | undefined, header: Record<string, unknown> | undefined, issuer: string, audience: readonly string[], now: number): Record<CheckName, string> {
   const time = (name: string): string => {
     const value = claims?.[name]
     return typeof value === 'number' ? `${isoTime(value)} (${ago(value, now)})` : value === undefined ? 'absent' : `not a number (${typeof value})`
@@ -217,7 +217,7 @@ function details (claims: Record<string, unknown> | undefined, header: Record<st
   const tokenAud = (Array.isArray(aud) ? aud : [aud]).map((tag) => typeof tag === 'string' ? short(tag) : JSON.stringify(tag)).join(', ')
   const audMatches = (Array.isArray(aud) ? aud : [aud]).some((tag) => typeof tag === 'string' && audience.includes(tag))
   return {
-    token: 'present',
+    token: token === '' ? 'nothing was given (empty input)' : 'present',
     structure: 'three base64url segments, canonical, UTF-8 JSON header, at most 8192 characters',
     alg: `header alg ${JSON.stringify(header?.alg)} (only RS256 is accepted)`,
     kid: `header kid ${typeof header?.kid === 'string' ? short(header.kid) : JSON.stringify(header?.kid)}`,
@@ -301,7 +301,7 @@ async function inspect (argv: string[], io: Output): Promise<number> {
   const [headerPart, payloadPart] = token.length <= MAX_TOKEN_LENGTH ? token.split('.') : []
   const header = decodePart(headerPart)
   const claims = decodePart(payloadPart)
-  const said = details(claims, header, options.issuer, options.audience, now)
+  const said = details(token, claims, header, options.issuer, options.audience, now)
   const error = verdict instanceof Error ? verdict as Error & { code: string } : undefined
   const reason = error?.message.slice(error.message.indexOf(': ') + 2) ?? ''
   const failed = error === undefined ? undefined : failedCheck(error.code, reason)

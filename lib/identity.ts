@@ -1,3 +1,4 @@
+import { setMaxListeners } from 'node:events'
 import { channels } from './channels'
 import { IdentityUnavailableError, TokenInvalidError } from './errors'
 import { getJson, type FetchError } from './fetch'
@@ -60,6 +61,9 @@ export class IdentityClient {
 
   constructor (options: IdentityClientOptions) {
     this.#opts = { maxBytes: 64 * 1024, ...options }
+    // Each lookup under way listens for the close, and removes its listener when it ends: as many as the
+    // tokens looked up at once, which is no leak (Node warns of one past 10).
+    setMaxListeners(0, this.#closing.signal)
   }
 
   /** Identities cached now. */

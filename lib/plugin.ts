@@ -9,7 +9,7 @@ import { decorateLogout } from './logout'
 import { describeRoutes } from './openapi'
 import { isOptional, watchRequirements } from './optional'
 import { normalizeOptions, warnIfAudienceUnusual, warnIfLoopbackInProduction } from './options'
-import { admits, IdentityLookups, type CompiledPolicy } from './policy'
+import { admits, IdentityLookups, identityWhileVerifying, type CompiledPolicy, type Verification } from './policy'
 import { addScopeHook } from './preflight'
 import { watchRoutes } from './routes'
 import { checkScope, claimScope } from './scopes'
@@ -25,14 +25,14 @@ const RETRY_AFTER = String(RETRY_AFTER_SECONDS)
 const kToken = Symbol('fastify-cloudflare-access.token')
 /** The route `config.cfAccess` (or `true` for none) whose policies admitted the request: private. */
 const kAdmitted = Symbol('fastify-cloudflare-access.admitted')
-/** While a policy runs on the request: the identity of the token it verifies, for `request.cfAccessIdentity()`. */
+/** While policies run on the request: each verification under way (several only when they overlap), for `request.cfAccessIdentity()`. */
 const kVerifying = Symbol('fastify-cloudflare-access.verifying')
 
 type Request = FastifyRequest & {
   [kLookedAt]: boolean
   [kToken]: string | null
   [kAdmitted]: object | true | null
-  [kVerifying]: (() => Promise<CloudflareAccessIdentity>) | null
+  [kVerifying]: Verification[] | null
 }
 type Done = (error?: Error) => void
 
@@ -80,12 +80,13 @@ export async function cloudflareAccess (fastify: FastifyInstance, rawOptions: Fa
     const context = { request: request as FastifyRequest, identity, authorizeTimeout: options.authorizeTimeout }
     // While the policy runs, request.cfAccessIdentity() is the identity of the token being verified.
     const req = request as Request | undefined
-    if (req !== undefined) req[kVerifying] = identity.get
+    const verification: Verification = { token, identity }
+    if (req !== undefined) (req[kVerifying] ??= []).push(verification)
     let admitted: boolean
     try {
       admitted = await admits(policy, claims, context)
     } finally {
-      if (req !== undefined) req[kVerifying] = null
+      if (req !== undefined) doneVerifying(req, verification)
     }
     if (admitted) return
     const route = request?.routeOptions.url
@@ -165,6 +166,12 @@ export async function cloudflareAccess (fastify: FastifyInstance, rawOptions: Fa
     return undefined
   }
 
+  /** Whether the scope hook lets this request through without a token: a `config.cfAccess: false` or an optional route. */
+  function tokenOptional (request: FastifyRequest): boolean {
+    const routeConfig = request.routeOptions.config.cfAccess as object | false | undefined
+    return routeConfig === false || (options.policy === null && isOptional(routeConfig, options.required))
+  }
+
   /** The scope hook, callback style: no promise and no exception on the synchronous path. */
   function hook (request: FastifyRequest, reply: FastifyReply, done: Done): void {
     const outcome = authenticate(request, reply, true)
@@ -214,16 +221,16 @@ export async function cloudflareAccess (fastify: FastifyInstance, rawOptions: Fa
   fastify.decorateRequest('cfAccessIdentity', function (this: FastifyRequest) {
     const claims = this.cfAccess
     const token = (this as Request)[kToken]
-    if (claims == null || token === null) {
-      // Inside `authorize`, before admission: the token being verified (its lookups refuse as identity() does).
-      const verifying = (this as Request)[kVerifying]
-      return verifying === null ? Promise.reject(new TokenMissingError()) : verifying()
-    }
+    // Inside `authorize`: the token being verified (its lookups refuse as identity() does), even on a
+    // request admitted before (verifyToken(token, request)), where it may not be the request's token.
+    const verifying = (this as Request)[kVerifying]
+    if (verifying !== null) return identityWhileVerifying(verifying, claims == null ? null : token)
+    if (claims == null || token === null) return Promise.reject(new TokenMissingError())
     return identityFor(token, claims)
   })
   decorateLogout(fastify)
   if (options.hook !== false) {
-    addScopeHook(fastify, options.hook, hook, options.corsPreflight)
+    addScopeHook(fastify, options.hook, hook, options.corsPreflight, tokenOptional)
   } else {
     // A route with a policy added before the plugin is not guarded by watchRoutes: enforce it up front.
     fastify.addHook('onRequest', function cfAccessEarlyRoutePolicy (request: FastifyRequest, reply: FastifyReply, done: Done) {
@@ -246,6 +253,13 @@ export async function cloudflareAccess (fastify: FastifyInstance, rawOptions: Fa
   })
   // Last, once nothing above can fail: from now on the scope counts as guarded.
   claimScope(fastify)
+}
+
+/** Ends a verification of `enforce` on the request (verifications of one request may overlap and end in any order). */
+function doneVerifying (request: Request, verification: Verification): void {
+  const under = request[kVerifying] as Verification[]
+  under.splice(under.indexOf(verification), 1)
+  if (under.length === 0) request[kVerifying] = null
 }
 
 /** The grant kinds a policy tried, for the 403 log line: "why was I denied", without the user's data. */

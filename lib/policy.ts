@@ -1,6 +1,6 @@
 import type { FastifyRequest } from 'fastify'
 import { isServiceToken } from './claims'
-import { AuthorizeTimeoutError, toError } from './errors'
+import { AuthorizeFailedError, AuthorizeTimeoutError, toError } from './errors'
 import { checkRouteRequired } from './optional'
 import { didYouMean } from './suggest'
 import { membershipOf } from './identity'
@@ -143,6 +143,14 @@ export class IdentityLookups {
     return pending
   }
 
+  /** Refuses the request with `error` whatever `authorize` makes of it: for a question that could not be answered. */
+  refuse (error: Error): Promise<never> {
+    const refused = Promise.reject(error)
+    refused.catch(noop)
+    this.#asked.push(refused)
+    return refused
+  }
+
   /** Rejects with the error of the first lookup that failed, once all have settled. */
   async settled (): Promise<void> {
     for (const pending of this.#asked) await pending
@@ -150,6 +158,32 @@ export class IdentityLookups {
 }
 
 function noop (): void {}
+
+/** A verification under way on a request: the token whose policies run, and its identity lookups. */
+export interface Verification {
+  readonly token: string
+  readonly identity: IdentityLookups
+}
+
+/**
+ * `request.cfAccessIdentity()` while policies run on the request (`authorize` asking, usually): the identity
+ * of the token being verified, looked up for every verification under way (each refuses if it fails). Where
+ * it cannot tell which token the caller means — verifications of different tokens overlap, or the request
+ * was admitted with another token than the one `verifyToken(token, request)` verifies — it answers no
+ * identity: it rejects, and refuses every verification under way. `identity()`, `authorize`'s third
+ * argument, is never ambiguous.
+ */
+export function identityWhileVerifying (under: readonly Verification[], admitted: string | null): Promise<CloudflareAccessIdentity> {
+  const token = admitted ?? (under[0] as Verification).token
+  if (under.every((verification) => verification.token === token)) {
+    return under.map((verification) => verification.identity.get())[0] as Promise<CloudflareAccessIdentity>
+  }
+  const error = new AuthorizeFailedError(
+    'request.cfAccessIdentity() cannot tell which token it is asked about while another token is verified on the same request ' +
+    '(verifyToken(token, request)): inside authorize, use identity(), its third argument'
+  )
+  return under.map((verification) => verification.identity.refuse(error))[0] as Promise<never>
+}
 
 /** What a policy check needs besides the claims. */
 export interface PolicyContext {

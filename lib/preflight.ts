@@ -19,20 +19,22 @@ export function isPreflight (request: FastifyRequest): boolean {
 
 /**
  * Adds the plugin's scope hook. With `corsPreflight` off that is all (no cost). With it on, the hook lets a
- * request shaped like a preflight through unverified and marks it; a CORS plugin (such as @fastify/cors)
+ * request shaped like a preflight through unverified and marks it — except where `tokenOptional` says the
+ * hook lets a request without a token through anyway (a public or optional route: there it goes to the hook
+ * like any other request); a CORS plugin (such as @fastify/cors)
  * then answers it in an earlier or later hook of the same phase. Headers alone cannot tell a preflight
  * from an attacker's `OPTIONS` to a route of yours, so a marked request that was not answered by the next
  * phase — `preParsing` after an `onRequest` hook, or right after a `preHandler` hook — is refused with
  * 401 before any handler (or body parsing, in `onRequest` mode) sees it.
  */
-export function addScopeHook (fastify: FastifyInstance, phase: 'onRequest' | 'preHandler', hook: Hook, corsPreflight: boolean): void {
+export function addScopeHook (fastify: FastifyInstance, phase: 'onRequest' | 'preHandler', hook: Hook, corsPreflight: boolean, tokenOptional: (request: FastifyRequest) => boolean): void {
   if (!corsPreflight) {
     fastify.addHook(phase, hook)
     return
   }
   fastify.decorateRequest(kPreflight, false)
   fastify.addHook(phase, function cfAccessOrPreflight (request: FastifyRequest, reply: FastifyReply, done: Done): void {
-    if (isPreflight(request)) {
+    if (isPreflight(request) && !tokenOptional(request)) {
       (request as Marked)[kPreflight] = true
       done()
     } else {

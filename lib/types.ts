@@ -258,8 +258,10 @@ declare module 'fastify' {
     /**
      * The user's full identity from the identity endpoint (groups, name, device posture…), cached per
      * token. Rejects for service tokens (403), without a verified token (401), or when the endpoint is
-     * down (503). Inside `authorize` (before admission) it is the identity of the token being verified, as
-     * `authorize`'s `identity()`.
+     * down (503). Inside `authorize` it is the identity of the token being verified, as `authorize`'s
+     * `identity()`; where it cannot tell which token is meant (`verifyToken` of another token on this
+     * request, overlapping verifications of different tokens) it rejects with 500
+     * `FST_CF_ACCESS_AUTHORIZE_FAILED` and refuses those verifications.
      */
     cfAccessIdentity: () => Promise<CloudflareAccessIdentity>
   }

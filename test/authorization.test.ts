@@ -534,3 +534,85 @@ t.test('an identity lookup authorize never awaits cannot become an unhandled rej
   const res = await server.inject({ url: '/admin', headers: { [HEADER]: access.signServiceToken() } })
   t.same([res.statusCode, res.json().code], [403, 'FST_CF_ACCESS_NO_IDENTITY'], 'refused with the lookup\'s error, and the process lives on')
 })
+
+t.test('request.cfAccessIdentity() inside authorize never answers the identity of the token the request was admitted with for another token', async (t) => {
+  const access = await emulator(t)
+  access.setIdentity('admin@acme.com', { groups: [{ id: 'g-adm', name: 'admins' }] })
+  const server = Fastify()
+  t.teardown(() => server.close())
+  await server.register(cloudflareAccess, {
+    teamDomain: access.teamDomain,
+    audience: access.audience,
+    identityTimeout: 300,
+    authorize: async (_claims, request) => {
+      try {
+        return (await request.cfAccessIdentity()).groups.some((group) => group.id === 'g-adm')
+      } catch {
+        return true // an application that admits when the lookup fails: still refused
+      }
+    }
+  })
+  server.post('/check', async (request) => (await server.cfAccess.verifyToken(String(request.body), request)).email)
+  const admin = access.signToken({ email: 'admin@acme.com' })
+  const check = (token: string) => server.inject({ method: 'POST', url: '/check', headers: { [HEADER]: admin, 'content-type': 'text/plain' }, payload: token })
+  const other = await check(access.signToken({ email: 'mallory@acme.com' }))
+  t.same([other.statusCode, other.json().code], [500, 'FST_CF_ACCESS_AUTHORIZE_FAILED'], 'another token on a request admitted with the admin\'s: refused, never the admin\'s groups')
+  t.match(other.json().message, /use identity\(\)/, 'the message says what to use instead')
+  t.equal((await check(access.signToken({ email: 'admin@acme.com' }, { expiresIn: 60 }))).statusCode, 500, 'another token of the same user: refused too')
+  t.equal((await check(admin)).body, 'admin@acme.com', 'the very token the request was admitted with: unambiguous')
+})
+
+t.test('overlapping verifications of one request: request.cfAccessIdentity() answers only when they verify the same token', async (t) => {
+  const access = await emulator(t)
+  access.setIdentity('ann@acme.com', { groups: [{ id: 'g-fin', name: 'finance' }] })
+  const server = Fastify()
+  t.teardown(() => server.close())
+  await server.register(cloudflareAccess, {
+    teamDomain: access.teamDomain,
+    audience: access.audience,
+    hook: false,
+    authorize: async (_claims, request) => {
+      await sleep(20) // the other verification starts meanwhile
+      try {
+        return (await request.cfAccessIdentity()).groups.some((group) => group.id === 'g-fin')
+      } catch {
+        return true
+      }
+    }
+  })
+  server.post('/both', async (request) => {
+    const [first, second] = String(request.body).split(' ') as [string, string]
+    const results = await Promise.allSettled([server.cfAccess.verifyToken(first, request), server.cfAccess.verifyToken(second, request)])
+    return results.map((result) => result.status === 'fulfilled' ? result.value.email : (result.reason as { code: string }).code)
+  })
+  const both = (tokens: string) => server.inject({ method: 'POST', url: '/both', headers: { 'content-type': 'text/plain' }, payload: tokens })
+  const ann = access.signToken({ email: 'ann@acme.com' })
+  const bob = access.signToken({ email: 'bob@acme.com' })
+  t.same((await both(`${bob} ${ann}`)).json(), ['FST_CF_ACCESS_AUTHORIZE_FAILED', 'FST_CF_ACCESS_AUTHORIZE_FAILED'], 'two tokens at once: neither gets the other\'s identity, both refused')
+  t.same((await both(`${ann} ${ann}`)).json(), ['ann@acme.com', 'ann@acme.com'], 'the same token twice: its identity')
+  t.same((await both(`${bob} ${bob}`)).json(), ['FST_CF_ACCESS_FORBIDDEN', 'FST_CF_ACCESS_FORBIDDEN'])
+})
+
+t.test('a verifyToken nested inside authorize leaves the outer verification\'s request.cfAccessIdentity() to the outer token', async (t) => {
+  const access = await emulator(t)
+  const server = Fastify()
+  t.teardown(() => server.close())
+  const seen: string[] = []
+  await server.register(cloudflareAccess, {
+    teamDomain: access.teamDomain,
+    audience: access.audience,
+    authorize: async (claims, request, { identity }) => {
+      const delegate = request.headers['x-delegate']
+      // The delegate's verification, nested: two tokens under way, where only identity() can tell them apart.
+      if (claims.email !== 'ann@acme.com') return (await identity()).email === claims.email
+      if (typeof delegate === 'string') seen.push((await server.cfAccess.verifyToken(delegate, request)).email as string)
+      const mine = await request.cfAccessIdentity()
+      seen.push(mine.email)
+      return mine === await identity()
+    }
+  })
+  server.get('/', async (request) => requireUser(request).email)
+  const res = await server.inject({ url: '/', headers: { [HEADER]: access.signToken({ email: 'ann@acme.com' }), 'x-delegate': access.signToken({ email: 'bob@acme.com' }) } })
+  t.equal(res.body, 'ann@acme.com', 'the outer verification admits, once the nested one is over')
+  t.same(seen, ['bob@acme.com', 'ann@acme.com'], 'each verification had its own token\'s identity')
+})

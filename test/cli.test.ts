@@ -321,6 +321,11 @@ t.test('inspect: a pasted cookie or Cookie header is read as the token; more tha
     t.match(fromStdin.out, /VALID: the plugin accepts this token/)
   }
   t.equal((await cli(['inspect', `CF_Authorization=${token}`, ...args])).code, 0, 'the cookie as the argument')
+  for (const nothing of ['', '\n', 'Cf-Access-Jwt-Assertion: ']) {
+    const none = await cli(['inspect', '-', ...args], nothing)
+    t.equal(none.code, 1, `${JSON.stringify(nothing)}: no token`)
+    t.match(none.out, /✗ token\s+expected the Cf-Access-Jwt-Assertion header or the CF_Authorization cookie — nothing was given \(empty input\)/, 'never "present"')
+  }
   const empty = await cli(['inspect', '-', ...args], 'theme=dark; CF_Authorization=; b=1')
   t.equal(empty.code, 2, 'a cookie without a value: a usage error')
   t.match(empty.err, /the pasted cookie has no CF_Authorization value/)

@@ -197,6 +197,22 @@ t.test('IdentityClient.close() ends a lookup under way at once, with a 503', asy
   t.ok(Date.now() - started < 1000, 'at once, not after the 30 s timeout')
 })
 
+t.test('IdentityClient: many lookups under way at once are no "possible memory leak" warning, and close() ends them all', async (t) => {
+  const client = new IdentityClient({ url: await identityServer(t, () => null), timeout: 30_000, ttl: 60_000, size: 100 })
+  const warnings: string[] = []
+  const onWarning = (warning: Error): void => { warnings.push(warning.name) }
+  process.on('warning', onWarning)
+  t.teardown(() => { process.off('warning', onWarning) })
+  const exp = nowSeconds() + 3600
+  // One lookup per token: 50 users arriving at once each wait on the endpoint (each listens for the close).
+  const pending = Array.from({ length: 50 }, (_, i) => client.get(`token ${i}`, exp))
+  await sleep(50)
+  client.close()
+  for (const lookup of pending) await t.rejects(lookup, { code: 'FST_CF_ACCESS_IDENTITY_UNAVAILABLE' })
+  await sleep(10) // process warnings are emitted on the next tick
+  t.same(warnings, [], 'no MaxListenersExceededWarning')
+})
+
 t.test('IdentityClient: an entry answers until its expiry, and not at it', async (t) => {
   const client = new IdentityClient({ url: await identityServer(t, () => JSON.stringify({ email: 'a@acme.com' })), timeout: 1000, ttl: 1000, size: 10 })
   const exp = nowSeconds() + 3600

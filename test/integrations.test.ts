@@ -441,8 +441,9 @@ t.test('the typed accessors wired wrong: wherever the plugin never verified, a 5
     t.equal(res.statusCode, 500, `${url}: a valid token, and the application's bug`)
     t.equal(res.json().code, 'FST_CF_ACCESS_NOT_VERIFIED')
     t.equal(res.json().message, `fastify-cloudflare-access: ${where}, which the plugin never verified: the route is outside every registration of the plugin, ` +
-      'has config.cfAccess: false, belongs to a hook: false registration without fastify.cfAccess.verify in its hooks, or the call runs in a hook ' +
-      'before the plugin\'s. Register the plugin in the route\'s scope, add fastify.cfAccess.verify to the route, or call it from the handler')
+      'has config.cfAccess: false, belongs to a hook: false registration without fastify.cfAccess.verify in its hooks, a wrapper such as @fastify/auth ' +
+      'let the request through by another strategy before verify ran, or the call runs in a hook before the plugin\'s. Register the plugin in the ' +
+      'route\'s scope, add fastify.cfAccess.verify to the route, or call it from the handler; behind a wrapper, read request.cfAccess')
   }
   t.equal((await app.inject({ url: '/admin/verified', headers: { [HEADER]: token } })).body, 'ann@acme.com')
   t.equal(seen.length, 5, 'the root hook saw every request')
@@ -466,8 +467,12 @@ t.test('the typed accessors where the plugin verified and admitted no token: 401
     if (request.headers['x-api-key'] !== 'k') throw Object.assign(new Error('bad API key'), { statusCode: 401 })
   }
   chained.get('/either', { onRequest: chained.auth([chained.cfAccess.verify, apiKey]) }, async (request) => requireClaims(request))
+  chained.get('/key-first', { onRequest: chained.auth([apiKey, chained.cfAccess.verify]) }, async (request) => requireClaims(request))
   const swallowed = await chained.inject({ url: '/either', headers: { 'x-api-key': 'k', [HEADER]: 'garbage' } })
   t.same([swallowed.statusCode, swallowed.json().code], [401, 'FST_CF_ACCESS_TOKEN_MISSING'], 'a refusal an "or" chain swallowed: still no claims')
+  const skipped = await chained.inject({ url: '/key-first', headers: { 'x-api-key': 'k' } })
+  t.same([skipped.statusCode, skipped.json().code], [500, 'FST_CF_ACCESS_NOT_VERIFIED'], 'an "or" chain that admitted by the API key before verify ran: the plugin never looked')
+  t.match(skipped.json().message, /a wrapper such as @fastify\/auth let the request through by another strategy before verify ran.*behind a wrapper, read request\.cfAccess/, 'and the message names that case')
 })
 
 const PREFLIGHT = { origin: 'https://app.acme.com', 'access-control-request-method': 'GET', 'access-control-request-headers': 'cf-access-jwt-assertion' }
@@ -521,6 +526,36 @@ t.test('corsPreflight: only a real preflight skips verification; a tokened reque
     }
     const unanswered = await app.inject({ method: 'OPTIONS', url: '/x', headers: { ...PREFLIGHT, [HEADER]: token } })
     t.equal(unanswered.statusCode, 401, `${hook}: a real preflight nothing answers is refused, token or not`)
+  }
+})
+
+t.test('corsPreflight: a public route (config.cfAccess: false) and an optional route answer an OPTIONS shaped as a preflight as without the option', async (t) => {
+  const access = await emulator(t)
+  for (const hook of ['onRequest', 'preHandler'] as const) {
+    const app = Fastify()
+    t.teardown(() => app.close())
+    app.register(async (site) => {
+      await site.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience, hook, corsPreflight: true })
+      site.options('/public', { config: { cfAccess: false } }, async () => 'public preflight')
+      site.options('/optional', { config: { cfAccess: { required: false } } }, async (request) => request.cfAccess?.email ?? 'anonymous')
+      site.options('/private', async () => 'private')
+    })
+    app.register(async (optional) => {
+      await optional.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience, hook, corsPreflight: true, required: false })
+      optional.options('/all-optional', async () => 'anonymous')
+    })
+    app.register(async (policy) => {
+      await policy.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience, hook, corsPreflight: true, allow: { emails: ['ann@acme.com'] } })
+      policy.options('/policy', async () => 'policy')
+    })
+    const preflight = (url: string, headers = {}) => app.inject({ method: 'OPTIONS', url, headers: { ...PREFLIGHT, ...headers } })
+    t.equal((await preflight('/public')).body, 'public preflight', `${hook}: the public route answers`)
+    t.equal((await preflight('/optional')).body, 'anonymous', `${hook}: the optional route answers without a token`)
+    t.equal((await preflight('/all-optional')).body, 'anonymous', `${hook}: so does a route of an optional registration`)
+    t.equal((await preflight('/optional', { [HEADER]: access.signToken({ email: 'ann@acme.com' }) })).body, 'ann@acme.com', `${hook}: a token there is verified`)
+    t.equal((await preflight('/optional', { [HEADER]: 'not.a.token' })).statusCode, 401, `${hook}: a bad one refused`)
+    t.equal((await preflight('/private')).statusCode, 401, `${hook}: a protected route still refuses it`)
+    t.equal((await preflight('/policy')).statusCode, 401, `${hook}: so does a route under a plugin-level policy`)
   }
 })
 
