@@ -42,6 +42,8 @@ export default {
     'lib/policy.ts',
     'lib/scopes.ts',
     'lib/routes.ts',
+    'lib/route-config.ts',
+    'lib/suggest.ts',
     'lib/unguarded.ts',
     'lib/optional.ts',
     'lib/preflight.ts',

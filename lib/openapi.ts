@@ -1,6 +1,7 @@
 /** OpenAPI descriptions for @fastify/swagger: the two token carriers as security schemes, and a transform that marks protected routes. */
-import type { FastifyInstance, FastifySchema, RouteOptions } from 'fastify'
+import type { FastifySchema, RouteOptions } from 'fastify'
 import { isOptional } from './optional'
+import { NO_RULE, type RouteConsumer } from './route-config'
 import type { CloudflareAccessHook } from './types'
 
 /**
@@ -87,23 +88,22 @@ function runs (route: RouteOptions, fn: unknown): boolean {
 }
 
 /**
- * Records, as each route is added to this scope (or its children), whether the plugin protects it, for
- * {@link cloudflareAccessTransform}. Called once by the plugin body. Routes added before the plugin in
- * the same scope are not seen (register the plugin first, as the README says).
+ * Records, for {@link cloudflareAccessTransform}, whether the plugin protects each route added to this scope
+ * (or its children), as lib/route-config.ts's pass reads it. Routes added before the plugin in the same
+ * scope are not seen (register the plugin first, as the README says).
  */
-export function describeRoutes (fastify: FastifyInstance, options: { hook: CloudflareAccessHook, required: boolean }, verify: unknown): void {
+export function describeRoutes (options: { hook: CloudflareAccessHook, required: boolean }, verify: unknown): RouteConsumer {
   const { hook, required } = options
-  fastify.addHook('onRoute', (route: RouteOptions) => {
-    const config = (route.config as { cfAccess?: unknown } | undefined)?.cfAccess
+  return (route, rule) => {
     let protection: Protection | undefined
-    if (config === false) protection = 'open'
-    else if (hook !== false && isOptional(config, required)) protection = 'optional'
+    if (rule.skip) protection = 'open'
+    else if (hook !== false && isOptional(rule, required)) protection = 'optional'
     // A route policy is never served open (the plugin refuses or enforces it), so it is protected too.
-    else if (hook !== false || typeof config === 'object' || runs(route, verify)) protection = 'required'
+    else if (hook !== false || rule !== NO_RULE || runs(route, verify)) protection = 'required'
     // Otherwise (hook: false, no verify of its own) the route may still be protected by a scope hook or a
     // wrapper the plugin cannot see: it is left undescribed, and its own schema.security decides.
     if (protection !== undefined) (route as RouteOptions & { [kProtection]?: Protection })[kProtection] = protection
-  })
+  }
 }
 
 function namesScheme (security: unknown): boolean {

@@ -7,11 +7,12 @@ import { KeyStore } from './keys'
 import { pluginLogger } from './log'
 import { decorateLogout } from './logout'
 import { describeRoutes } from './openapi'
-import { isOptional, watchRequirements } from './optional'
+import { isOptional } from './optional'
 import { normalizeOptions, warnIfAudienceUnusual, warnIfLoopbackInProduction } from './options'
 import { admits, IdentityLookups, identityWhileVerifying, type CompiledPolicy, type Verification } from './policy'
 import { addScopeHook } from './preflight'
-import { watchRoutes } from './routes'
+import { NO_RULE, ruleOf, watchRouteConfig, type RouteRule } from './route-config'
+import { guardRoutePolicies } from './routes'
 import { checkScope, claimScope } from './scopes'
 import { trackStatus } from './status'
 import { watchUnguarded } from './unguarded'
@@ -23,7 +24,7 @@ const RETRY_AFTER = String(RETRY_AFTER_SECONDS)
 
 /** Where the verified token waits for `request.cfAccessIdentity()`: private, never serialised. */
 const kToken = Symbol('fastify-cloudflare-access.token')
-/** The route `config.cfAccess` (or `true` for none) whose policies admitted the request: private. */
+/** The route's rule (lib/route-config.ts) whose policies admitted the request: private. */
 const kAdmitted = Symbol('fastify-cloudflare-access.admitted')
 /** While policies run on the request: each verification under way (several only when they overlap), for `request.cfAccessIdentity()`. */
 const kVerifying = Symbol('fastify-cloudflare-access.verifying')
@@ -31,7 +32,7 @@ const kVerifying = Symbol('fastify-cloudflare-access.verifying')
 type Request = FastifyRequest & {
   [kLookedAt]: boolean
   [kToken]: string | null
-  [kAdmitted]: object | true | null
+  [kAdmitted]: RouteRule | null
   [kVerifying]: Verification[] | null
 }
 type Done = (error?: Error) => void
@@ -95,10 +96,12 @@ export async function cloudflareAccess (fastify: FastifyInstance, rawOptions: Fa
     throw Object.assign(new ForbiddenError(), { route, subject: subjectOf(claims), grants })
   }
 
-  /** Every policy that applies: the plugin's, then the route's (`routeConfig` undefined: none). */
-  async function enforceAll (claims: CloudflareAccessClaims, token: string, request: FastifyRequest, routeConfig: object | undefined): Promise<void> {
+  /** Every policy that applies: the plugin's, then the route's. */
+  async function enforceAll (claims: CloudflareAccessClaims, token: string, request: FastifyRequest, rule: RouteRule): Promise<void> {
     if (options.policy !== null) await enforce(options.policy, claims, token, request)
-    if (routeConfig !== undefined) await enforce(routes.policyOf(routeConfig), claims, token, request)
+    // A value no registration could check at boot (lib/route-config.ts): refused, never read as "no policy".
+    if (rule.error !== null) throw rule.error
+    if (rule.policy !== null) await enforce(rule.policy, claims, token, request)
   }
 
   /** Clears what an earlier admission set, tells a 503's client when to come back, and hands the error on. */
@@ -115,11 +118,10 @@ export async function cloudflareAccess (fastify: FastifyInstance, rawOptions: Fa
     return error
   }
 
-  function accept (request: FastifyRequest, token: string, claims: CloudflareAccessClaims, routeConfig: object | undefined, cached: boolean): void {
+  function accept (request: FastifyRequest, token: string, claims: CloudflareAccessClaims, rule: RouteRule, cached: boolean): void {
     const req = request as Request
     req[kToken] = token
-    // Stryker disable next-line BooleanLiteral: equivalent, any value that is neither null nor a route config marks an admission without a route policy
-    req[kAdmitted] = routeConfig ?? true
+    req[kAdmitted] = rule
     req.cfAccess = claims
     channels.accepted.hasSubscribers && channels.accepted.publish({ route: request.routeOptions.url, kind: isServiceToken(claims) ? 'service' : 'user', cached })
   }
@@ -130,11 +132,11 @@ export async function cloudflareAccess (fastify: FastifyInstance, rawOptions: Fa
   }
 
   /** The slow path: a key to fetch, or policies to apply. Rejects with an Error, always. */
-  async function authenticateAsync (request: FastifyRequest, reply: FastifyReply, token: string, pending: CloudflareAccessClaims | Promise<CloudflareAccessClaims>, routeConfig: object | undefined, cached: boolean): Promise<void> {
+  async function authenticateAsync (request: FastifyRequest, reply: FastifyReply, token: string, pending: CloudflareAccessClaims | Promise<CloudflareAccessClaims>, rule: RouteRule, cached: boolean): Promise<void> {
     try {
       const claims = await pending
-      await enforceAll(claims, token, request, routeConfig)
-      accept(request, token, claims, routeConfig, cached)
+      await enforceAll(claims, token, request, rule)
+      accept(request, token, claims, rule, cached)
     } catch (error) {
       throw rejected(request, reply, toError(error)) // an Error of `authorize` goes on unchanged
     }
@@ -146,30 +148,28 @@ export async function cloudflareAccess (fastify: FastifyInstance, rawOptions: Fa
    * `ownHook`: called as the plugin's scope hook, the only caller that honours `config.cfAccess: false`.
    */
   function authenticate (request: FastifyRequest, reply: FastifyReply, ownHook: boolean): undefined | Error | Promise<void> {
-    let routeConfig = request.routeOptions.config.cfAccess as object | false | undefined
-    if (routeConfig === false) {
-      if (ownHook) return undefined
-      routeConfig = undefined
-    }
-    (request as Request)[kLookedAt] = true
+    const rule = ruleOf(request.routeOptions.config)
+    if (rule.skip && ownHook) return undefined
+    const req = request as Request
+    req[kLookedAt] = true
     const token = readToken(request.headers)
     // Never optional under a plugin-level policy (refused at boot; also for a route the boot could not see)
-    if (token === undefined && ownHook && options.policy === null && isOptional(routeConfig, options.required)) return undefined
+    if (token === undefined && ownHook && options.policy === null && isOptional(rule, options.required)) return undefined
     const before = hits()
     const claims = verifier.verify(token)
     if (claims instanceof Error) return rejected(request, reply, claims)
     const cached = hits() !== before
-    if (claims instanceof Promise || options.policy !== null || routeConfig !== undefined) {
-      return authenticateAsync(request, reply, token as string, claims, routeConfig, cached)
+    if (claims instanceof Promise || options.policy !== null || rule.policy !== null || rule.error !== null) {
+      return authenticateAsync(request, reply, token as string, claims, rule, cached)
     }
-    accept(request, token as string, claims, undefined, cached)
+    accept(request, token as string, claims, rule, cached)
     return undefined
   }
 
   /** Whether the scope hook lets this request through without a token: a `config.cfAccess: false` or an optional route. */
   function tokenOptional (request: FastifyRequest): boolean {
-    const routeConfig = request.routeOptions.config.cfAccess as object | false | undefined
-    return routeConfig === false || (options.policy === null && isOptional(routeConfig, options.required))
+    const rule = ruleOf(request.routeOptions.config)
+    return rule.skip || (options.policy === null && isOptional(rule, options.required))
   }
 
   /** The scope hook, callback style: no promise and no exception on the synchronous path. */
@@ -190,9 +190,9 @@ export async function cloudflareAccess (fastify: FastifyInstance, rawOptions: Fa
   async function verifyToken (token: string, request?: FastifyRequest): Promise<CloudflareAccessClaims> {
     const claims = await verifier.verify(token)
     if (claims instanceof Error) throw claims
-    const routeConfig = request?.routeOptions.config.cfAccess
-    // (null is refused when a route is added, and by policyOf)
-    const policies = [options.policy, typeof routeConfig === 'object' ? routes.policyOf(routeConfig as object) : null]
+    const rule = request === undefined ? NO_RULE : ruleOf(request.routeOptions.config)
+    if (rule.error !== null) throw rule.error
+    const policies = [options.policy, rule.policy]
     for (const policy of policies) {
       if (policy === null) continue
       if (request === undefined && policy.authorize !== null) {
@@ -203,11 +203,15 @@ export async function cloudflareAccess (fastify: FastifyInstance, rawOptions: Fa
     return claims
   }
 
-  function isAdmitted (request: FastifyRequest, config: object): boolean {
-    return (request as Request)[kAdmitted] === config
+  function isAdmitted (request: FastifyRequest, rule: RouteRule): boolean {
+    return (request as Request)[kAdmitted] === rule
   }
 
-  const routes = watchRoutes(fastify, verify, isAdmitted, verify)
+  const routes = guardRoutePolicies(fastify, isAdmitted, verify)
+  const checkRoute = watchRouteConfig(fastify, { hook: options.hook, required: options.required, hasPolicy: options.policy !== null, verify }, [
+    routes.guard,
+    describeRoutes(options, verify)
+  ])
 
   const status = trackStatus(fastify, options, store, verifier, () => identities.size)
   const decorator: CloudflareAccessDecorator = { verify, verifyToken, status }
@@ -235,13 +239,12 @@ export async function cloudflareAccess (fastify: FastifyInstance, rawOptions: Fa
     // A route with a policy added before the plugin is not guarded by watchRoutes: enforce it up front.
     fastify.addHook('onRequest', function cfAccessEarlyRoutePolicy (request: FastifyRequest, reply: FastifyReply, done: Done) {
       const { config } = request.routeOptions
-      if (config.cfAccess === undefined || config.cfAccess === false || routes.guards(config)) return done()
+      const rule = ruleOf(config)
+      if (rule === NO_RULE || rule.skip || routes.guards(config)) return done()
       verify(request, reply).then(() => done(), done)
     })
   }
-  const checkRequirements = watchRequirements(fastify, options.hook, options.required, options.policy !== null)
-  describeRoutes(fastify, options, verify)
-  watchUnguarded({ scope: fastify, verify, check (route) { routes.check(route); checkRequirements(route) } }, log)
+  watchUnguarded({ scope: fastify, verify, check: checkRoute }, log)
   fastify.addHook('onReady', async () => {
     store.start()
     // Availability first by default; with waitForKeys, a deploy that cannot reach Cloudflare fails to start.

@@ -1,7 +1,6 @@
 import type { FastifyRequest } from 'fastify'
 import { isServiceToken } from './claims'
 import { AuthorizeFailedError, AuthorizeTimeoutError, toError } from './errors'
-import { checkRouteRequired } from './optional'
 import { didYouMean } from './suggest'
 import { membershipOf } from './identity'
 import type { CloudflareAccessAuthorize, CloudflareAccessClaims, CloudflareAccessIdentity } from './types'
@@ -25,7 +24,6 @@ export interface CompiledPolicy {
 }
 
 const ALLOW_KEYS = new Set(['emails', 'emailDomains', 'groups', 'groupIds', 'serviceTokens'])
-const POLICY_KEYS = new Set(['allow', 'authorize', 'required'])
 const NO_SPACE = /^[^\s]+$/
 /** A domain as `allow.emailDomains` takes it: lowercase ASCII labels, two or more (the dev proxy's login checks emails with it). */
 export const DOMAIN = /^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)+$/
@@ -103,22 +101,6 @@ export function compilePolicy (where: string, allow: unknown, authorize: unknown
     authorize: check,
     grantKinds
   }
-}
-
-/** Validates and compiles a route's `config.cfAccess`. */
-export function compileRouteConfig (where: string, value: unknown): CompiledPolicy {
-  if (value === null || typeof value !== 'object' || Array.isArray(value)) {
-    fail(where, 'config.cfAccess must be false or a policy { allow?, authorize? }')
-  }
-  const policy = value as Record<string, unknown>
-  for (const key of Object.keys(policy)) {
-    if (!POLICY_KEYS.has(key)) fail(where, `unknown key "config.cfAccess.${key}";${didYouMean(key, POLICY_KEYS)} known: allow, authorize, required`)
-  }
-  checkRouteRequired(where, policy)
-  if (policy.allow === undefined && policy.authorize === undefined && policy.required === undefined) {
-    fail(where, 'config.cfAccess needs "allow", "authorize" or "required" (or false to skip verification)')
-  }
-  return compilePolicy(where, policy.allow, policy.authorize)
 }
 
 /**

@@ -1,9 +1,7 @@
-/** Route-level `config.cfAccess`: validated at boot, and a route policy enforced whatever else the route runs. */
+/** Route policies: a route's `config.cfAccess` policy enforced whatever else the route runs. */
 import type { FastifyInstance, FastifyReply, FastifyRequest, RouteOptions } from 'fastify'
 import { toError } from './errors'
-import { hasPolicy } from './optional'
-import { compileRouteConfig, type CompiledPolicy } from './policy'
-import type { CloudflareAccessPolicy, CloudflareAccessRouteConfig } from './types'
+import type { RouteConsumer, RouteRule } from './route-config'
 
 type Hook = (request: FastifyRequest, reply: FastifyReply) => Promise<void>
 type Done = (error?: Error) => void
@@ -16,72 +14,26 @@ const kGuarded = Symbol('fastify-cloudflare-access.guarded')
 
 interface Mark { guarded: boolean }
 
-export interface RoutePolicies {
-  /** The compiled policy of a route's `config.cfAccess` object (compiled on first use for a route added before the plugin). */
-  policyOf: (config: object) => CompiledPolicy
-  /**
-   * Validates a route's `config.cfAccess` as the route's `onRoute` pass does (throws naming the route), for a
-   * route added before the plugin, which that pass never saw.
-   */
-  check: (route: RouteOptions) => void
+export interface RouteGuards {
+  /** For lib/route-config.ts's pass: guards a route with a policy. */
+  guard: RouteConsumer
   /** Whether the route whose `config` (`request.routeOptions.config`) this is was seen being added (and so is guarded). */
   guards: (routeConfig: object) => boolean
 }
 
 /**
- * Watches the routes of the scope: validates each `config.cfAccess` when the route is added (a bad one fails
- * the boot), refuses `false` next to an explicit `verify` (a contradiction), and appends to every route with
- * a policy a last `preHandler` that runs `enforce` unless `isAdmitted` says this very policy already admitted
- * the request. So a route's policy holds even when nothing else verifies it (`hook: false` without `verify`),
- * or when a wrapper swallows `verify`'s rejection (an `@fastify/auth` "or" chain).
+ * Appends to every route with a policy a last `preHandler` that runs `enforce` unless `isAdmitted` says
+ * this very rule already admitted the request. So a route's policy holds even when nothing else verifies
+ * it (`hook: false` without `verify`), or when a wrapper swallows `verify`'s rejection (an `@fastify/auth`
+ * "or" chain).
  */
-export function watchRoutes (
+export function guardRoutePolicies (
   fastify: FastifyInstance,
-  verify: Hook,
-  isAdmitted: (request: FastifyRequest, config: object) => boolean,
+  isAdmitted: (request: FastifyRequest, rule: RouteRule) => boolean,
   enforce: Hook
-): RoutePolicies {
-  const compiled = new WeakMap<object, CompiledPolicy>()
+): RouteGuards {
   /** Guarded routes until `onReady` checks that their guard is still among their hooks. */
   let unchecked: Array<{ route: RouteOptions, guard: unknown, mark: Mark }> = []
-
-  /** Validates the route's config (a bad one throws) and compiles a policy; returns the config, or undefined when there is none to guard. */
-  function check (route: RouteOptions): object | undefined {
-    const config = (route.config as { cfAccess?: unknown } | undefined)?.cfAccess
-    if (config === undefined) return undefined
-    const where = `route ${String(route.method)} ${route.url}`
-    if (config === false) {
-      const hooks = [route.onRequest, route.preHandler].flat()
-      if (hooks.includes(verify)) {
-        throw new Error(`fastify-cloudflare-access: ${where}: config.cfAccess is false (no verification) but the route also runs fastify.cfAccess.verify; remove one of them`)
-      }
-      return undefined
-    }
-    compiled.set(config as object, compileRouteConfig(where, config))
-    return config as object
-  }
-
-  fastify.addHook('onRoute', (route: RouteOptions) => {
-    const config = check(route)
-    if (config === undefined) return
-    if (!hasPolicy(config)) {
-      // Only `required` (lib/optional.ts): nothing to guard, but pinned like a policy (see below).
-      route.config = { ...route.config, cfAccess: config as CloudflareAccessRouteConfig } as RouteOptions['config']
-      return
-    }
-    // Fastify copies the route's own enumerable config into the route: pin the policy validated here (an
-    // inherited or getter `cfAccess` would vanish from the copy) and mark this route, not the policy object
-    // (which a route added before the plugin, unguarded, may share).
-    const mark: Mark = { guarded: true }
-    route.config = { ...route.config, cfAccess: config as CloudflareAccessPolicy, [kGuarded]: mark } as RouteOptions['config']
-    // Callback style: no promise on the common path, where the scope hook already admitted the request.
-    const guard = function cfAccessRoutePolicy (request: FastifyRequest, reply: FastifyReply, done: Done): void {
-      if (isAdmitted(request, config)) done()
-      else enforce(request, reply).then(() => done(), (error: unknown) => done(toError(error)))
-    }
-    route.preHandler = [route.preHandler ?? []].flat().concat(guard as unknown as Hook)
-    unchecked.push({ route, guard, mark })
-  })
 
   // An onRoute hook added after ours may assign route.preHandler and drop the guard. Fastify has built the
   // routes' hooks from those same route options by now: a route that lost its guard is unmarked, and
@@ -96,15 +48,18 @@ export function watchRoutes (
   })
 
   return {
-    check (route) { check(route) },
-    policyOf (config) {
-      let policy = compiled.get(config)
-      if (policy === undefined) {
-        // Stryker disable next-line StringLiteral: message text only
-        policy = compileRouteConfig('a route', config)
-        compiled.set(config, policy)
+    guard (route, rule) {
+      if (rule.policy === null) return
+      // Marked on this route's own copy of its config (lib/route-config.ts pinned the rule there).
+      const mark: Mark = { guarded: true }
+      route.config = { ...route.config, [kGuarded]: mark } as RouteOptions['config']
+      // Callback style: no promise on the common path, where the scope hook already admitted the request.
+      const guard = function cfAccessRoutePolicy (request: FastifyRequest, reply: FastifyReply, done: Done): void {
+        if (isAdmitted(request, rule)) done()
+        else enforce(request, reply).then(() => done(), (error: unknown) => done(toError(error)))
       }
-      return policy
+      route.preHandler = [route.preHandler ?? []].flat().concat(guard as unknown as Hook)
+      unchecked.push({ route, guard, mark })
     },
     guards: (routeConfig) => (routeConfig as { [kGuarded]?: Mark })[kGuarded]?.guarded === true
   }

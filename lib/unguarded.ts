@@ -2,7 +2,7 @@
 import diagnostics from 'node:diagnostics_channel'
 import type { FastifyBaseLogger, FastifyInstance, FastifyReply, FastifyRequest, RouteOptions } from 'fastify'
 import { RouteUnguardedError } from './errors'
-import { compileRouteConfig } from './policy'
+import { asksNothing, hasRouteConfig, pinRouteConfig, ruleOf, ruleOfRoute } from './route-config'
 import { guardOf } from './scopes'
 
 // Fastify gives a plugin no list of an app's routes, and an `onRoute` hook added by a plugin sees only the
@@ -62,12 +62,8 @@ function see (message: unknown): void {
   root.addHook('onRoute', function cfAccessSeeRoute (this: object, route: RouteOptions) {
     app.seen.add(route)
     app.routes.push({ route, scope: this })
-    // Fastify copies only the config's own enumerable properties into the route: an inherited, getter or
-    // non-enumerable `cfAccess` would be checked here but vanish from the route. Pinned as an own property.
-    const cfAccess = configOf(route)
-    if (cfAccess !== undefined && !Object.prototype.propertyIsEnumerable.call(route.config, 'cfAccess')) {
-      route.config = { ...route.config, cfAccess } as RouteOptions['config']
-    }
+    // A route added before the plugin is checked here, and enforced from what Fastify copies into the route.
+    pinRouteConfig(route)
   })
   root.addHook('onReady', function cfAccessUnguardedRoutes (done) {
     const { routes } = app
@@ -84,25 +80,6 @@ if (previous !== undefined) diagnostics.unsubscribe('fastify.initialization', pr
 initialization[kSubscriber] = see
 diagnostics.subscribe('fastify.initialization', see)
 
-function configOf (route: RouteOptions): unknown {
-  return (route.config as { cfAccess?: unknown } | undefined)?.cfAccess
-}
-
-/**
- * Whether a `config.cfAccess` asks for no protection, so that it may stand outside every registration:
- * `false`, and a valid `{ required: false }` (no policy). Anything else — `{ required: true }`, a policy, a
- * value the plugin would refuse (`'yes'`, `null`, unknown keys) — states protection.
- */
-export function asksNothing (config: unknown): boolean {
-  if (config === undefined || config === false) return true
-  try {
-    compileRouteConfig('', config)
-  } catch {
-    return false
-  }
-  return (config as { required?: unknown }).required === false
-}
-
 /**
  * The boot's refusal, or undefined: every route that states protection no registration gives, and every
  * invalid `config.cfAccess` of a route added before the plugin, in one error.
@@ -111,12 +88,11 @@ function unguardedError (routes: SeenRoute[], registrations: App['registrations'
   const unguarded = new Map<string, Set<string>>()
   const invalid: string[] = []
   for (const { route, scope } of routes) {
-    const config = configOf(route)
-    if (config === undefined) continue
+    if (!hasRouteConfig(route)) continue
     const guard = guardOf(scope)
     let registration: (Registration & { saw: WeakSet<RouteOptions> }) | undefined
     if (guard === undefined) {
-      if (asksNothing(config)) continue
+      if (asksNothing(ruleOfRoute(route))) continue
       // Outside every registration's scope, a route that runs a registration's own `verify` before its
       // handler is guarded by that registration (verify applies the route's policy): checked as its route.
       const hooks: unknown[] = [route.onRequest, route.preParsing, route.preValidation, route.preHandler].flat()
@@ -191,8 +167,7 @@ function refuseAtRequestTime (root: FastifyInstance, log: FastifyBaseLogger, why
   )
   // A lifecycle hook added to the root reaches every scope, those created before included.
   root.addHook('onRequest', function cfAccessUnguardedRoute (request: FastifyRequest, _reply: FastifyReply, done: (error?: Error) => void) {
-    const config = request.routeOptions.config.cfAccess
-    if (config === undefined || guardOf(request.server) !== undefined || asksNothing(config)) {
+    if (asksNothing(ruleOf(request.routeOptions.config)) || guardOf(request.server) !== undefined) {
       done()
       return
     }

@@ -23,6 +23,10 @@ const manifest = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')) as
 const npmCache = mkdtempSync(join(tmpdir(), 'cf-access-npm-cache-'))
 const env = { ...process.env, npm_config_cache: npmCache, npm_config_offline: 'true', npm_config_audit: 'false', npm_config_fund: 'false', npm_config_update_notifier: 'false' }
 
+// npm pack, npm install, three TypeScript compilations and CLI runs: on a loaded machine the file takes far
+// longer than its CPU time.
+t.setTimeout(360_000)
+
 let scratch = ''
 let tarball = ''
 /** `npx fastify-cloudflare-access demo` before fastify was installed (null: it succeeded). */

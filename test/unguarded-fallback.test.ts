@@ -1,4 +1,4 @@
-import Fastify from 'fastify'
+import Fastify, { type FastifyInstance } from 'fastify'
 import t from 'tap'
 import { createAccessEmulator } from '../lib/testing'
 
@@ -28,12 +28,20 @@ t.test('routes outside every registration are refused at request time, guarded o
     sibling.get('/report', { config: { cfAccess: { required: true } } }, async () => 'report')
     sibling.get('/odd', { config: { cfAccess: 'yes' as never } }, async () => 'odd')
   }, { prefix: '/sibling' })
+  // A root hook of the application's, ahead of everything the plugin adds, that checks tokens itself
+  const checked: unknown[] = []
+  let siteAccess: FastifyInstance['cfAccess'] | undefined
+  app.addHook('onRequest', async (request) => {
+    const token = request.headers['x-token']
+    if (typeof token === 'string') checked.push(await siteAccess?.verifyToken(token, request).then(() => 'admitted', (error: Error) => error.message))
+  })
   app.register(async (site) => {
     site.get('/odd', { config: { cfAccess: 'yes' as never } }, async () => 'odd')
     site.get('/null', { config: { cfAccess: null as never } }, async () => 'null')
     // A policy that came out undefined (allow: process.env.X ? ... : undefined): refused at boot where seen
     site.get('/unsaid', { config: { cfAccess: { allow: undefined } } }, async () => 'unsaid')
     await site.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience, required: false })
+    siteAccess = site.cfAccess
     site.get('/', async () => 'site')
   }, { prefix: '/site' })
   app.register(async (finance) => {
@@ -67,6 +75,10 @@ t.test('routes outside every registration are refused at request time, guarded o
   t.equal((await app.inject({ url: '/finance/maybe', headers: { 'cf-access-jwt-assertion': cfo } })).statusCode, 200)
   t.equal((await app.inject('/site/')).statusCode, 200, 'an optional registration')
   t.equal((await app.inject('/site/odd')).statusCode, 401, 'an odd config added before it, unseen by the boot, is not optional')
+  const odd = await app.inject({ url: '/site/odd', headers: { 'cf-access-jwt-assertion': cfo } })
+  t.same([odd.statusCode, odd.json().message], [500, 'fastify-cloudflare-access: a route: config.cfAccess must be false or a policy { allow?, authorize? }'], 'and with a valid token, refused: never read as "no policy"')
+  await app.inject({ url: '/site/odd', headers: { 'x-token': cfo } })
+  t.same(checked, ['fastify-cloudflare-access: a route: config.cfAccess must be false or a policy { allow?, authorize? }'], 'verifyToken(token, request) on that route refuses too')
   t.equal((await app.inject('/site/null')).statusCode, 401, 'nor is null')
   t.equal((await app.inject('/site/unsaid')).statusCode, 401, 'nor one that says neither a policy nor required')
 

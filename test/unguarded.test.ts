@@ -5,7 +5,7 @@ import t, { type Test } from 'tap'
 import cloudflareAccess, { errorCodes } from '../index'
 import type { AccessEmulator } from '../lib/testing'
 import type { CloudflareAccessRouteConfig, FastifyCloudflareAccessOptions } from '../lib/types'
-import { asksNothing } from '../lib/unguarded'
+import { asksNothing as asksNothingRule, ruleOf } from '../lib/route-config'
 import { captureLogs, emulator, HEADER } from './helpers'
 
 // Protection a user writes must protect or stop the boot: a route whose config.cfAccess states protection
@@ -13,6 +13,11 @@ import { captureLogs, emulator, HEADER } from './helpers'
 // registrations were added. Never a 200 without a token.
 
 const UNGUARDED = /fastify-cloudflare-access: (a route states|\d+ routes state) Cloudflare Access protection \(config\.cfAccess\) that no registration of the plugin gives/
+/** Whether a route with this `config.cfAccess` asks for no protection (lib/route-config.ts reads it). */
+function asksNothing (cfAccess: unknown): boolean {
+  return asksNothingRule(ruleOf({ cfAccess }))
+}
+
 const POLICY: CloudflareAccessRouteConfig = { allow: { emails: ['cfo@acme.com'] } }
 
 let access: AccessEmulator
