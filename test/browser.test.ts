@@ -1,12 +1,11 @@
 import { accessSync, constants, mkdtempSync, rmSync } from 'node:fs'
-import http from 'node:http'
-import type { AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
 import { delimiter, join } from 'node:path'
 import puppeteer, { type Browser, type HTTPResponse, type Page } from 'puppeteer-core'
 import t, { type Test } from 'tap'
 import { buildBrowserApp } from '../examples/browser'
 import { createDevProxy, LOGIN_PATH } from '../lib/dev-proxy'
+import { freePort } from './helpers'
 
 // A real browser (Debian's Chromium, driven by puppeteer-core) through the dev proxy, in front of
 // examples/browser.ts: a public page, the login page, a protected page, a fetch, a WebSocket, a page for one
@@ -45,15 +44,6 @@ if (!['', 'skip', 'require'].includes(mode)) {
 } else {
   t.setTimeout(60_000)
   t.test('a browser through the dev proxy: public page, login, page, fetch, WebSocket, group id, refused page, logout by link and form', (t) => flow(t, executablePath))
-}
-
-/** A port that was free a moment ago: the app's, which the proxy must know before the app can know the proxy. */
-async function freePort (): Promise<number> {
-  const server = http.createServer()
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
-  const { port } = server.address() as AddressInfo
-  await new Promise((resolve) => server.close(resolve))
-  return port
 }
 
 async function flow (t: Test, executable: string): Promise<void> {

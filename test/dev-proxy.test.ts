@@ -9,7 +9,7 @@ import cloudflareAccess from '../index'
 import { groupId } from '../lib/dev-pages'
 import { createDevProxy, DEV_AUDIENCE, LOGIN_PATH, type DevProxy, type DevProxyOptions } from '../lib/dev-proxy'
 import { signJwt } from '../lib/testing'
-import { attackerKey, decode, eventually, listeners, nowSeconds, rawToken } from './helpers'
+import { attackerKey, decode, eventually, freePort, listeners, nowSeconds, rawToken } from './helpers'
 
 // The dev proxy over real HTTP, as a browser uses it: a cookie jar, the login page, an app behind it that
 // registers the real plugin with the options the proxy prints, and WebSockets through it.
@@ -48,15 +48,6 @@ function send (port: number, options: { method?: string, path?: string, headers?
     req.on('error', reject)
     req.end(options.body)
   })
-}
-
-/** A port nothing listens on. */
-async function closedPort (): Promise<number> {
-  const server = http.createServer()
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
-  const { port } = server.address() as AddressInfo
-  await new Promise((resolve) => server.close(resolve))
-  return port
 }
 
 const keys: [KeyObject, KeyObject] = [generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey, generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey]
@@ -369,7 +360,7 @@ t.test('WebSocket upgrades go through with a token; without a login they are ref
 })
 
 t.test('the app down: a 502 page, for requests and upgrades alike', async (t) => {
-  const downPort = await ownProxy(t, `http://127.0.0.1:${await closedPort()}`)
+  const downPort = await ownProxy(t, `http://127.0.0.1:${await freePort()}`)
   const jar = new Jar()
   await login(jar, { email: 'a@b.c' }, {}, downPort)
   const res = await send(downPort, { path: '/', jar })
@@ -516,7 +507,7 @@ t.test('start-up errors name the problem', async (t) => {
   ]
   const before = await listeners()
   for (const [options, message] of cases) await t.rejects(createDevProxy({ privateKeys: keys, ...options }), message)
-  const free = await closedPort()
+  const free = await freePort()
   for (const host of ['127.0.0.1', 'localhost']) {
     await t.rejects(createDevProxy({ upstream: `http://${host}:${free}`, port: free, privateKeys: keys }), /is the proxy itself/, host)
   }
@@ -672,7 +663,7 @@ t.test("the client's address is the edge's: CF-Connecting-IP and X-Forwarded-For
 })
 
 t.test('one listener: the emulator serves the Access endpoints through the proxy, on no port of its own', async (t) => {
-  const upstream = `http://127.0.0.1:${await closedPort()}`
+  const upstream = `http://127.0.0.1:${await freePort()}`
   const before = await listeners()
   const other = await createDevProxy({ upstream, port: 0, privateKeys: keys })
   t.equal(await listeners(), before + 1, 'the proxy listens; nothing else')

@@ -1,6 +1,7 @@
 import type { AddressInfo } from 'node:net'
 import t from 'tap'
 import WebSocket from 'ws'
+import { ForbiddenError } from '../index'
 import { buildBrowserApp } from '../examples/browser'
 import { runDemo } from '../examples/demo'
 import { buildPoliciesApp } from '../examples/policies'
@@ -80,6 +81,8 @@ t.test('examples/browser.ts: pages for a browser, JSON for API clients, a refuse
   access.setIdentity('<img src=x onerror=alert(1)>@acme.com', { groups: [{ id: 'g-other', name: 'finance' }] })
   const app = await buildBrowserApp({ teamDomain: access.teamDomain, audience: access.audience, financeGroupId: 'g-finance', origins: ['http://app.example'] })
   t.teardown(() => app.close())
+  // a refusal of the application's own, without a subject
+  app.get('/own', async () => { throw new ForbiddenError() })
   const page = { accept: 'text/html,application/xhtml+xml,*/*;q=0.8' }
   const get = async (url: string, token?: string, accept = page.accept) => app.inject({ url, headers: { accept, ...(token === undefined ? {} : { [HEADER]: token }) } })
 
@@ -107,6 +110,7 @@ t.test('examples/browser.ts: pages for a browser, JSON for API clients, a refuse
   const service = await get('/app/finance', access.signServiceToken({ common_name: 'ci.access' }))
   t.match(service.body, /signed in as <strong>ci\.access<\/strong>/, 'a service token is named by its Client ID')
   t.match((await get('/app/', access.signServiceToken({ common_name: 'ci.access' }))).body, /Hello, ci\.access/)
+  t.match((await get('/own')).body, /You are signed in as <strong>someone<\/strong>/, 'a ForbiddenError thrown without a subject')
   for (const accept of ['application/json', '*/*', undefined]) {
     const api = await app.inject({ url: '/app/finance', headers: { [HEADER]: evil, ...(accept === undefined ? {} : { accept }) } })
     t.equal(api.statusCode, 403)

@@ -1,11 +1,9 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
-import http from 'node:http'
-import type { AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import t, { type Test } from 'tap'
-import { eventually } from './helpers'
+import { eventually, freePort } from './helpers'
 
 // The README's "Local development" section as a reader runs it: the `dev` command of its shell block (the
 // built CLI), and its app.js block, written to a file and started with `node app.js` against the built
@@ -42,15 +40,6 @@ t.setTimeout(120_000)
 t.before(() => {
   if (!existsSync(CLI)) throw new Error('dist/lib/cli.js is missing: run npm run build first (npm test does)')
 })
-
-/** A port that was free a moment ago. */
-async function freePort (): Promise<number> {
-  const server = http.createServer()
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
-  const { port } = server.address() as AddressInfo
-  await new Promise((resolve) => server.close(resolve))
-  return port
-}
 
 /** A process of the test, ended (and waited for, boundedly) when the test ends. */
 function started (t: Test, command: string[], options: { cwd?: string, env?: NodeJS.ProcessEnv } = {}): { child: ChildProcess, output: () => string, exited: Promise<number | null> } {
