@@ -55,9 +55,10 @@ audience, a user token, a service token, and a curl command for an app on port 3
 const DEV_USAGE = `Usage: fastify-cloudflare-access dev --upstream <origin> [--public <paths>] [--port <n>] [--aud <tag>] [--allow-remote-upstream]
 
 A stand-in for Cloudflare Access in front of your app, for a browser on this machine: it serves
-/cdn-cgi/access/certs, get-identity and logout, a login page where you pick an email (and groups) or a
-service token, and proxies every other request, WebSockets too, to your app with a freshly signed
-Cf-Access-Jwt-Assertion. It listens on 127.0.0.1 only. For development only: never in front of production.
+/cdn-cgi/access/certs, get-identity and logout, a login page where you pick an email and groups (each
+a name, or name=id for allow.groupIds) or a service token, and proxies every other request, WebSockets
+too, to your app with a freshly signed Cf-Access-Jwt-Assertion (--public paths without a login and
+without one). It listens on 127.0.0.1 only. For development only: never in front of production.
 
   --upstream <origin>      your app, such as http://127.0.0.1:3000 (on this machine: 127.0.0.0/8,
                            localhost or [::1])
