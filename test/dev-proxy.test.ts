@@ -862,6 +862,12 @@ t.test('public paths are passed on without a login and without a token, as behin
     t.not(res.status, 302, `${path}: public`)
     t.match(res.headers['content-type'], /application\/json/, `${path}: the app answered`)
   }
+  t.equal((await send(to, { path: '/files/.well-known' })).status, 200, 'a name that starts with a dot is no dot segment')
+  // a dot segment, plain, percent-encoded or after a backslash, is never public: an app that resolves it would serve another path
+  for (const path of ['/files/../me', '/files/./x', '/files/..', '/files/%2e%2e/me', '/files/%2E%2e%2Fme', '/files%2f..%2fme', '/files\\..\\me', '/files/%2e', '/files/..?x']) {
+    const res = await send(to, { path, headers: { accept: 'text/html' } })
+    t.equal(res.status, 302, `${path}: a login first`)
+  }
   for (const path of ['/open/x', '/openx', '/me', '/Open', '/fil']) {
     const res = await send(to, { path, headers: { accept: 'text/html' } })
     t.equal(res.status, 302, `${path}: a login first`)
