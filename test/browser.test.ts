@@ -42,7 +42,8 @@ if (!['', 'skip', 'require'].includes(mode)) {
   if (mode === 'require') t.fail(`CF_ACCESS_BROWSER_TEST=require, but ${where}: apt-get install -y chromium, or set CHROMIUM_PATH`)
   else t.plan(0, `browser test skipped: ${where} (apt-get install -y chromium, or set CHROMIUM_PATH; CF_ACCESS_BROWSER_TEST=require makes this a failure)`)
 } else {
-  t.setTimeout(60_000)
+  // typically 10–30 s (Chromium starts slower on a loaded machine); a bound, not a target
+  t.setTimeout(90_000)
   t.test('a browser through the dev proxy: public page, login, page, fetch, WebSocket, group id, refused page, logout by link and form', (t) => flow(t, executablePath))
 }
 
