@@ -54,15 +54,19 @@ audience, a user token, a service token, and a curl command for an app on port 3
   --aud <tag>   the AUD tag to issue tokens for, as the plugin's audience (default: a random one)
   --help        this text`
 
-const DEV_USAGE = `Usage: fastify-cloudflare-access dev --upstream <origin> [--port <n>] [--aud <tag>] [--allow-remote-upstream]
+const DEV_USAGE = `Usage: fastify-cloudflare-access dev --upstream <origin> [--public <paths>] [--port <n>] [--aud <tag>] [--allow-remote-upstream]
 
 A stand-in for Cloudflare Access in front of your app, for a browser on this machine: it serves
-/cdn-cgi/access/certs, get-identity and logout, a login page where you pick an email (and groups) or a
-service token, and proxies every other request, WebSockets too, to your app with a freshly signed
-Cf-Access-Jwt-Assertion. It listens on 127.0.0.1 only. For development only: never in front of production.
+/cdn-cgi/access/certs, get-identity and logout, a login page where you pick an email and groups (each
+a name, or name=id for allow.groupIds) or a service token, and proxies every other request, WebSockets
+too, to your app with a freshly signed Cf-Access-Jwt-Assertion (--public paths without a login and
+without one). It listens on 127.0.0.1 only. For development only: never in front of production.
 
   --upstream <origin>      your app, such as http://127.0.0.1:3000 (on this machine: 127.0.0.0/8,
                            localhost or [::1])
+  --public <paths>         paths passed on without a login and without a token, as an Access Bypass
+                           policy lets them through: /health exactly, /static* every path that
+                           starts with /static; comma-separated or repeated (--public /,/health)
   --port <n>               port to listen on (default ${DEFAULT_PORT})
   --aud <tag>              the AUD tag to issue tokens for (default: a fixed development tag)
   --allow-remote-upstream  accept an --upstream on another machine: it receives signed tokens and your
@@ -432,14 +436,15 @@ async function demo (argv: string[], io: Output): Promise<number> {
 async function dev (argv: string[], io: Output): Promise<number> {
   const { values } = parseArgs({
     args: argv,
-    options: { upstream: { type: 'string' }, port: { type: 'string' }, aud: { type: 'string' }, 'allow-remote-upstream': { type: 'boolean' }, help: { type: 'boolean' } }
+    options: { upstream: { type: 'string' }, public: { type: 'string', multiple: true }, port: { type: 'string' }, aud: { type: 'string' }, 'allow-remote-upstream': { type: 'boolean' }, help: { type: 'boolean' } }
   })
   if (values.help === true) {
     io.out(DEV_USAGE)
     return 0
   }
   if (values.upstream === undefined) throw new UsageError('--upstream is required: the address of your app, such as http://127.0.0.1:3000')
-  const options = { upstream: values.upstream, port: portFlag(values.port), audience: audienceFlag(values.aud), allowRemoteUpstream: values['allow-remote-upstream'] === true }
+  const publicPaths = values.public ?? []
+  const options = { upstream: values.upstream, port: portFlag(values.port), audience: audienceFlag(values.aud), allowRemoteUpstream: values['allow-remote-upstream'] === true, publicPaths }
   let proxy
   try {
     proxy = await createDevProxy(options)
@@ -449,6 +454,7 @@ async function dev (argv: string[], io: Output): Promise<number> {
   const out = terminal(io)
   out(`Access dev proxy: ${proxy.origin} → ${proxy.upstream}`)
   if (!isLoopback(new URL(proxy.upstream).hostname)) out(`${proxy.upstream} is not on this machine (--allow-remote-upstream): it receives signed tokens and the proxy's cookies.`)
+  if (publicPaths.length > 0) out(`Public, without a login or a token (as an Access Bypass policy): ${publicPaths.join(',').split(',').map((path) => path.trim()).join(', ')}`)
   out(`Open ${proxy.origin}/ in a browser; log in at ${proxy.origin}${LOGIN_PATH}, log out at ${proxy.origin}/cdn-cgi/access/logout.`)
   out('')
   out('Register the plugin in your app with:')

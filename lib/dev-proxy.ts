@@ -3,17 +3,18 @@ import { createHash, randomBytes, timingSafeEqual, type KeyObject } from 'node:c
 import http from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { pipeline, type Duplex } from 'node:stream'
-import { isServiceToken, isUserToken } from './claims'
+import { isServiceToken, isUserToken, subjectOf } from './claims'
+import { escapeHtml, GROUPS_RULE, LOGIN_PATH, loginPage, page, parseGroups, type LoginPageState } from './dev-pages'
+import { publicPaths } from './dev-public'
 import { parseKeySet } from './keys'
 import { isLoopback, normalizeOptions } from './options'
 import { DOMAIN } from './policy'
 import { createAccessEmulator, type AccessEmulator } from './testing'
 import { COOKIE_NAME, HEADER_NAME, readCookie } from './token'
-import type { CloudflareAccessClaims } from './types'
+import type { CloudflareAccessClaims, CloudflareAccessGroup } from './types'
 import { createTokenVerifier } from './verify'
 
-/** The login page: the dev proxy's own path under Access's prefix. */
-export const LOGIN_PATH = '/cdn-cgi/access/login'
+export { LOGIN_PATH }
 const ACCESS_PREFIX = '/cdn-cgi/access/'
 /** Default AUD tag: fixed, so that the app's configuration survives a restart of the proxy. */
 export const DEV_AUDIENCE = createHash('sha256').update('fastify-cloudflare-access dev proxy').digest('hex')
@@ -31,7 +32,6 @@ const KEPT_WHEN_NAMED = new Set(['host', 'content-length'])
 /** A local part as identity providers send it: ASCII dot-atom (RFC 5322 §3.2.3). */
 const LOCAL_PART = /^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*$/
 const CLIENT_ID = /^[A-Za-z0-9-]{1,64}\.access$/
-const GROUP = /^[^<>"&,]{1,64}$/
 
 export interface DevProxyOptions {
   /** The app behind the proxy: an `http://` origin on this machine, such as `http://127.0.0.1:3000`. */
@@ -47,6 +47,12 @@ export interface DevProxyOptions {
   audience?: string
   /** The signing keys (as the emulator's `privateKeys`). Default: two fresh keys. */
   privateKeys?: [KeyObject, KeyObject]
+  /**
+   * Paths forwarded without a login and without a token, as an Access Bypass policy lets them through
+   * (`dev --public`): `/health` exactly, `/static*` every path that starts with `/static`. Each value may
+   * list several, comma-separated.
+   */
+  publicPaths?: readonly string[]
 }
 
 export interface DevProxy {
@@ -79,21 +85,6 @@ function upstreamOrigin (value: string, allowRemote: boolean): URL {
 export function isLoginEmail (email: string): boolean {
   const at = email.lastIndexOf('@')
   return at !== -1 && at <= 64 && email.length <= 254 && LOCAL_PART.test(email.slice(0, at)) && DOMAIN.test(email.slice(at + 1).toLowerCase())
-}
-
-function escapeHtml (text: string): string {
-  return text.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`)
-}
-
-function page (res: http.ServerResponse, status: number, title: string, body: string, headers: http.OutgoingHttpHeaders = {}): void {
-  res.writeHead(status, {
-    'content-type': 'text/html; charset=utf-8',
-    'cache-control': 'no-store',
-    // no script, no framing (clickjacking), forms only to this origin
-    'content-security-policy': "default-src 'none'; form-action 'self'; frame-ancestors 'none'",
-    ...headers
-  })
-    .end(`<!DOCTYPE html><meta charset="utf-8"><title>${title}</title><h1>${title}</h1>${body}`)
 }
 
 /** An answer written straight to a socket whose request asked for an upgrade. */
@@ -142,12 +133,6 @@ function safeReturnPath (value: string | null): string {
   return value !== null && /^\/(?![/\\])[\x21-\x7e]*$/.test(value) && !value.includes('\\') ? value : '/'
 }
 
-/** A group's id: UUID-shaped like Cloudflare's, stable for its name. */
-function groupId (name: string): string {
-  const hex = createHash('sha256').update(name).digest('hex')
-  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20, 32)}`
-}
-
 /**
  * Runs one step of proxying: a synchronous throw (a value Node refuses to send, an answer it refuses to
  * write) goes to `fail`, never up to the event loop, where it would end the process.
@@ -164,7 +149,8 @@ function guarded (step: () => void, fail: (error: Error) => void): void {
  * Starts the dev proxy on 127.0.0.1: it serves the emulator's `/cdn-cgi/access/*` endpoints and a login
  * page on its own origin (the emulator opens no port of its own), remembers the chosen identity in a
  * `CF_Authorization` cookie, and forwards every other request (WebSocket upgrades included) to the upstream
- * with a freshly signed `Cf-Access-Jwt-Assertion`, as Cloudflare's edge sets its headers.
+ * with a freshly signed `Cf-Access-Jwt-Assertion`, as Cloudflare's edge sets its headers; requests for the
+ * `publicPaths` without a login and without a token, as behind a Bypass policy.
  */
 export async function createDevProxy (options: DevProxyOptions): Promise<DevProxy> {
   const target = upstreamOrigin(options.upstream, options.allowRemoteUpstream === true)
@@ -173,6 +159,7 @@ export async function createDevProxy (options: DevProxyOptions): Promise<DevProx
   const audience = options.audience ?? DEV_AUDIENCE
   // the plugin's own validation of the tag, with its message
   normalizeOptions({ teamDomain: 'http://127.0.0.1', audience })
+  const isPublic = publicPaths(options.publicPaths ?? [])
 
   const server = http.createServer()
   await new Promise<void>((resolve, reject) => {
@@ -225,21 +212,25 @@ export async function createDevProxy (options: DevProxyOptions): Promise<DevProx
   }
 
   /**
-   * The client's end-to-end headers minus anything Access or the edge sets, plus what they add: the token,
-   * the email (only an address a header can carry), the client's address as the edge sees it.
+   * The client's end-to-end headers minus anything Access or the edge sets, plus what they add: for a
+   * session the token and the email (only an address a header can carry), for every request the client's
+   * address as the edge sees it. Without a session (a public path, as behind a Bypass policy) no token is
+   * added, and the browser's cookies pass as they came.
    */
-  function forwardedHeaders (req: http.IncomingMessage, claims: CloudflareAccessClaims, upgrade: boolean): http.OutgoingHttpHeaders {
+  function forwardedHeaders (req: http.IncomingMessage, claims: CloudflareAccessClaims | undefined, upgrade: boolean): http.OutgoingHttpHeaders {
     const headers = endToEnd(req.headers)
     for (const name of Object.keys(headers)) {
       if (setByEdge(name)) delete headers[name]
     }
-    const token = freshToken(claims)
-    // the client's other cookies; a session implies the Cookie header
-    const cookies = (req.headers.cookie as string).split(';').map((pair) => pair.trim())
-      .filter((pair) => pair !== '' && pair.slice(0, pair.indexOf('=')).trim() !== COOKIE_NAME)
-    headers.cookie = [...cookies, `${COOKIE_NAME}=${token}`].join('; ')
-    headers[HEADER_NAME] = token
-    if (isUserToken(claims) && isLoginEmail(claims.email)) headers['cf-access-authenticated-user-email'] = claims.email
+    if (claims !== undefined) {
+      const token = freshToken(claims)
+      // the client's other cookies; a session implies the Cookie header
+      const cookies = (req.headers.cookie as string).split(';').map((pair) => pair.trim())
+        .filter((pair) => pair !== '' && pair.slice(0, pair.indexOf('=')).trim() !== COOKIE_NAME)
+      headers.cookie = [...cookies, `${COOKIE_NAME}=${token}`].join('; ')
+      headers[HEADER_NAME] = token
+      if (isUserToken(claims) && isLoginEmail(claims.email)) headers['cf-access-authenticated-user-email'] = claims.email
+    }
     headers['cf-connecting-ip'] = req.socket.remoteAddress
     headers['x-forwarded-for'] = req.socket.remoteAddress
     headers['x-forwarded-proto'] = 'http'
@@ -255,7 +246,7 @@ export async function createDevProxy (options: DevProxyOptions): Promise<DevProx
     return headers
   }
 
-  function upstreamRequest (req: http.IncomingMessage, claims: CloudflareAccessClaims, upgrade: boolean): http.ClientRequest {
+  function upstreamRequest (req: http.IncomingMessage, claims: CloudflareAccessClaims | undefined, upgrade: boolean): http.ClientRequest {
     return http.request({
       hostname: target.hostname,
       port: target.port,
@@ -275,7 +266,7 @@ export async function createDevProxy (options: DevProxyOptions): Promise<DevProx
     page(res, 502, 'Bad Gateway', `<p>${escapeHtml(`The Access dev proxy ${text}`)}</p>`)
   }
 
-  function forward (req: http.IncomingMessage, res: http.ServerResponse, claims: CloudflareAccessClaims): void {
+  function forward (req: http.IncomingMessage, res: http.ServerResponse, claims: CloudflareAccessClaims | undefined): void {
     const unusable = (error: Error): void => badGateway(res, `could not pass this request to your app at ${target.origin}, or its answer back (${error.message}).`)
     guarded(() => {
       const upstream = upstreamRequest(req, claims, false)
@@ -295,19 +286,16 @@ export async function createDevProxy (options: DevProxyOptions): Promise<DevProx
     }, unusable)
   }
 
-  function loginForm (res: http.ServerResponse, status: number, returnTo: string, message = '', email = 'user@example.com'): void {
-    page(res, status, 'Access dev proxy: log in', `${message === '' ? '' : `<p role="alert"><strong>${escapeHtml(message)}</strong></p>`}
-<p>Pick who you are. Your app receives a token for this identity on every request, signed with keys served at
-<code>${origin}/cdn-cgi/access/certs</code>.</p>
-<form method="post" action="${LOGIN_PATH}">
-<input type="hidden" name="csrf" value="${csrf}"><input type="hidden" name="redirect_url" value="${escapeHtml(returnTo)}">
-<p><label><input type="radio" name="kind" value="user" checked> A user</label>
-email <input name="email" type="email" value="${escapeHtml(email)}">
-groups <input name="groups" placeholder="finance, admins"> (comma-separated, for <code>allow.groups</code>)</p>
-<p><label><input type="radio" name="kind" value="service"> A service token</label>
-Client ID <input name="client_id" placeholder="ci.access"> (empty: a random one)</p>
-<p><button>Log in</button></p>
-</form>`)
+  /** The groups each email logged in with last, as the emulator's identity endpoint serves them. */
+  const groupsOf = new Map<string, readonly CloudflareAccessGroup[]>()
+
+  /** The login page, with who the request's session is (if any). */
+  function loginForm (req: http.IncomingMessage, res: http.ServerResponse, status: number, state: Omit<LoginPageState, 'csrf' | 'signedIn'>): void {
+    const claims = session(req)
+    const signedIn = claims === undefined
+      ? undefined
+      : { subject: subjectOf(claims), service: isServiceToken(claims), groups: isServiceToken(claims) ? [] : groupsOf.get(claims.email.toLowerCase()) ?? [] }
+    loginPage(res, status, { ...state, csrf, signedIn })
   }
 
   /** A form post from this proxy's own login page, and no other site: Origin, Sec-Fetch-Site and a token. */
@@ -322,7 +310,7 @@ Client ID <input name="client_id" placeholder="ci.access"> (empty: a random one)
   function login (req: http.IncomingMessage, res: http.ServerResponse): void {
     const query = new URL(req.url as string, origin).searchParams
     if (req.method === 'GET' || req.method === 'HEAD') {
-      loginForm(res, 200, safeReturnPath(query.get('redirect_url')))
+      loginForm(req, res, 200, { returnTo: safeReturnPath(query.get('redirect_url')) })
       return
     }
     if (req.method !== 'POST') {
@@ -346,21 +334,26 @@ Client ID <input name="client_id" placeholder="ci.access"> (empty: a random one)
         return
       }
       const returnTo = safeReturnPath(form.get('redirect_url'))
+      const email = (form.get('email') ?? '').trim()
+      const groupsField = form.get('groups') ?? ''
+      const clientField = form.get('client_id') ?? ''
+      const service = form.get('kind') === 'service'
+      const refuse = (message: string): void => loginForm(req, res, 400, { returnTo, message, email, groups: groupsField, clientId: clientField, service })
       let token: string
-      if (form.get('kind') === 'service') {
-        const clientId = form.get('client_id')?.trim() || `${randomBytes(16).toString('hex')}.access`
-        if (!CLIENT_ID.test(clientId)) return loginForm(res, 400, returnTo, 'A Client ID is letters, digits and dashes, ending in .access')
+      if (service) {
+        const clientId = clientField.trim() || `${randomBytes(16).toString('hex')}.access`
+        if (!CLIENT_ID.test(clientId)) return refuse('A Client ID is letters, digits and dashes, ending in .access')
         token = access.signServiceToken({ common_name: clientId, iss: origin }, { expiresIn: SESSION_SECONDS })
       } else {
-        const email = (form.get('email') ?? '').trim()
         if (!isLoginEmail(email)) {
-          return loginForm(res, 400, returnTo, 'Enter an email address such as alice@example.com, as identity providers send them: ' +
+          return refuse('Enter an email address such as alice@example.com, as identity providers send them: ' +
             'ASCII letters, digits and . _ + - (and !#$%&\'*/=?^`{|}~) before the @, a domain name after it. ' +
-            'Internationalized addresses are refused: the Cf-Access-Authenticated-User-Email header cannot carry them.', email)
+            'Internationalized addresses are refused: the Cf-Access-Authenticated-User-Email header cannot carry them.')
         }
-        const groups = (form.get('groups') ?? '').split(',').map((name) => name.trim()).filter((name) => name !== '')
-        if (!groups.every((name) => GROUP.test(name))) return loginForm(res, 400, returnTo, 'Group names are up to 64 characters, without < > " &', email)
-        access.setIdentity(email, { groups: groups.map((name) => ({ id: groupId(name), name })) })
+        const groups = parseGroups(groupsField)
+        if ('invalid' in groups) return refuse(`${GROUPS_RULE}. Not one: ${groups.invalid}`)
+        access.setIdentity(email, { groups })
+        groupsOf.set(email.toLowerCase(), groups)
         token = access.signToken({ email, iss: origin }, { expiresIn: SESSION_SECONDS })
       }
       res.writeHead(303, {
@@ -388,6 +381,7 @@ Client ID <input name="client_id" placeholder="ci.access"> (empty: a random one)
       if (!access.handle(req, res)) page(res, 404, 'Not Found', '')
       return
     }
+    if (isPublic(path)) return forward(req, res, undefined)
     const claims = session(req)
     if (claims !== undefined) return forward(req, res, claims)
     const wantsPage = (req.method === 'GET' || req.method === 'HEAD') && String(req.headers.accept).includes('text/html')
@@ -429,8 +423,9 @@ Client ID <input name="client_id" placeholder="ci.access"> (empty: a random one)
     if ((req.url as string).startsWith(ACCESS_PREFIX)) return refuseUpgrade(socket, 404)
     // WebSockets only, what Access is used with: another protocol (h2c) would tunnel past the proxy's header checks
     if (String(req.headers.upgrade).toLowerCase() !== 'websocket') return refuseUpgrade(socket, 400)
-    const claims = session(req)
-    if (claims === undefined) return refuseUpgrade(socket, 401)
+    const open = isPublic((req.url as string).split('?')[0] as string)
+    const claims = open ? undefined : session(req)
+    if (!open && claims === undefined) return refuseUpgrade(socket, 401)
     const fail = (): void => refuseUpgrade(socket, 502)
     guarded(() => {
       const upstream = upstreamRequest(req, claims, true)

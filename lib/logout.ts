@@ -8,7 +8,7 @@ import type { FastifyInstance, FastifyReply } from 'fastify'
 export const LOGOUT_PATH = '/cdn-cgi/access/logout'
 
 function cfAccessLogout (this: FastifyReply): FastifyReply {
-  // 303: whatever the method of the logout route (a POST form is best), the browser follows with a GET.
+  // 303: whatever the method of the logout route (a GET link, as Access's own logout), the browser follows with a GET.
   return this.header('cache-control', 'no-store').redirect(LOGOUT_PATH, 303)
 }
 

@@ -127,7 +127,8 @@ t.test('usage errors: clear messages, exit 2', async (t) => {
     [['dev'], /--upstream is required/],
     [['dev', '--upstream', 'http://192.0.2.1:3000', '--port', '0'], /--upstream http:\/\/192\.0\.2\.1:3000 is not on this machine[^]*Pass --allow-remote-upstream if you mean it/],
     [['dev', '--upstream', 'http://127.0.0.1:3000', '--port', ''], /--port must be a port number/],
-    [['dev', '--upstream', 'http://127.0.0.1:3000', '--port', '0', '--aud', 'a b'], /--aud must be an Application Audience/]
+    [['dev', '--upstream', 'http://127.0.0.1:3000', '--port', '0', '--aud', 'a b'], /--aud must be an Application Audience/],
+    [['dev', '--upstream', 'http://127.0.0.1:3000', '--port', '0', '--public', '/,health'], /--public takes paths such as \/, \/health or \/static\*[^]*got "health" in "\/,health"/]
   ]
   const runs = await Promise.all(cases.map(([args]) => cli(args)))
   cases.forEach(([args, message], index) => {
@@ -139,7 +140,7 @@ t.test('usage errors: clear messages, exit 2', async (t) => {
 })
 
 t.test('--help for each command, exit 0', async (t) => {
-  for (const [args, text] of [[['--help'], /Commands:/], [['inspect', '--help'], /Exit status: 0 valid, 1 rejected, 2 usage or network error/], [['emulator', '--help'], /Runs the test kit's Access emulator/], [['dev', '--help'], /A stand-in for Cloudflare Access in front of your app/]] as const) {
+  for (const [args, text] of [[['--help'], /Commands:/], [['inspect', '--help'], /Exit status: 0 valid, 1 rejected, 2 usage or network error/], [['emulator', '--help'], /Runs the test kit's Access emulator/], [['dev', '--help'], /--public <paths>\s+paths passed on without a login and without a token/]] as const) {
     const run = await cli([...args])
     t.equal(run.code, 0)
     t.match(run.out, text)
@@ -227,8 +228,9 @@ t.test('inspect: --at 0 or before 1970 is a usage error, never misreported as a 
   }
 })
 
-t.test('dev: prints the options the app must use, serves the keys there, stops on SIGTERM', async (t) => {
-  const { out, stop } = await running(['dev', '--upstream', 'http://127.0.0.1:9', '--port', '0', '--aud', 'b'.repeat(64)])
+t.test('dev: prints the options the app must use and the public paths, serves the keys there, stops on SIGTERM', async (t) => {
+  const { out, stop } = await running(['dev', '--upstream', 'http://127.0.0.1:9', '--port', '0', '--aud', 'b'.repeat(64), '--public', '/,/health', '--public', '/static*'])
+  t.match(out, /Public, without a login or a token \(as an Access Bypass policy\): \/, \/health, \/static\*\n/)
   const teamDomain = /teamDomain: '(http:\/\/127\.0\.0\.1:\d+)',/.exec(out)?.[1] as string
   t.ok(teamDomain, 'teamDomain printed as code')
   t.match(out, new RegExp(`audience: '${'b'.repeat(64)}'`))
@@ -237,6 +239,8 @@ t.test('dev: prints the options the app must use, serves the keys there, stops o
   const certs = await fetch(`${teamDomain}/cdn-cgi/access/certs`)
   t.equal(((await certs.json()) as { keys: unknown[] }).keys.length, 2)
   t.notMatch(out, /not on this machine/)
+  const home = await fetch(`${teamDomain}/`, { headers: { accept: 'text/html' }, redirect: 'manual' })
+  t.equal(home.status, 502, 'a public path goes straight to the app (here: none running), no login first')
   t.equal(await stop(), 0)
 })
 

@@ -1,14 +1,15 @@
-import { createSecretKey, generateKeyPairSync, randomUUID, type KeyObject } from 'node:crypto'
+import { createHash, createSecretKey, generateKeyPairSync, randomUUID, type KeyObject } from 'node:crypto'
 import http from 'node:http'
 import net, { type AddressInfo } from 'node:net'
 import type { Duplex } from 'node:stream'
-import Fastify, { type FastifyInstance } from 'fastify'
+import Fastify, { type FastifyInstance, type FastifyRequest } from 'fastify'
 import t, { type Test } from 'tap'
 import WebSocket, { WebSocketServer } from 'ws'
 import cloudflareAccess from '../index'
-import { createDevProxy, DEV_AUDIENCE, LOGIN_PATH, type DevProxy } from '../lib/dev-proxy'
+import { groupId } from '../lib/dev-pages'
+import { createDevProxy, DEV_AUDIENCE, LOGIN_PATH, type DevProxy, type DevProxyOptions } from '../lib/dev-proxy'
 import { signJwt } from '../lib/testing'
-import { attackerKey, decode, eventually, listeners, nowSeconds, rawToken } from './helpers'
+import { attackerKey, decode, eventually, freePort, listeners, nowSeconds, rawToken } from './helpers'
 
 // The dev proxy over real HTTP, as a browser uses it: a cookie jar, the login page, an app behind it that
 // registers the real plugin with the options the proxy prints, and WebSockets through it.
@@ -49,15 +50,6 @@ function send (port: number, options: { method?: string, path?: string, headers?
   })
 }
 
-/** A port nothing listens on. */
-async function closedPort (): Promise<number> {
-  const server = http.createServer()
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
-  const { port } = server.address() as AddressInfo
-  await new Promise((resolve) => server.close(resolve))
-  return port
-}
-
 const keys: [KeyObject, KeyObject] = [generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey, generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey]
 
 let proxy: DevProxy
@@ -79,12 +71,18 @@ t.before(async () => {
     app.routing(req, res)
   })
   await new Promise<void>((resolve) => upstream.listen(0, '127.0.0.1', resolve))
-  proxy = await createDevProxy({ upstream: `http://127.0.0.1:${(upstream.address() as AddressInfo).port}`, port: 0, privateKeys: keys })
+  proxy = await createDevProxy({ upstream: `http://127.0.0.1:${(upstream.address() as AddressInfo).port}`, port: 0, privateKeys: keys, publicPaths: ['/open,/maybe', '/files*', '/open-ws'] })
   port = Number(new URL(proxy.origin).port)
   app = Fastify()
   await app.register(cloudflareAccess, { teamDomain: proxy.origin, audience: proxy.audience })
   app.get('/me', async (request) => ({ claims: request.cfAccess, headers: request.headers }))
   app.get('/finance', { config: { cfAccess: { allow: { groups: ['finance'] } } } }, async (request) => (await request.cfAccessIdentity()).groups.map((group) => group.name))
+  app.get('/admins', { config: { cfAccess: { allow: { groupIds: ['g-admins'] } } } }, async (request) => request.cfAccess?.email)
+  // routes a public path leads to: one the plugin skips, one where the token is optional
+  const open = async (request: FastifyRequest): Promise<unknown> => ({ url: request.url, headers: request.headers })
+  app.get('/open', { config: { cfAccess: false } }, open)
+  app.get('/files/*', { config: { cfAccess: false } }, open)
+  app.get('/maybe', { config: { cfAccess: { required: false } } }, async (request) => ({ email: request.cfAccess?.email ?? null }))
   app.post('/echo', async (request, reply) => reply.header('set-cookie', ['a=1; Path=/', 'b=2; Path=/']).header('x-upstream', 'yes').send({ got: request.body }))
   app.get('/slow', async (request) => {
     request.raw.socket.once('close', () => appSide.closed.push(`/slow ${String(request.headers['x-run'])}`))
@@ -132,6 +130,11 @@ t.before(async () => {
         appSide.closed.push(`/ws-slow ${String(req.headers['x-run'])}`)
         socket.destroy()
       })
+      return
+    }
+    if (req.url === '/open-ws') {
+      // a public path: whatever the request carries, told back
+      wss.handleUpgrade(req, socket, head, (ws) => ws.send(JSON.stringify({ token: req.headers['cf-access-jwt-assertion'] ?? null, cookie: req.headers.cookie ?? null })))
       return
     }
     appSide.socket = socket
@@ -188,8 +191,8 @@ async function login (jar: Jar, fields: Record<string, string>, headers: http.Ou
 }
 
 /** A proxy of its own for one test, in front of `upstream`; its port. */
-async function ownProxy (t: Test, upstream: string): Promise<number> {
-  const other = await createDevProxy({ upstream, port: 0, privateKeys: keys })
+async function ownProxy (t: Test, upstream: string, options: Partial<DevProxyOptions> = {}): Promise<number> {
+  const other = await createDevProxy({ upstream, port: 0, privateKeys: keys, ...options })
   t.teardown(() => other.close())
   return Number(new URL(other.origin).port)
 }
@@ -213,7 +216,7 @@ t.test('a browser is sent to the login page and back, and the app accepts the to
   t.match(form.body, /<title>Access dev proxy: log in<\/title>/)
   t.match(form.body, /name="email" type="email" value="user@example\.com"/, 'a default email to start from')
   t.notMatch(form.body, /role="alert"/, 'no message')
-  t.match(form.body, /<h1>Access dev proxy: log in<\/h1>\n<p>Pick who you are/, 'nothing in its place')
+  t.match(form.body, /<h1>Access dev proxy: log in<\/h1><p>Pick who you are/, 'nothing in its place, and no one logged in')
   t.match(form.body, /name="redirect_url" value="\/me\?x=1"/)
   const done = await login(jar, { kind: 'user', email: 'alice@acme.com', groups: ' finance , admins,', redirect_url: '/me?x=1' })
   t.equal(done.status, 303)
@@ -357,7 +360,7 @@ t.test('WebSocket upgrades go through with a token; without a login they are ref
 })
 
 t.test('the app down: a 502 page, for requests and upgrades alike', async (t) => {
-  const downPort = await ownProxy(t, `http://127.0.0.1:${await closedPort()}`)
+  const downPort = await ownProxy(t, `http://127.0.0.1:${await freePort()}`)
   const jar = new Jar()
   await login(jar, { email: 'a@b.c' }, {}, downPort)
   const res = await send(downPort, { path: '/', jar })
@@ -452,7 +455,8 @@ t.test('the login form: validation, safe return paths, limits, methods', async (
   t.match(none.body, /name="email" type="email" value=""/)
   const group = await login(new Jar(), { email: 'a@b.c', groups: 'fin<ance' })
   t.equal(group.status, 400)
-  t.match(group.body, /Group names are up to 64 characters, without &#60; &#62; &#34; &#38;/)
+  t.match(group.body, /Groups are comma-separated, each a name or name=id: a name of up to 64 characters without &#60; &#62; &#34; &#38; = or control characters[^]*Not one: fin&#60;ance</)
+  t.match(group.body, /name="groups" value="fin&#60;ance"/, 'what was typed stays, escaped')
   for (const clientId of ['ci', 'x ci.access', 'ci.access.evil', `${'a'.repeat(65)}.access`]) {
     const refused = await login(new Jar(), { kind: 'service', client_id: clientId })
     t.equal(refused.status, 400, clientId)
@@ -477,11 +481,11 @@ t.test('the login form: validation, safe return paths, limits, methods', async (
   const put = await send(port, { method: 'PUT', path: LOGIN_PATH })
   t.equal(put.status, 405)
   t.equal(put.headers.allow, 'GET, HEAD, POST')
-  t.match(put.body, /<title>Method Not Allowed<\/title><h1>Method Not Allowed<\/h1>$/, 'a title, nothing else')
+  t.match(put.body, /<title>Method Not Allowed<\/title><style>[^<]*<\/style><h1>Method Not Allowed<\/h1>$/, 'a title, nothing else')
   t.equal((await send(port, { method: 'HEAD', path: LOGIN_PATH })).status, 200)
   const nothing = await send(port, { path: '/cdn-cgi/access/nothing' })
   t.equal(nothing.status, 404)
-  t.match(nothing.body, /<title>Not Found<\/title><h1>Not Found<\/h1>$/)
+  t.match(nothing.body, /<title>Not Found<\/title><style>[^<]*<\/style><h1>Not Found<\/h1>$/)
   t.equal((await send(port, { method: 'POST', path: '/cdn-cgi/access/certs' })).status, 404)
 })
 
@@ -503,7 +507,7 @@ t.test('start-up errors name the problem', async (t) => {
   ]
   const before = await listeners()
   for (const [options, message] of cases) await t.rejects(createDevProxy({ privateKeys: keys, ...options }), message)
-  const free = await closedPort()
+  const free = await freePort()
   for (const host of ['127.0.0.1', 'localhost']) {
     await t.rejects(createDevProxy({ upstream: `http://${host}:${free}`, port: free, privateKeys: keys }), /is the proxy itself/, host)
   }
@@ -553,6 +557,7 @@ t.test('a session whose email no header can carry reaches the app without the em
     const body = JSON.parse(me.body)
     t.equal(body.claims.email, email, 'the signed token carries it')
     t.notOk('cf-access-authenticated-user-email' in body.headers, `${JSON.stringify(email)}: no unsigned header`)
+    t.match((await send(port, { path: LOGIN_PATH, jar })).body, /, with no groups\. <a href="\/cdn-cgi\/access\/logout">Log out<\/a>/, 'never logged in through the form: no groups')
   }
   t.equal((await send(port, { path: LOGIN_PATH })).status, 200, 'the proxy still serves')
 })
@@ -658,7 +663,7 @@ t.test("the client's address is the edge's: CF-Connecting-IP and X-Forwarded-For
 })
 
 t.test('one listener: the emulator serves the Access endpoints through the proxy, on no port of its own', async (t) => {
-  const upstream = `http://127.0.0.1:${await closedPort()}`
+  const upstream = `http://127.0.0.1:${await freePort()}`
   const before = await listeners()
   const other = await createDevProxy({ upstream, port: 0, privateKeys: keys })
   t.equal(await listeners(), before + 1, 'the proxy listens; nothing else')
@@ -771,4 +776,137 @@ t.test('edge headers spelt with underscores are dropped too: CGI-style servers r
   for (const name of Object.keys(spoof)) t.notOk(name.toLowerCase() in headers, name)
   t.equal(headers['x-custom_name'], undefined)
   t.equal(JSON.parse((await send(port, { path: '/me', jar, headers: { 'x-custom_name': 'kept' } })).body).headers['x-custom_name'], 'kept', 'other names with underscores pass')
+})
+
+t.test('the login page takes groups by name and by id, shows the ids each one carries, and the app matches them with allow.groupIds', async (t) => {
+  const jar = new Jar()
+  const done = await login(jar, { email: 'alice@acme.com', groups: "finance, admins=g-admins, Sales Team = s-1, O'Brien" })
+  t.equal(done.status, 303)
+  const identity = JSON.parse((await send(port, { path: '/cdn-cgi/access/get-identity', jar })).body)
+  t.same(identity.groups, [
+    { id: groupId('finance'), name: 'finance' },
+    { id: 'g-admins', name: 'admins' },
+    { id: 's-1', name: 'Sales Team' },
+    { id: groupId("O'Brien"), name: "O'Brien" }
+  ], 'a name alone gets its derived id; name=id the id given')
+  t.equal(groupId('finance'), 'eab762a0-3fd9-79a0-4cc4-706e6536d382', 'SHA-256 of the name, its first 32 hex digits in UUID form, as the README says')
+  t.equal((await send(port, { path: '/admins', jar })).body, 'alice@acme.com', 'allow.groupIds admits the id typed as admins=g-admins')
+  t.equal((await send(port, { path: '/finance', jar })).status, 200, 'allow.groups admits the name')
+  const other = new Jar()
+  await login(other, { email: 'bob@acme.com', groups: 'admins' })
+  t.equal((await send(port, { path: '/admins', jar: other })).status, 403, 'the name admins alone carries another id')
+
+  const form = await send(port, { path: LOGIN_PATH, jar })
+  t.match(form.body, '<p>Logged in as <strong>alice@acme.com</strong>, with groups <code>finance</code> (id <code>eab762a0-3fd9-79a0-4cc4-706e6536d382</code>), ' +
+    '<code>admins</code> (id <code>g-admins</code>), <code>Sales Team</code> (id <code>s-1</code>), <code>O&#39;Brien</code> (id <code>', 'who is logged in, every group with its id, escaped')
+  t.match(form.body, /<a href="\/cdn-cgi\/access\/logout">Log out<\/a>/)
+  t.match(form.body, /<label for="groups">Groups<\/label>[^]*<code>finance<\/code> gets <code>eab762a0-3fd9-79a0-4cc4-706e6536d382<\/code>/, 'the help says how ids are made')
+  t.match(form.body, /<label for="redirect_url">After logging in, go to<\/label>\n<input id="redirect_url" name="redirect_url" value="\/">/, 'where the login leads, as a field')
+  const service = new Jar()
+  await login(service, { kind: 'service', client_id: 'ci.access' })
+  t.match((await send(port, { path: LOGIN_PATH, jar: service })).body, /Logged in as the service token <strong>ci\.access<\/strong>\. <a href/)
+  const none = new Jar()
+  await login(none, { email: 'carol@acme.com', groups: ' , ,' })
+  t.match((await send(port, { path: LOGIN_PATH, jar: none })).body, /<strong>carol@acme\.com<\/strong>, with no groups\./, 'blank entries are skipped')
+
+  // the style is allowed by its hash, and nothing else is
+  const csp = form.headers['content-security-policy'] as string
+  const style = /<style>([^<]*)<\/style>/.exec(form.body)?.[1] as string
+  t.match(csp, `style-src 'sha256-${createHash('sha256').update(style).digest('base64')}'`)
+  t.match(csp, /^default-src 'none'; /)
+  t.notMatch(form.body, /<script|style="/, 'no script, no inline style attribute')
+
+  for (const groups of ['=g-1', 'admins=', 'admins=<b>', 'admins=a b', 'a=b=c', 'x'.repeat(65), `admins=${'i'.repeat(129)}`, 'a\u0001b', 'fin"ance', 'a&b']) {
+    const refused = await login(new Jar(), { email: 'a@b.c', groups })
+    t.equal(refused.status, 400, JSON.stringify(groups))
+    t.match(refused.body, /Groups are comma-separated, each a name or name=id/)
+    t.notMatch(refused.body, /<b>|fin"ance|a&b/, `${JSON.stringify(groups)}: escaped wherever it is shown`)
+  }
+  t.equal((await login(new Jar(), { email: 'a@b.c', groups: `${'x'.repeat(64)}=${'i'.repeat(128)}` })).status, 303, '64 characters of name, 128 of id')
+  const kept = await login(new Jar(), { kind: 'service', client_id: 'bad id', email: 'a@b.c', groups: 'finance' })
+  t.match(kept.body, /value="service" checked/, 'a refused service login keeps its choice')
+  t.match(kept.body, /name="client_id" value="bad id"/)
+  t.match(kept.body, /name="groups" value="finance"/)
+})
+
+t.test('public paths are passed on without a login and without a token, as behind a Bypass policy; the browser\'s cookies as they came', async (t) => {
+  // the shared proxy's public paths: '/open,/maybe', '/files*', '/open-ws'
+  const to = port
+  const spoof = { 'cf-access-jwt-assertion': 'forged', 'cf-access-authenticated-user-email': 'admin@acme.com', 'cf-access-client-id': 'x.access', 'cf-connecting-ip': '203.0.113.9', cf_access_jwt_assertion: 'forged' }
+  const anonymous = await send(to, { path: '/open?x=1', headers: spoof })
+  t.equal(anonymous.status, 200, 'no login, no redirect')
+  const { url, headers } = JSON.parse(anonymous.body)
+  t.equal(url, '/open?x=1')
+  for (const name of ['cf-access-jwt-assertion', 'cf-access-authenticated-user-email', 'cf-access-client-id', 'cf_access_jwt_assertion', 'cookie']) {
+    t.notOk(name in headers, `${name}: none added, a client's own removed`)
+  }
+  t.match(headers, { 'cf-connecting-ip': '127.0.0.1', 'x-forwarded-for': '127.0.0.1', 'x-forwarded-proto': 'http' }, "the edge's own headers, as on every request")
+
+  const jar = new Jar()
+  await login(jar, { email: 'alice@acme.com' }, {}, to)
+  jar.cookies.set('theme', 'dark')
+  const signedIn = JSON.parse((await send(to, { path: '/files/app.js', jar, headers: spoof })).body)
+  t.equal(signedIn.headers.cookie, jar.header, 'the cookies as the browser sent them, CF_Authorization included')
+  t.notOk('cf-access-jwt-assertion' in signedIn.headers || 'cf-access-authenticated-user-email' in signedIn.headers, 'a session adds nothing on a public path')
+
+  // optional authentication behind the public path: the app reads the browser's cookie itself
+  t.same(JSON.parse((await send(to, { path: '/maybe' })).body), { email: null }, 'a guest')
+  t.same(JSON.parse((await send(to, { path: '/maybe', jar })).body), { email: 'alice@acme.com' }, 'a logged-in browser, through its cookie')
+  const forged = await send(to, { path: '/maybe', headers: { cookie: `CF_Authorization=${rawToken({ alg: 'RS256', kid: 'x' }, { email: 'admin@acme.com' })}` } })
+  t.equal(forged.status, 401, 'a forged cookie reaches the app as it came, and the app refuses it')
+  t.equal(JSON.parse(forged.body).code, 'FST_CF_ACCESS_TOKEN_INVALID')
+
+  // what matches: /files* is a prefix (/files, /files/…, /filesx), /open exactly
+  for (const path of ['/files', '/filesx', '/files/a/b?c']) {
+    const res = await send(to, { path, headers: { accept: 'text/html' } })
+    t.not(res.status, 302, `${path}: public`)
+    t.match(res.headers['content-type'], /application\/json/, `${path}: the app answered`)
+  }
+  t.equal((await send(to, { path: '/files/.well-known' })).status, 200, 'a name that starts with a dot is no dot segment')
+  // a dot segment, plain, percent-encoded or after a backslash, is never public: an app that resolves it would serve another path
+  for (const path of ['/files/../me', '/files/./x', '/files/..', '/files/%2e%2e/me', '/files/%2E%2e%2Fme', '/files%2f..%2fme', '/files\\..\\me', '/files/%2e', '/files/..?x']) {
+    const res = await send(to, { path, headers: { accept: 'text/html' } })
+    t.equal(res.status, 302, `${path}: a login first`)
+  }
+  for (const path of ['/open/x', '/openx', '/me', '/Open', '/fil']) {
+    const res = await send(to, { path, headers: { accept: 'text/html' } })
+    t.equal(res.status, 302, `${path}: a login first`)
+  }
+
+  // WebSockets on a public path: forwarded without a login, without a token, with the cookies as they came
+  const told = async (headers: Record<string, string>): Promise<unknown> => {
+    const ws = new WebSocket(`ws://127.0.0.1:${to}/open-ws`, { headers })
+    const message = await new Promise<string>((resolve, reject) => {
+      ws.once('message', (data) => resolve(String(data)))
+      ws.once('error', reject)
+    })
+    ws.close()
+    return JSON.parse(message)
+  }
+  t.same(await told({ 'cf-access-jwt-assertion': 'forged' }), { token: null, cookie: null }, 'an upgrade without a login')
+  t.same(await told({ cookie: jar.header }), { token: null, cookie: jar.header }, 'a logged-in browser: its cookies, no token added')
+  const refused = await new Promise((resolve) => {
+    const ws = new WebSocket(`ws://127.0.0.1:${to}/ws`)
+    ws.on('unexpected-response', (request, response) => resolve(response.statusCode))
+    ws.on('error', () => {})
+  })
+  t.equal(refused, 401, 'an upgrade on another path still needs a login')
+})
+
+t.test('a public /* leaves Access\'s own paths to the proxy', async (t) => {
+  const to = await ownProxy(t, `http://127.0.0.1:${new URL(proxy.upstream).port}`, { publicPaths: ['/*'] })
+  t.equal(JSON.parse((await send(to, { path: '/cdn-cgi/access/certs' })).body).keys.length, 2, 'the keys')
+  t.match((await send(to, { path: LOGIN_PATH })).body, /name="csrf"/, 'the login page')
+  const me = await send(to, { path: '/me', headers: { accept: 'text/html' } })
+  t.equal(me.status, 401, 'every other path reaches the app, which asks for a token')
+  t.equal(JSON.parse(me.body).code, 'FST_CF_ACCESS_TOKEN_MISSING')
+})
+
+t.test('malformed public paths stop the start with a message that names them', async (t) => {
+  const before = await listeners()
+  for (const value of ['', 'health', '/a,', ',/a', '/a b', '/a?x', '/a#b', '/a*b', '*', '/**', '/\u00e9', '/a\tb']) {
+    await t.rejects(createDevProxy({ upstream: 'http://127.0.0.1:3000', port: 0, privateKeys: keys, publicPaths: ['/ok', value] }),
+      /--public takes paths such as \/, \/health or \/static\* \(a \* at the end matches every path that starts so\), comma-separated; got "/, JSON.stringify(value))
+  }
+  t.equal(await listeners(), before, 'nothing left listening')
 })

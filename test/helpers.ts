@@ -1,4 +1,6 @@
 import { generateKeyPairSync, type KeyObject } from 'node:crypto'
+import http from 'node:http'
+import type { AddressInfo } from 'node:net'
 import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify'
 import type { Test } from 'tap'
 import cloudflareAccess from '../index'
@@ -113,4 +115,13 @@ export async function listeners (): Promise<number> {
     if (now === count) return now
     count = now
   }
+}
+
+/** A port of 127.0.0.1 that was free a moment ago: nothing listens there, until someone takes it. */
+export async function freePort (): Promise<number> {
+  const server = http.createServer()
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  const { port } = server.address() as AddressInfo
+  await new Promise((resolve) => server.close(resolve))
+  return port
 }

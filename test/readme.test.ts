@@ -19,7 +19,6 @@ const DECLARATIONS: Record<string, string> = {
   invoices: 'declare function invoices (): Promise<unknown[]>',
   enqueue: 'declare function enqueue (body: unknown): Promise<void>',
   isSuspended: 'declare function isSuspended (id: string | undefined): Promise<boolean>',
-  forbiddenPage: 'declare const forbiddenPage: string',
   // the plugin a migration starts from (its own typings describe its CommonJS export as a default export)
   fastifyJwtJwks: "import type { FastifyJwtJwksOptions } from 'fastify-jwt-jwks'\ndeclare const fastifyJwtJwks: import('fastify').FastifyPluginCallback<FastifyJwtJwksOptions>",
   Fastify: "import Fastify from 'fastify'",

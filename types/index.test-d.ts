@@ -87,7 +87,7 @@ app.get('/route', { preHandler: access.verify }, async () => 'ok')
 app.get('/route2', { onRequest: [access.verify] }, async () => 'ok')
 
 // reply.cfAccessLogout: a redirect to the fixed, relative logout path; it takes no destination
-app.post('/logout', async (request, reply) => {
+app.get('/logout', { config: { cfAccess: false } }, async (request, reply) => {
   expectType<() => FastifyReply>(reply.cfAccessLogout)
   expectError(reply.cfAccessLogout('https://evil.example'))
   return reply.cfAccessLogout()
