@@ -136,7 +136,9 @@ export const NotVerifiedError = createError<'FST_CF_ACCESS_NOT_VERIFIED', 500, [
 export const RETRY_AFTER_SECONDS = 5
 
 // Every 503 tells the client when to come back, wherever it surfaces (a hook, or a handler awaiting
-// request.cfAccessIdentity()): Fastify's error handler sends an error's `headers`.
+// request.cfAccessIdentity()): here, the one place it is said. Fastify's default error handler sends an
+// error's `headers`; in the plugin's scopes an `onError` hook (lib/plugin.ts) puts them on the reply, for an
+// error handler of the application's.
 for (const Unavailable of [KeysUnavailableError, IdentityUnavailableError, AuthorizeTimeoutError]) {
   Object.defineProperty(Unavailable.prototype, 'headers', {
     value: Object.freeze({ 'retry-after': String(RETRY_AFTER_SECONDS) }),

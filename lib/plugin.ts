@@ -1,7 +1,7 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import { channels } from './channels'
 import { isServiceToken, kLookedAt, subjectOf } from './claims'
-import { AuthorizeFailedError, errorCodes, ForbiddenError, NoIdentityError, RETRY_AFTER_SECONDS, TokenMissingError, toError } from './errors'
+import { AuthorizeFailedError, ForbiddenError, NoIdentityError, TokenMissingError, toError } from './errors'
 import { IdentityClient } from './identity'
 import { KeyStore } from './keys'
 import { pluginLogger } from './log'
@@ -19,8 +19,6 @@ import { watchUnguarded } from './unguarded'
 import { readToken } from './token'
 import type { CloudflareAccessClaims, CloudflareAccessDecorator, CloudflareAccessIdentity, FastifyCloudflareAccessOptions } from './types'
 import { createTokenVerifier, kCacheCounters } from './verify'
-
-const RETRY_AFTER = String(RETRY_AFTER_SECONDS)
 
 /** Where the verified token waits for `request.cfAccessIdentity()`: private, never serialised. */
 const kToken = Symbol('fastify-cloudflare-access.token')
@@ -104,17 +102,14 @@ export async function cloudflareAccess (fastify: FastifyInstance, rawOptions: Fa
     if (rule.policy !== null) await enforce(rule.policy, claims, token, request)
   }
 
-  /** Clears what an earlier admission set, tells a 503's client when to come back, and hands the error on. */
-  function rejected (request: FastifyRequest, reply: FastifyReply, error: Error): Error {
+  /** Clears what an earlier admission set, and hands the error on. */
+  function rejected (request: FastifyRequest, error: Error): Error {
     const req = request as Request
     req.cfAccess = null
     req[kToken] = null
     req[kAdmitted] = null
     const { code } = error as { code?: unknown }
     channels.rejected.hasSubscribers && channels.rejected.publish({ route: request.routeOptions.url, code: typeof code === 'string' ? code : '', statusCode: (error as { statusCode?: number }).statusCode ?? 500 })
-    if (code === errorCodes.KEYS_UNAVAILABLE || code === errorCodes.IDENTITY_UNAVAILABLE || code === errorCodes.AUTHORIZE_TIMEOUT) {
-      reply.header('retry-after', RETRY_AFTER)
-    }
     return error
   }
 
@@ -132,35 +127,55 @@ export async function cloudflareAccess (fastify: FastifyInstance, rawOptions: Fa
   }
 
   /** The slow path: a key to fetch, or policies to apply. Rejects with an Error, always. */
-  async function authenticateAsync (request: FastifyRequest, reply: FastifyReply, token: string, pending: CloudflareAccessClaims | Promise<CloudflareAccessClaims>, rule: RouteRule, cached: boolean): Promise<void> {
+  async function authenticateAsync (request: FastifyRequest, token: string, pending: CloudflareAccessClaims | Promise<CloudflareAccessClaims>, rule: RouteRule, cached: boolean): Promise<void> {
     try {
       const claims = await pending
       await enforceAll(claims, token, request, rule)
       accept(request, token, claims, rule, cached)
     } catch (error) {
-      throw rejected(request, reply, toError(error)) // an Error of `authorize` goes on unchanged
+      throw rejected(request, toError(error)) // an Error of `authorize` goes on unchanged
     }
   }
 
+  /** Nothing (admitted), the error to answer, or a promise of either: what checking a request comes to. */
+  type Outcome = undefined | Error | Promise<void>
+
   /**
-   * Authenticates and authorizes one request. Without I/O and without a policy — the common case — it works
-   * synchronously and returns nothing (admitted) or the error to answer; otherwise a promise.
-   * `ownHook`: called as the plugin's scope hook, the only caller that honours `config.cfAccess: false`.
+   * The scope hook's check: honours what a route asks of the plugin's own hook — `config.cfAccess: false`
+   * skips it, and an optional route lets a request without a token go on (never under a plugin-level
+   * policy, which the boot refuses; also for a route the boot could not see).
    */
-  function authenticate (request: FastifyRequest, reply: FastifyReply, ownHook: boolean): undefined | Error | Promise<void> {
+  function checkInScope (request: FastifyRequest): Outcome {
     const rule = ruleOf(request.routeOptions.config)
-    if (rule.skip && ownHook) return undefined
-    const req = request as Request
-    req[kLookedAt] = true
-    const token = readToken(request.headers)
-    // Never optional under a plugin-level policy (refused at boot; also for a route the boot could not see)
-    if (token === undefined && ownHook && options.policy === null && isOptional(rule, options.required)) return undefined
+    if (rule.skip) return undefined
+    const token = lookAt(request)
+    if (token === undefined && options.policy === null && isOptional(rule, options.required)) return undefined
+    return authenticate(request, token, rule)
+  }
+
+  /** `verify`'s check: always a token, verified, with the registration's and the route's policies. */
+  function checkAlways (request: FastifyRequest): Outcome {
+    return authenticate(request, lookAt(request), ruleOf(request.routeOptions.config))
+  }
+
+  /** The request's token, once the request is marked as looked at (lib/claims.ts tells its 401 from its 500 by it). */
+  function lookAt (request: FastifyRequest): string | undefined {
+    (request as Request)[kLookedAt] = true
+    return readToken(request.headers)
+  }
+
+  /**
+   * Authenticates and authorizes one request with the route's rule. Without I/O and without a policy — the
+   * common case — it works synchronously and returns nothing (admitted) or the error to answer; otherwise
+   * a promise.
+   */
+  function authenticate (request: FastifyRequest, token: string | undefined, rule: RouteRule): Outcome {
     const before = hits()
     const claims = verifier.verify(token)
-    if (claims instanceof Error) return rejected(request, reply, claims)
+    if (claims instanceof Error) return rejected(request, claims)
     const cached = hits() !== before
     if (claims instanceof Promise || options.policy !== null || rule.policy !== null || rule.error !== null) {
-      return authenticateAsync(request, reply, token as string, claims, rule, cached)
+      return authenticateAsync(request, token as string, claims, rule, cached)
     }
     accept(request, token as string, claims, rule, cached)
     return undefined
@@ -173,16 +188,16 @@ export async function cloudflareAccess (fastify: FastifyInstance, rawOptions: Fa
   }
 
   /** The scope hook, callback style: no promise and no exception on the synchronous path. */
-  function hook (request: FastifyRequest, reply: FastifyReply, done: Done): void {
-    const outcome = authenticate(request, reply, true)
+  function hook (request: FastifyRequest, _reply: FastifyReply, done: Done): void {
+    const outcome = checkInScope(request)
     if (outcome === undefined) done()
     else if (outcome instanceof Error) done(outcome)
     else outcome.then(() => done(), done)
   }
 
   /** `fastify.cfAccess.verify`: always verifies, wherever and however it is called. */
-  async function verify (request: FastifyRequest, reply: FastifyReply): Promise<void> {
-    const outcome = authenticate(request, reply, false)
+  async function verify (request: FastifyRequest, _reply: FastifyReply): Promise<void> {
+    const outcome = checkAlways(request)
     if (outcome instanceof Error) throw outcome
     await outcome
   }
@@ -233,6 +248,13 @@ export async function cloudflareAccess (fastify: FastifyInstance, rawOptions: Fa
     return identityFor(token, claims)
   })
   decorateLogout(fastify)
+  // A 503 of the plugin tells the client when to come back (its error's `headers`), also through an error
+  // handler of the application's, which Fastify does not give them.
+  fastify.addHook('onError', function cfAccessErrorHeaders (_request, reply, error, done) {
+    const { headers, code } = error as { headers?: Record<string, string>, code?: unknown }
+    if (headers !== undefined && typeof code === 'string' && code.startsWith('FST_CF_ACCESS_')) reply.headers(headers)
+    done()
+  })
   if (options.hook !== false) {
     addScopeHook(fastify, options.hook, hook, options.corsPreflight, tokenOptional)
   } else {
