@@ -113,23 +113,73 @@ export function checkStructure (token: unknown): string | Error {
 /** Header segments remembered by a `StructureMemo`: Cloudflare signs with one key at a time, two during a rotation. */
 const REMEMBERED_HEADERS = 4
 
+/** What `StructureMemo.decode` comes to. */
+export type Decoded<K> =
+  /** fast-jwt verified the token with the key of its kid: its payload (UTF-8, as checkStructure wants it). */
+  | { readonly key: K, readonly payload: Record<string, unknown>, readonly error?: undefined, readonly kid?: undefined }
+  /** fast-jwt refused a token checkStructure accepts: what fast-jwt threw (its claims, its signature). */
+  | { readonly key: K, readonly refused: unknown, readonly payload?: undefined, readonly error?: undefined, readonly kid?: undefined }
+  /** checkStructure's refusal, whichever path the token took. */
+  | { readonly error: Error, readonly key?: undefined, readonly kid?: undefined }
+  /** A token checkStructure accepts whose key is not at hand: resolve the key, then `decodeWithKey`. */
+  | { readonly kid: string, readonly key?: undefined, readonly error?: undefined }
+
 /**
- * checkStructure for the hot path, where fast-jwt decodes the token next anyway. All the tokens of one
- * signing key share one header segment, so a header that passed checkStructure is remembered (a few, the
- * latest first out): a token that starts with one needs, of checkStructure's work, only the canonical
- * last characters of its other two segments — what fast-jwt's decoder checks itself (three segments of
- * base64url characters, JSON objects) is left to it. Used so, a token is accepted only if checkStructure
- * accepts it, provided the caller:
- *  - answers checkStructure's error whenever fast-jwt rejects the token (the same answer as before);
- *  - checks `payloadIsUtf8` before it accepts one (fast-jwt would replace invalid bytes by U+FFFD);
- *  - calls checkStructure before anything but fast-jwt (a key fetch for an unknown kid).
+ * Structure first, then fast-jwt, with the rules of the hot path kept here and nowhere else. All the tokens
+ * of one signing key share one header segment, so a header that passed checkStructure is remembered (a
+ * few, the latest first out), and a token that starts with one, whose key is at hand, goes to fast-jwt
+ * without checkStructure's work: fast-jwt's decoder checks the segments' alphabet and JSON itself (where
+ * it does: the start-up self-check, lib/decoder-check.ts, turns the hot path off otherwise). So that every
+ * answer is checkStructure's:
+ *  - the hot path is taken only for a key at hand: nothing but fast-jwt runs before checkStructure (no key
+ *    fetch for an unknown kid);
+ *  - whenever fast-jwt refuses a token, checkStructure's refusal, if it has one, is the answer;
+ *  - a payload fast-jwt accepted is refused unless it is UTF-8 (fast-jwt would replace invalid bytes).
  */
 export class StructureMemo {
+  readonly #hot: boolean
   // Stryker disable next-line ArrayDeclaration: equivalent, the first remember overwrites slot 0, and until then its kid is undefined (no kid: not the hot path)
   readonly #headers: string[] = []
   // Stryker disable next-line ArrayDeclaration: equivalent, the first remember overwrites slot 0, and no header is remembered before it
   readonly #kids: string[] = []
   #next = 0
+
+  /** `hot`: whether the hot path may be taken (fast-jwt's decoder is strict). */
+  constructor (hot = true) {
+    this.#hot = hot
+  }
+
+  /**
+   * Decodes and verifies `token` with `verify` (fast-jwt with the key `keyAt` has for its kid): the key at
+   * hand, or the kid to resolve.
+   */
+  decode<K> (token: unknown, keyAt: (kid: string) => K | undefined, verify: (key: K, token: string) => Record<string, unknown>): Decoded<K> {
+    // Within the size cap only: fast-jwt knows no cap, and a validly signed token past it must still be refused.
+    if (this.#hot && typeof token === 'string' && token.length <= MAX_TOKEN_LENGTH) {
+      const kid = this.kidOf(token)
+      const key = kid === undefined ? undefined : keyAt(kid)
+      if (key !== undefined) return this.decodeWithKey(token, key, verify)
+    }
+    const kid = checkStructure(token)
+    if (typeof kid !== 'string') return { error: kid }
+    const key = keyAt(kid)
+    if (key === undefined) return { kid }
+    // Only the header of a key at hand: random kids would push the real one out.
+    this.remember(token as string, kid)
+    return this.decodeWithKey(token as string, key, verify)
+  }
+
+  /** Verifies with fast-jwt a token that checkStructure accepted, or one the hot path let through. */
+  decodeWithKey<K> (token: string, key: K, verify: (key: K, token: string) => Record<string, unknown>): Decoded<K> {
+    let payload: Record<string, unknown>
+    try {
+      payload = verify(key, token)
+    } catch (refused) {
+      const structural = checkStructure(token)
+      return structural instanceof Error ? { error: structural } : { key, refused }
+    }
+    return payloadIsUtf8(token) ? { key, payload } : { error: new TokenInvalidError('not valid UTF-8') }
+  }
 
   /**
    * The token's kid, when its header segment is one remembered and its payload and signature end in

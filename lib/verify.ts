@@ -6,7 +6,7 @@ import type { NormalizedOptions } from './options'
 import { TokenCache, type CacheCounters } from './cache'
 import { decoderIsStrict, warnDecoderNotStrict } from './decoder-check'
 import { deepFreeze } from './freeze'
-import { checkStructure, MAX_TOKEN_LENGTH, payloadIsUtf8, StructureMemo } from './token'
+import { MAX_TOKEN_LENGTH, StructureMemo, type Decoded } from './token'
 import type { CloudflareAccessClaims } from './types'
 
 type ClaimsVerifier = (token: string) => Record<string, unknown>
@@ -59,8 +59,8 @@ export function createTokenVerifier (options: NormalizedOptions, store: KeySourc
   // One fast-jwt verifier per key, built the first time the key is used and dropped with the key.
   const verifiers = new WeakMap<SigningKey, ClaimsVerifier>()
   const cache = new TokenCache(options.cacheSize)
-  const shapes = new StructureMemo()
   const hotPath = decoderIsStrict(create)
+  const shapes = new StructureMemo(hotPath)
   if (!hotPath && log !== undefined) warnDecoderNotStrict(log)
   const { clockToleranceMs } = options
   // The `aud` of nearly every token is one configured audience, alone: shared, frozen once, since freezing
@@ -125,15 +125,17 @@ export function createTokenVerifier (options: NormalizedOptions, store: KeySourc
     return typeof iat === 'number' ? Math.max(from, iat * 1000 - clockToleranceMs) : from
   }
 
-  function verifyWithKey (token: string, key: SigningKey, now: number): CloudflareAccessClaims | Error {
-    let payload: Record<string, unknown>
-    try {
-      payload = verifierFor(key)(token)
-    } catch (error) {
-      // What checkStructure refuses gets its answer, as if it had run first (the hot path leaves it to fast-jwt).
-      const structural = checkStructure(token)
-      if (structural instanceof Error) return structural
-      const rejection = translate(error as TokenError, audienceHelp)
+  /** fast-jwt's verification of a token with a key (StructureMemo runs it, with its rules). */
+  function fastJwt (key: SigningKey, token: string): Record<string, unknown> {
+    return verifierFor(key)(token)
+  }
+
+  /** The answer for a decoded token: the claims, or the error (remembered when a signed token is wrong for good). */
+  function finish (token: string, decoded: Decoded<SigningKey>, now: number): CloudflareAccessClaims | Error {
+    if (decoded.error !== undefined) return decoded.error
+    const { key, payload } = decoded as { key: SigningKey, payload?: Record<string, unknown>, refused?: unknown }
+    if (payload === undefined) {
+      const rejection = translate((decoded as { refused: TokenError }).refused, audienceHelp)
       // A signed token for another application stays wrong: remember that, so that replaying it costs no RSA.
       if (rejection.code === errorCodes.CLAIM_INVALID) {
         const claims = payloadOf(token)
@@ -141,8 +143,6 @@ export function createTokenVerifier (options: NormalizedOptions, store: KeySourc
       }
       return rejection
     }
-    // The one check of checkStructure that fast-jwt's decoding does not make (it replaces invalid bytes).
-    if (!payloadIsUtf8(token)) return new TokenInvalidError('not valid UTF-8')
     const claims = checkClaims(payload, now, clockToleranceMs)
     if (claims instanceof Error) {
       if (claims.code === errorCodes.CLAIM_INVALID) cache.reject(token, claims, key, reusableUntil(payload.exp), reusableFrom(payload))
@@ -154,7 +154,7 @@ export function createTokenVerifier (options: NormalizedOptions, store: KeySourc
   }
 
   function verifyWithResolvedKey (token: string, key: SigningKey | undefined): CloudflareAccessClaims {
-    const result = key === undefined ? new TokenInvalidError('unknown key id (kid)') : verifyWithKey(token, key, at ?? Date.now())
+    const result = key === undefined ? new TokenInvalidError('unknown key id (kid)') : finish(token, shapes.decodeWithKey(token, key, fastJwt), at ?? Date.now())
     if (result instanceof Error) throw result
     return result
   }
@@ -163,25 +163,16 @@ export function createTokenVerifier (options: NormalizedOptions, store: KeySourc
     cacheCounters: () => cache.counters(),
     hotPath,
     verify (token: unknown): CloudflareAccessClaims | Error | Promise<CloudflareAccessClaims> {
+      const now = at ?? Date.now()
       if (typeof token === 'string' && token.length <= MAX_TOKEN_LENGTH) {
-        const now = at ?? Date.now()
         const cached = cache.get(token, now, currentKey)
         if (cached !== undefined) return cached
-        // The hot path: a header seen before, a key at hand (see StructureMemo for what fast-jwt checks).
-        const kid = hotPath ? shapes.kidOf(token) : undefined
-        const key = kid === undefined ? undefined : store.get(kid)
-        if (key !== undefined) return verifyWithKey(token, key, now)
       }
-      const kid = checkStructure(token)
-      if (typeof kid !== 'string') return kid
-      const key = store.get(kid)
-      if (key !== undefined) {
-        // Only the header of a key at hand: random kids would push the real one out.
-        shapes.remember(token as string, kid)
-        return verifyWithKey(token as string, key, at ?? Date.now())
-      }
-      if (store.isKnownUnknown(kid)) return new TokenInvalidError('unknown key id (kid)')
-      return store.resolve(kid).then((resolved) => verifyWithResolvedKey(token as string, resolved))
+      // Structure, key and fast-jwt, the hot path's rules kept by StructureMemo.
+      const decoded = shapes.decode(token, currentKey, fastJwt)
+      if (decoded.kid === undefined) return finish(token as string, decoded, now)
+      if (store.isKnownUnknown(decoded.kid)) return new TokenInvalidError('unknown key id (kid)')
+      return store.resolve(decoded.kid).then((resolved) => verifyWithResolvedKey(token as string, resolved))
     }
   }
 }
