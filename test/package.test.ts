@@ -86,8 +86,17 @@ t.test('the tarball holds only what users need', async (t) => {
   const lib = readdirSync(join(ROOT, 'lib')).filter((file) => file.endsWith('.ts')).flatMap((file) => [`dist/lib/${file.slice(0, -3)}.js`, `dist/lib/${file.slice(0, -3)}.d.ts`])
   t.same(lib.filter((file) => !files.includes(file)), [], 'every module of lib/, compiled, with its declarations')
   t.ok(['dist/index.js', 'dist/index.d.ts', 'README.md', 'LICENSE', 'CHANGELOG.md', 'package.json'].every((file) => files.includes(file)))
-  const unexpected = files.filter((file) => !/^(dist\/index\.(js|d\.ts)|dist\/lib\/[a-z-]+\.(js|d\.ts)|README\.md|LICENSE|CHANGELOG\.md|package\.json)$/.test(file))
-  t.same(unexpected, [], 'no tests, sources, benchmarks, examples or maps')
+  const unexpected = files.filter((file) => !/^(dist\/index\.(js|d\.ts)|dist\/lib\/[a-z-]+\.(js|d\.ts)|docs\/[a-z-]+\.md|examples\/[a-z-]+\.ts|README\.md|LICENSE|CHANGELOG\.md|package\.json)$/.test(file))
+  t.same(unexpected, [], 'no tests, sources, benchmarks or maps: the docs and examples the README links to, and the build')
+  // Every relative link of the README and of docs/ opens in the installed package.
+  const pages = ['README.md', ...files.filter((file) => file.startsWith('docs/'))]
+  for (const page of pages) {
+    const text = readFileSync(join(ROOT, page), 'utf8')
+    for (const [, target] of text.matchAll(/\]\((?!https?:|#)([^)#]+)(?:#[^)]*)?\)/g)) {
+      const resolved = join(dirname(page), target as string).replace(/\\/g, '/')
+      t.ok(files.includes(resolved), `${page} links to ${target as string}, which the package holds`)
+    }
+  }
 })
 
 t.test('require() and import of the installed package', async (t) => {
