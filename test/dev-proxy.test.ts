@@ -868,6 +868,12 @@ t.test('public paths are passed on without a login and without a token, as behin
     const res = await send(to, { path, headers: { accept: 'text/html' } })
     t.equal(res.status, 302, `${path}: a login first`)
   }
+  // nor one a ; or # ends: servers that end the path there, or resolve it as a URL (new URL('/files/..#', base) is /), would serve its parent
+  for (const path of ['/files/..#', '/files/.#x', '/files/%2e%2e#', '/files/a/..#/b', '/files/..;/me', '/files/.;x', '/files/%2E%2E;a=b/me']) {
+    const res = await send(to, { path, headers: { accept: 'text/html' } })
+    t.equal(res.status, 302, `${path}: a login first`)
+  }
+  t.equal((await send(to, { path: '/files/..x#', headers: { accept: 'text/html' } })).status, 200, 'a name that starts with two dots is no dot segment either')
   for (const path of ['/open/x', '/openx', '/me', '/Open', '/fil']) {
     const res = await send(to, { path, headers: { accept: 'text/html' } })
     t.equal(res.status, 302, `${path}: a login first`)
