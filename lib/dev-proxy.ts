@@ -22,6 +22,11 @@ export const DEFAULT_PORT = 8787
 /** Cloudflare's default session: 24 hours. */
 const SESSION_SECONDS = 86_400
 const MAX_FORM_BYTES = 8192
+/**
+ * Logins whose groups are remembered: the latest emails. A login carries up to 8 KiB of groups; remembered for
+ * every email ever used, a loop of logins would grow the process without bound.
+ */
+const REMEMBERED_IDENTITIES = 100
 /** Headers that belong to one connection (RFC 9110 §7.6.1), never forwarded. */
 const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'proxy-authorization', 'te', 'trailer', 'transfer-encoding', 'upgrade'])
 /**
@@ -286,8 +291,23 @@ export async function createDevProxy (options: DevProxyOptions): Promise<DevProx
     }, unusable)
   }
 
-  /** The groups each email logged in with last, as the emulator's identity endpoint serves them. */
+  /**
+   * The groups each email logged in with last, as the emulator's identity endpoint serves them: the latest
+   * {@link REMEMBERED_IDENTITIES} emails (by their latest login), in that order, oldest first.
+   */
   const groupsOf = new Map<string, readonly CloudflareAccessGroup[]>()
+  function remember (email: string, groups: CloudflareAccessGroup[]): void {
+    const key = email.toLowerCase()
+    groupsOf.delete(key)
+    groupsOf.set(key, groups)
+    access.setIdentity(email, { groups })
+    if (groupsOf.size > REMEMBERED_IDENTITIES) {
+      const oldest = groupsOf.keys().next().value as string
+      groupsOf.delete(oldest)
+      // the default identity, without groups: the emulator keeps nothing for it; the login's token stays valid
+      access.setIdentity(oldest, {})
+    }
+  }
 
   /** The login page, with who the request's session is (if any). */
   function loginForm (req: http.IncomingMessage, res: http.ServerResponse, status: number, state: Omit<LoginPageState, 'csrf' | 'signedIn'>): void {
@@ -352,8 +372,7 @@ export async function createDevProxy (options: DevProxyOptions): Promise<DevProx
         }
         const groups = parseGroups(groupsField)
         if ('invalid' in groups) return refuse(`${GROUPS_RULE}. Not one: ${groups.invalid}`)
-        access.setIdentity(email, { groups })
-        groupsOf.set(email.toLowerCase(), groups)
+        remember(email, groups)
         token = access.signToken({ email, iss: origin }, { expiresIn: SESSION_SECONDS })
       }
       res.writeHead(303, {

@@ -829,6 +829,32 @@ t.test('the login page takes groups by name and by id, shows the ids each one ca
   t.match(kept.body, /name="groups" value="finance"/)
 })
 
+t.test('the groups of the latest 100 emails logged in are kept: a flood of logins leaves the memory bounded, and an older login keeps its token without its groups', async (t) => {
+  // each login may carry 8 KiB of groups (some 1500 of them): remembered for every email ever used, a loop of logins grew the process without bound
+  const to = await ownProxy(t, 'http://127.0.0.1:1')
+  const groupsOf = async (jar: Jar): Promise<unknown> => JSON.parse((await send(to, { path: '/cdn-cgi/access/get-identity', jar })).body).groups
+  const first = new Jar()
+  t.equal((await login(first, { email: 'First@acme.com', groups: 'finance' }, {}, to)).status, 303)
+  const jars: Jar[] = []
+  for (let i = 0; i < 100; i++) {
+    const jar = new Jar()
+    jars.push(jar)
+    t.equal((await login(jar, { email: `u${i}@acme.com`, groups: `g${i}` }, {}, to)).status, 303)
+    if (i === 98) {
+      // a new login of an email it remembers makes it the latest again, whatever its case
+      t.equal((await login(first, { email: 'first@ACME.com', groups: 'finance' }, {}, to)).status, 303)
+    }
+  }
+  t.same(await groupsOf(first), [{ id: groupId('finance'), name: 'finance' }], 'logged in again among the latest 100: kept')
+  t.same(await groupsOf(jars[0] as Jar), [], 'the oldest of 101 emails: its token still valid, its groups forgotten')
+  t.match((await send(to, { path: LOGIN_PATH, jar: jars[0] })).body, /<strong>u0@acme\.com<\/strong>, with no groups\./, 'the login page says so')
+  t.same(await groupsOf(jars[1] as Jar), [{ id: groupId('g1'), name: 'g1' }], 'the next one is kept')
+  t.same(await groupsOf(jars[99] as Jar), [{ id: groupId('g99'), name: 'g99' }], 'the latest is kept')
+  t.equal((await login(jars[0] as Jar, { email: 'u0@acme.com', groups: 'g0' }, {}, to)).status, 303)
+  t.same(await groupsOf(jars[0] as Jar), [{ id: groupId('g0'), name: 'g0' }], 'a new login brings them back')
+  t.same(await groupsOf(jars[1] as Jar), [], 'and forgets the oldest again')
+})
+
 t.test('public paths are passed on without a login and without a token, as behind a Bypass policy; the browser\'s cookies as they came', async (t) => {
   // the shared proxy's public paths: '/open,/maybe', '/files*', '/open-ws'
   const to = port
