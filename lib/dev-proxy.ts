@@ -445,7 +445,12 @@ export async function createDevProxy (options: DevProxyOptions): Promise<DevProx
     const open = isPublic((req.url as string).split('?')[0] as string)
     const claims = open ? undefined : session(req)
     if (!open && claims === undefined) return refuseUpgrade(socket, 401)
-    const fail = (): void => refuseUpgrade(socket, 502)
+    let declined = false
+    // a 502, unless the app's refusal has begun: a second answer would follow it on the connection
+    const fail = (): void => {
+      if (declined) socket.destroy()
+      else refuseUpgrade(socket, 502)
+    }
     guarded(() => {
       const upstream = upstreamRequest(req, claims, true)
       socket.on('close', () => upstream.destroy())
@@ -458,6 +463,12 @@ export async function createDevProxy (options: DevProxyOptions): Promise<DevProx
       })
       // the app declined the upgrade: pass its answer on, and close
       upstream.on('response', (answer) => {
+        // a status no HTTP answer has (below 100; a request's answer gets the 502 too, from writeHead)
+        if ((answer.statusCode as number) < 100) {
+          answer.destroy()
+          return fail()
+        }
+        declined = true
         socket.write(responseHead(answer, true))
         pipeline(answer, socket, () => {})
       })

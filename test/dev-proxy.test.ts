@@ -119,6 +119,16 @@ t.before(async () => {
       setTimeout(() => socket.destroy(), 20)
       return
     }
+    if (req.url === '/ws-99') {
+      // declines with a status below 100
+      socket.end('HTTP/1.1 099 Odd\r\nContent-Length: 0\r\n\r\n')
+      return
+    }
+    if (req.url === '/ws-garbled') {
+      // declines, then sends a chunked body Node's parser refuses
+      socket.end('HTTP/1.1 403 Forbidden\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n')
+      return
+    }
     if (req.url === '/ws-decline') {
       // declines with a chunked body and hop-by-hop headers of its own connection
       socket.end('HTTP/1.1 403 Forbidden\r\nX-Reason: nope\r\nKeep-Alive: timeout=99\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nnope!\r\n0\r\n\r\n')
@@ -571,6 +581,8 @@ t.test('an answer Node cannot write (a status below 100, a 101 nobody asked for)
   const switched = await send(port, { path: '/switch', jar })
   t.equal(switched.status, 502, 'a 101 to a request without Upgrade: no hang')
   t.match(switched.body, /\(101 to a request without Upgrade\)/)
+  const declined = await exchange(port, `GET /ws-99 HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nCookie: ${jar.header}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n`)
+  t.match(declined, /^HTTP\/1\.1 502 Bad Gateway\r\n/, 'an upgrade declined with a status below 100: a 502 too, not the status passed on')
   t.equal((await send(port, { path: '/me', jar })).status, 200, 'the proxy still serves')
 })
 
@@ -602,6 +614,8 @@ t.test('an app that breaks off its refusal of an upgrade breaks off ours: never 
   await login(jar, { email: 'alice@acme.com' })
   const answer = await exchange(port, `GET /ws-broken HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nCookie: ${jar.header}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n`)
   t.match(answer, /^HTTP\/1\.1 403 Forbidden\r\n[^]*partial$/, 'closed after what the app sent')
+  const garbled = await exchange(port, `GET /ws-garbled HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nCookie: ${jar.header}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n`)
+  t.equal(garbled, 'HTTP/1.1 403 Forbidden\r\nConnection: close\r\n\r\n', 'a body the proxy cannot read: closed after the head it passed on, no second answer behind it')
 })
 
 t.test('Connection removes the headers it names, except Host and Content-Length: a body never runs on into a second request upstream', async (t) => {
