@@ -161,6 +161,8 @@ export async function createDevProxy (options: DevProxyOptions): Promise<DevProx
   const target = upstreamOrigin(options.upstream, options.allowRemoteUpstream === true)
   const port = options.port ?? DEFAULT_PORT
   if (!Number.isInteger(port) || port < 0 || port > 65535) throw new Error(`--port must be a port number, got ${JSON.stringify(port)}`)
+  // the origin would be http://127.0.0.1, and the Host a browser sends 127.0.0.1: neither is what the proxy checks
+  if (port === 80) throw new Error(`--port 80 is http://'s default port, which browsers leave out of Host and Origin: choose another, such as ${DEFAULT_PORT}`)
   const audience = options.audience ?? DEV_AUDIENCE
   // the plugin's own validation of the tag, with its message
   normalizeOptions({ teamDomain: 'http://127.0.0.1', audience })

@@ -513,6 +513,8 @@ t.test('start-up errors name the problem', async (t) => {
     [{ upstream: 'http://127.0.0.1:3000', port: -1 }, /--port must be a port number/],
     [{ upstream: 'http://127.0.0.1:3000', port: 1.5 }, /--port must be a port number/],
     [{ upstream: 'http://127.0.0.1:3000', audience: 'has space' }, /option "audience"/],
+    // browsers leave http's port out of Host and Origin: refused with a reason, before anything listens (it failed with the emulator's "teamDomain" message)
+    [{ upstream: 'http://127.0.0.1:3000', port: 80 }, /^--port 80 is http:\/\/'s default port, which browsers leave out of Host and Origin: choose another, such as 8787$/],
     [{ upstream: `http://localhost:${busy + 0}`, port: busy }, /EADDRINUSE/]
   ]
   const before = await listeners()
