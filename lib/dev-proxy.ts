@@ -22,6 +22,11 @@ export const DEFAULT_PORT = 8787
 /** Cloudflare's default session: 24 hours. */
 const SESSION_SECONDS = 86_400
 const MAX_FORM_BYTES = 8192
+/**
+ * Logins whose groups are remembered: the latest emails. A login carries up to 8 KiB of groups; remembered for
+ * every email ever used, a loop of logins would grow the process without bound.
+ */
+const REMEMBERED_IDENTITIES = 100
 /** Headers that belong to one connection (RFC 9110 §7.6.1), never forwarded. */
 const HOP_BY_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'proxy-authorization', 'te', 'trailer', 'transfer-encoding', 'upgrade'])
 /**
@@ -156,6 +161,8 @@ export async function createDevProxy (options: DevProxyOptions): Promise<DevProx
   const target = upstreamOrigin(options.upstream, options.allowRemoteUpstream === true)
   const port = options.port ?? DEFAULT_PORT
   if (!Number.isInteger(port) || port < 0 || port > 65535) throw new Error(`--port must be a port number, got ${JSON.stringify(port)}`)
+  // the origin would be http://127.0.0.1, and the Host a browser sends 127.0.0.1: neither is what the proxy checks
+  if (port === 80) throw new Error(`--port 80 is http://'s default port, which browsers leave out of Host and Origin: choose another, such as ${DEFAULT_PORT}`)
   const audience = options.audience ?? DEV_AUDIENCE
   // the plugin's own validation of the tag, with its message
   normalizeOptions({ teamDomain: 'http://127.0.0.1', audience })
@@ -286,8 +293,23 @@ export async function createDevProxy (options: DevProxyOptions): Promise<DevProx
     }, unusable)
   }
 
-  /** The groups each email logged in with last, as the emulator's identity endpoint serves them. */
+  /**
+   * The groups each email logged in with last, as the emulator's identity endpoint serves them: the latest
+   * {@link REMEMBERED_IDENTITIES} emails (by their latest login), in that order, oldest first.
+   */
   const groupsOf = new Map<string, readonly CloudflareAccessGroup[]>()
+  function remember (email: string, groups: CloudflareAccessGroup[]): void {
+    const key = email.toLowerCase()
+    groupsOf.delete(key)
+    groupsOf.set(key, groups)
+    access.setIdentity(email, { groups })
+    if (groupsOf.size > REMEMBERED_IDENTITIES) {
+      const oldest = groupsOf.keys().next().value as string
+      groupsOf.delete(oldest)
+      // the default identity, without groups: the emulator keeps nothing for it; the login's token stays valid
+      access.setIdentity(oldest, {})
+    }
+  }
 
   /** The login page, with who the request's session is (if any). */
   function loginForm (req: http.IncomingMessage, res: http.ServerResponse, status: number, state: Omit<LoginPageState, 'csrf' | 'signedIn'>): void {
@@ -352,8 +374,7 @@ export async function createDevProxy (options: DevProxyOptions): Promise<DevProx
         }
         const groups = parseGroups(groupsField)
         if ('invalid' in groups) return refuse(`${GROUPS_RULE}. Not one: ${groups.invalid}`)
-        access.setIdentity(email, { groups })
-        groupsOf.set(email.toLowerCase(), groups)
+        remember(email, groups)
         token = access.signToken({ email, iss: origin }, { expiresIn: SESSION_SECONDS })
       }
       res.writeHead(303, {
@@ -426,7 +447,12 @@ export async function createDevProxy (options: DevProxyOptions): Promise<DevProx
     const open = isPublic((req.url as string).split('?')[0] as string)
     const claims = open ? undefined : session(req)
     if (!open && claims === undefined) return refuseUpgrade(socket, 401)
-    const fail = (): void => refuseUpgrade(socket, 502)
+    let declined = false
+    // a 502, unless the app's refusal has begun: a second answer would follow it on the connection
+    const fail = (): void => {
+      if (declined) socket.destroy()
+      else refuseUpgrade(socket, 502)
+    }
     guarded(() => {
       const upstream = upstreamRequest(req, claims, true)
       socket.on('close', () => upstream.destroy())
@@ -439,6 +465,12 @@ export async function createDevProxy (options: DevProxyOptions): Promise<DevProx
       })
       // the app declined the upgrade: pass its answer on, and close
       upstream.on('response', (answer) => {
+        // a status no HTTP answer has (below 100; a request's answer gets the 502 too, from writeHead)
+        if ((answer.statusCode as number) < 100) {
+          answer.destroy()
+          return fail()
+        }
+        declined = true
         socket.write(responseHead(answer, true))
         pipeline(answer, socket, () => {})
       })

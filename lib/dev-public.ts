@@ -6,14 +6,18 @@ const PATTERN = /^\/[\x21-\x22\x24-\x29\x2b-\x3e\x40-\x7e]*\*?$/
 /** `.` and `/` percent-encoded, and `\` (which some servers read as `/`), spelt plainly for {@link DOT_SEGMENT}. */
 const SPELT_SEPARATOR = /%2e|%2f|%5c|\\/gi
 const SEPARATORS: Record<string, string> = { '%2e': '.', '%2f': '/', '%5c': '/', '\\': '/' }
-/** A `.` or `..` segment: a server that resolves it would serve another path than the one matched. */
-const DOT_SEGMENT = /\/\.\.?(?:\/|$)/
+/**
+ * A `.` or `..` segment: a server that resolves it would serve another path than the one matched. It ends at
+ * a `/`, or where servers end a path: the end, a `;` (path parameters) or a `#` (`new URL('/a/..#', base)` is `/`).
+ */
+const DOT_SEGMENT = /\/\.\.?(?:[/;#]|$)/
 
 /**
  * Reads `--public` values (each one path or several, comma-separated) into a test of a request's path:
  * `/health` matches `/health` only, `/static*` every path that starts with `/static` (`/static`,
- * `/static/app.js`, `/statics`). A path with a `.` or `..` segment, plain or percent-encoded, is never public
- * (Cloudflare resolves them before it matches a policy; an app that resolves them would serve another path).
+ * `/static/app.js`, `/statics`). A path with a `.` or `..` segment, plain or percent-encoded, ended by `/`,
+ * `;`, `#` or the path's end, is never public (Cloudflare resolves them before it matches a policy; an app
+ * that resolves them would serve another path).
  * Stops at the first malformed value with a message that names it.
  */
 export function publicPaths (values: readonly string[]): (path: string) => boolean {

@@ -403,7 +403,9 @@ export async function createAccessEmulator (options: AccessEmulatorOptions = {})
       endpoints[endpoint].latency = ms
     },
     setIdentity (email, identity) {
-      identities.set(email.toLowerCase(), identity)
+      // nothing over the default: nothing to keep (the dev proxy forgets an identity so)
+      if (Object.keys(identity).length === 0) identities.delete(email.toLowerCase())
+      else identities.set(email.toLowerCase(), identity)
     },
     handle (req, res) {
       const answered = route(req, res)

@@ -119,6 +119,16 @@ t.before(async () => {
       setTimeout(() => socket.destroy(), 20)
       return
     }
+    if (req.url === '/ws-99') {
+      // declines with a status below 100
+      socket.end('HTTP/1.1 099 Odd\r\nContent-Length: 0\r\n\r\n')
+      return
+    }
+    if (req.url === '/ws-garbled') {
+      // declines, then sends a chunked body Node's parser refuses
+      socket.end('HTTP/1.1 403 Forbidden\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n')
+      return
+    }
     if (req.url === '/ws-decline') {
       // declines with a chunked body and hop-by-hop headers of its own connection
       socket.end('HTTP/1.1 403 Forbidden\r\nX-Reason: nope\r\nKeep-Alive: timeout=99\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nnope!\r\n0\r\n\r\n')
@@ -503,6 +513,8 @@ t.test('start-up errors name the problem', async (t) => {
     [{ upstream: 'http://127.0.0.1:3000', port: -1 }, /--port must be a port number/],
     [{ upstream: 'http://127.0.0.1:3000', port: 1.5 }, /--port must be a port number/],
     [{ upstream: 'http://127.0.0.1:3000', audience: 'has space' }, /option "audience"/],
+    // browsers leave http's port out of Host and Origin: refused with a reason, before anything listens (it failed with the emulator's "teamDomain" message)
+    [{ upstream: 'http://127.0.0.1:3000', port: 80 }, /^--port 80 is http:\/\/'s default port, which browsers leave out of Host and Origin: choose another, such as 8787$/],
     [{ upstream: `http://localhost:${busy + 0}`, port: busy }, /EADDRINUSE/]
   ]
   const before = await listeners()
@@ -571,6 +583,8 @@ t.test('an answer Node cannot write (a status below 100, a 101 nobody asked for)
   const switched = await send(port, { path: '/switch', jar })
   t.equal(switched.status, 502, 'a 101 to a request without Upgrade: no hang')
   t.match(switched.body, /\(101 to a request without Upgrade\)/)
+  const declined = await exchange(port, `GET /ws-99 HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nCookie: ${jar.header}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n`)
+  t.match(declined, /^HTTP\/1\.1 502 Bad Gateway\r\n/, 'an upgrade declined with a status below 100: a 502 too, not the status passed on')
   t.equal((await send(port, { path: '/me', jar })).status, 200, 'the proxy still serves')
 })
 
@@ -602,6 +616,8 @@ t.test('an app that breaks off its refusal of an upgrade breaks off ours: never 
   await login(jar, { email: 'alice@acme.com' })
   const answer = await exchange(port, `GET /ws-broken HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nCookie: ${jar.header}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n`)
   t.match(answer, /^HTTP\/1\.1 403 Forbidden\r\n[^]*partial$/, 'closed after what the app sent')
+  const garbled = await exchange(port, `GET /ws-garbled HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nCookie: ${jar.header}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n`)
+  t.equal(garbled, 'HTTP/1.1 403 Forbidden\r\nConnection: close\r\n\r\n', 'a body the proxy cannot read: closed after the head it passed on, no second answer behind it')
 })
 
 t.test('Connection removes the headers it names, except Host and Content-Length: a body never runs on into a second request upstream', async (t) => {
@@ -829,6 +845,32 @@ t.test('the login page takes groups by name and by id, shows the ids each one ca
   t.match(kept.body, /name="groups" value="finance"/)
 })
 
+t.test('the groups of the latest 100 emails logged in are kept: a flood of logins leaves the memory bounded, and an older login keeps its token without its groups', async (t) => {
+  // each login may carry 8 KiB of groups (some 1500 of them): remembered for every email ever used, a loop of logins grew the process without bound
+  const to = await ownProxy(t, 'http://127.0.0.1:1')
+  const groupsOf = async (jar: Jar): Promise<unknown> => JSON.parse((await send(to, { path: '/cdn-cgi/access/get-identity', jar })).body).groups
+  const first = new Jar()
+  t.equal((await login(first, { email: 'First@acme.com', groups: 'finance' }, {}, to)).status, 303)
+  const jars: Jar[] = []
+  for (let i = 0; i < 100; i++) {
+    const jar = new Jar()
+    jars.push(jar)
+    t.equal((await login(jar, { email: `u${i}@acme.com`, groups: `g${i}` }, {}, to)).status, 303)
+    if (i === 98) {
+      // a new login of an email it remembers makes it the latest again, whatever its case
+      t.equal((await login(first, { email: 'first@ACME.com', groups: 'finance' }, {}, to)).status, 303)
+    }
+  }
+  t.same(await groupsOf(first), [{ id: groupId('finance'), name: 'finance' }], 'logged in again among the latest 100: kept')
+  t.same(await groupsOf(jars[0] as Jar), [], 'the oldest of 101 emails: its token still valid, its groups forgotten')
+  t.match((await send(to, { path: LOGIN_PATH, jar: jars[0] })).body, /<strong>u0@acme\.com<\/strong>, with no groups\./, 'the login page says so')
+  t.same(await groupsOf(jars[1] as Jar), [{ id: groupId('g1'), name: 'g1' }], 'the next one is kept')
+  t.same(await groupsOf(jars[99] as Jar), [{ id: groupId('g99'), name: 'g99' }], 'the latest is kept')
+  t.equal((await login(jars[0] as Jar, { email: 'u0@acme.com', groups: 'g0' }, {}, to)).status, 303)
+  t.same(await groupsOf(jars[0] as Jar), [{ id: groupId('g0'), name: 'g0' }], 'a new login brings them back')
+  t.same(await groupsOf(jars[1] as Jar), [], 'and forgets the oldest again')
+})
+
 t.test('public paths are passed on without a login and without a token, as behind a Bypass policy; the browser\'s cookies as they came', async (t) => {
   // the shared proxy's public paths: '/open,/maybe', '/files*', '/open-ws'
   const to = port
@@ -868,6 +910,12 @@ t.test('public paths are passed on without a login and without a token, as behin
     const res = await send(to, { path, headers: { accept: 'text/html' } })
     t.equal(res.status, 302, `${path}: a login first`)
   }
+  // nor one a ; or # ends: servers that end the path there, or resolve it as a URL (new URL('/files/..#', base) is /), would serve its parent
+  for (const path of ['/files/..#', '/files/.#x', '/files/%2e%2e#', '/files/a/..#/b', '/files/..;/me', '/files/.;x', '/files/%2E%2E;a=b/me']) {
+    const res = await send(to, { path, headers: { accept: 'text/html' } })
+    t.equal(res.status, 302, `${path}: a login first`)
+  }
+  t.equal((await send(to, { path: '/files/..x#', headers: { accept: 'text/html' } })).status, 200, 'a name that starts with two dots is no dot segment either')
   for (const path of ['/open/x', '/openx', '/me', '/Open', '/fil']) {
     const res = await send(to, { path, headers: { accept: 'text/html' } })
     t.equal(res.status, 302, `${path}: a login first`)
