@@ -163,7 +163,7 @@ function refuseAtRequestTime (root: FastifyInstance, log: FastifyBaseLogger, why
     { fastifyVersion: root.version },
     `fastify-cloudflare-access: this app's routes cannot all be seen at boot (Fastify ${root.version}; ${why}): ` +
     'a route whose config.cfAccess no registration guards is refused at request time ' +
-    '(500 FST_CF_ACCESS_ROUTE_UNGUARDED) instead of at boot. Import fastify-cloudflare-access before creating the app to check at boot.'
+    '(500 FST_CF_ACCESS_ROUTE_UNGUARDED) instead of at boot. Import fastify-cloudflare-access before creating the app to check at boot (with fastify-cli: fastify start -r fastify-cloudflare-access).'
   )
   // A lifecycle hook added to the root reaches every scope, those created before included.
   root.addHook('onRequest', function cfAccessUnguardedRoute (request: FastifyRequest, _reply: FastifyReply, done: (error?: Error) => void) {
