@@ -1,10 +1,13 @@
 import { generateKeyPairSync, type KeyObject } from 'node:crypto'
+import diagnosticsChannel from 'node:diagnostics_channel'
 import http from 'node:http'
 import type { AddressInfo } from 'node:net'
 import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify'
 import type { Test } from 'tap'
 import cloudflareAccess from '../index'
 import { createAccessEmulator, type AccessEmulator, type AccessEmulatorOptions } from '../lib/testing'
+import { channelNames, type KeyFetchEndMessage } from '../lib/channels'
+import type { KeyStoreClock } from '../lib/keys'
 import type { FastifyCloudflareAccessOptions } from '../lib/types'
 
 export const HEADER = 'cf-access-jwt-assertion'
@@ -124,4 +127,71 @@ export async function freePort (): Promise<number> {
   const { port } = server.address() as AddressInfo
   await new Promise((resolve) => server.close(resolve))
   return port
+}
+
+/**
+ * A clock that moves only when told: for the key store (its `clock` option), so that a test of refresh
+ * intervals, retries, cooldowns and staleness waits on no real timer. `advance(ms)` moves the time
+ * forward and fires each timer that falls due, in order of due time, each at its own time (a timer a
+ * callback sets fires in the same advance if it falls due within it).
+ */
+export class ManualClock implements KeyStoreClock {
+  #now: number
+  #timers: Array<{ at: number, seq: number, callback: () => void }> = []
+  #seq = 0
+
+  constructor (start = Date.now()) {
+    this.#now = start
+  }
+
+  now = (): number => this.#now
+
+  setTimeout = (callback: () => void, ms: number): unknown => {
+    const timer = { at: this.#now + Math.max(0, ms), seq: this.#seq++, callback }
+    this.#timers.push(timer)
+    return timer
+  }
+
+  clearTimeout = (timer: unknown): void => {
+    this.#timers = this.#timers.filter((pending) => pending !== timer)
+  }
+
+  /** Timers set and not yet fired or cleared. */
+  get pending (): number {
+    return this.#timers.length
+  }
+
+  /** The delays, from now, of the pending timers, soonest first. */
+  get delays (): number[] {
+    return this.#timers.map((timer) => timer.at - this.#now).sort((a, b) => a - b)
+  }
+
+  advance (ms: number): void {
+    const end = this.#now + ms
+    for (;;) {
+      const next = this.#timers.reduce<{ at: number, seq: number, callback: () => void } | undefined>((soonest, timer) =>
+        soonest === undefined || timer.at < soonest.at || (timer.at === soonest.at && timer.seq < soonest.seq) ? timer : soonest, undefined)
+      if (next === undefined || next.at > end) break
+      this.#timers = this.#timers.filter((timer) => timer !== next)
+      this.#now = next.at
+      next.callback()
+    }
+    this.#now = end
+  }
+}
+
+/**
+ * Resolves once the next key fetch from `url` has ended and its store is done with it (the set installed
+ * or the failure counted, the next timer set): with the fetch's end message. Subscribe before the fetch.
+ */
+export function keyFetchEnd (url: string): Promise<KeyFetchEndMessage> {
+  return new Promise((resolve) => {
+    const listener = (message: unknown): void => {
+      if ((message as KeyFetchEndMessage).url !== url) return
+      diagnosticsChannel.unsubscribe(channelNames.keyFetchEnd, listener)
+      // the store's own handlers of that fetch run in the same turn: after them
+      setImmediate(() => resolve(message as KeyFetchEndMessage))
+    }
+    diagnosticsChannel.subscribe(channelNames.keyFetchEnd, listener)
+  })
 }
