@@ -1,7 +1,9 @@
-import { generateKeyPairSync, type KeyObject } from 'node:crypto'
+import { createPrivateKey, type KeyObject } from 'node:crypto'
 import diagnosticsChannel from 'node:diagnostics_channel'
+import { readFileSync } from 'node:fs'
 import http from 'node:http'
 import type { AddressInfo } from 'node:net'
+import { join } from 'node:path'
 import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify'
 import type { Test } from 'tap'
 import cloudflareAccess from '../index'
@@ -12,14 +14,44 @@ import type { FastifyCloudflareAccessOptions } from '../lib/types'
 
 export const HEADER = 'cf-access-jwt-assertion'
 
-let keyPair: [KeyObject, KeyObject] | undefined
+interface TestKeys {
+  current: string
+  previous: string
+  attacker: string
+  /** Keys outside what Cloudflare publishes: an exponent other than 65537, a modulus above 4096 bits. */
+  odd: Record<string, string>
+  /** Public keys only, of sizes the key store refuses or takes. */
+  publicJwks: Record<'rsa-1024' | 'rsa-4096', Record<string, string>>
+}
+
+let testKeys: TestKeys | undefined
 /**
- * Starts an emulator that the test closes when it ends. Emulators of one test file share one pair of
- * RSA keys (published under kids of their own), which keeps key generation out of most tests.
+ * RSA keys generated once, in test/fixtures/test-keys.json, for tests only: an RSA key costs about 0.5 s
+ * of CPU to generate (a 4096-bit one, seconds), which dozens of test files would otherwise pay each.
+ */
+export function fixtureKeys (): TestKeys {
+  testKeys ??= JSON.parse(readFileSync(join(__dirname, 'fixtures', 'test-keys.json'), 'utf8')) as TestKeys
+  return testKeys
+}
+
+/** A fixture private key (PEM) as a KeyObject. */
+export function privateKey (pem: string): KeyObject {
+  return createPrivateKey(pem)
+}
+
+let keyPair: [KeyObject, KeyObject] | undefined
+/** The emulators' current and previous signing keys: the fixture's (published under kids of each emulator's own). */
+export function signingKeys (): [KeyObject, KeyObject] {
+  keyPair ??= [privateKey(fixtureKeys().current), privateKey(fixtureKeys().previous)]
+  return keyPair
+}
+
+/**
+ * Starts an emulator that the test closes when it ends. Emulators share one pair of RSA keys (published
+ * under kids of their own), which keeps key generation out of most tests.
  */
 export async function emulator (t: Test, options?: AccessEmulatorOptions): Promise<AccessEmulator> {
-  keyPair ??= [generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey, generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey]
-  const access = await createAccessEmulator({ privateKeys: keyPair, ...options })
+  const access = await createAccessEmulator({ privateKeys: signingKeys(), ...options })
   t.teardown(() => access.close())
   return access
 }
@@ -76,9 +108,9 @@ export function decode (token: string): { header: Record<string, unknown>, paylo
 }
 
 let attacker: KeyObject | undefined
-/** An RSA key nobody publishes (generated once per test file). */
+/** An RSA key nobody publishes (a fixture key no emulator uses). */
 export function attackerKey (): KeyObject {
-  attacker ??= generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey
+  attacker ??= privateKey(fixtureKeys().attacker)
   return attacker
 }
 

@@ -8,7 +8,7 @@ import { normalizeOptions } from '../lib/options'
 import { createAccessEmulator, type AccessEmulator } from '../lib/testing'
 import { checkStructure, StructureMemo } from '../lib/token'
 import { createTokenVerifier, type TokenVerifier } from '../lib/verify'
-import { decode } from './helpers'
+import { decode, signingKeys } from './helpers'
 
 // The hot path: for a token whose header segment was seen before, the verifier skips checkStructure,
 // leaves the segments' alphabet and JSON to fast-jwt, and checks the payload's UTF-8 after it (see
@@ -24,7 +24,7 @@ const RUNS = { numRuns: 300 }
 const BASE64URL = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_'
 
 t.before(async () => {
-  access = await createAccessEmulator()
+  access = await createAccessEmulator({ privateKeys: signingKeys() })
   const silent = { info () {}, warn () {}, error () {} }
   store = new KeyStore({ certsUrl: access.certsUrl, fetchTimeout: 2000, refreshInterval: 600_000, unknownKidCooldown: 600_000, maxStaleAge: 600_000, log: silent })
   valid = access.signToken()

@@ -1,4 +1,4 @@
-import { generateKeyPairSync, randomBytes, type KeyObject } from 'node:crypto'
+import { createPublicKey, generateKeyPairSync, randomBytes } from 'node:crypto'
 import diagnosticsChannel from 'node:diagnostics_channel'
 import { getEventListeners } from 'node:events'
 import http from 'node:http'
@@ -11,7 +11,7 @@ import { fetchKeySet, KeyStore, parseKeySet, type KeyStoreOptions } from '../lib
 import { normalizeOptions } from '../lib/options'
 import { signJwt, type AccessEmulator } from '../lib/testing'
 import { createTokenVerifier, type TokenVerifier } from '../lib/verify'
-import { attackerKey, captureLogs, emulator, eventually, HEADER, keyFetchEnd, ManualClock, setup, sleep } from './helpers'
+import { attackerKey, captureLogs, emulator, eventually, fixtureKeys, HEADER, keyFetchEnd, ManualClock, privateKey, setup, sleep } from './helpers'
 
 // The key store (lib/keys.ts) and its bounded fetch (lib/fetch.ts), against real loopback servers: the
 // Access emulator, and for what the emulator cannot misbehave into, a small raw HTTP server. Through the
@@ -204,19 +204,12 @@ t.test('key rotation during a key-endpoint outage: 503 with Retry-After (not 401
   t.equal((await app.inject({ url: '/', headers: { [HEADER]: access.signToken({}, { kid: 'never-published' }) } })).statusCode, 401, 'a kid a successful fetch lacks is unknown: 401')
 })
 
-/** An RSA private key with an unusual exponent or size, published beside the emulator's keys. */
-function oddKey (modulusLength: number, publicExponent: number): KeyObject {
-  return generateKeyPairSync('rsa', { modulusLength, publicExponent }).privateKey
-}
-
 t.test('keys outside what Cloudflare publishes are ignored: e other than 65537, modulus outside 2048..4096 bits', async (t) => {
   const access = await emulator(t)
-  const odd: Record<string, KeyObject> = {
-    'e = 3': oddKey(2048, 3),
-    'e = 65539': oddKey(2048, 65539),
-    'e = 2^31 - 1': oddKey(2048, 2 ** 31 - 1),
-    '4160-bit modulus': oddKey(4160, 65537)
-  }
+  const odd = Object.fromEntries(Object.entries(fixtureKeys().odd).map(([name, pem]) => [name, privateKey(pem)]))
+  t.same(Object.keys(odd), ['e = 3', 'e = 65539', 'e = 2^31 - 1', '4160-bit modulus'])
+  t.same(Object.values(odd).map((key) => { const { modulusLength, publicExponent } = key.asymmetricKeyDetails as { modulusLength: number, publicExponent: bigint }; return [modulusLength, Number(publicExponent)] }),
+    [[2048, 3], [2048, 65539], [2048, 2 ** 31 - 1], [4160, 65537]], 'the fixture keys are what their names say')
   const jwks = { keys: [...access.jwks().keys] }
   for (const [name, key] of Object.entries(odd)) {
     jwks.keys.push({ ...(key.export({ format: 'jwk' }) as Record<string, string>), d: undefined as unknown as string, p: undefined as unknown as string, q: undefined as unknown as string, dp: undefined as unknown as string, dq: undefined as unknown as string, qi: undefined as unknown as string, kid: name.replace(/[^a-z0-9]/g, '-'), alg: 'RS256', use: 'sig' })
@@ -297,8 +290,9 @@ t.test('parseKeySet keeps only RSA keys for RS256 signatures', async (t) => {
   const access = await emulator(t)
   const [good, second] = access.jwks().keys as [Record<string, string>, Record<string, string>]
   const ec = generateKeyPairSync('ec', { namedCurve: 'P-256' }).publicKey.export({ format: 'jwk' })
-  const small = generateKeyPairSync('rsa', { modulusLength: 1024 }).publicKey.export({ format: 'jwk' })
-  const large = generateKeyPairSync('rsa', { modulusLength: 4096 }).publicKey.export({ format: 'jwk' })
+  const small = fixtureKeys().publicJwks['rsa-1024']
+  const large = fixtureKeys().publicJwks['rsa-4096']
+  t.same([small, large].map((jwk) => createPublicKey({ key: jwk, format: 'jwk' }).asymmetricKeyDetails?.modulusLength), [1024, 4096], 'the fixture keys are what their names say')
   const keys = parseKeySet({
     keys: [
       good,
