@@ -118,6 +118,21 @@ export function nowSeconds (): number {
   return Math.floor(Date.now() / 1000)
 }
 
+/**
+ * Runs `fn` with `Date.now()` fixed at `at` (milliseconds). The verifier, its cache and fast-jwt read
+ * Date.now: a test of expiry, tolerance or a clock stepped back goes through their clock this way instead
+ * of sleeping, and no scheduler delay moves the instant (nothing in `fn` may wait for time to pass).
+ */
+export async function atTime<T> (at: number, fn: () => Promise<T>): Promise<T> {
+  const realNow = Date.now
+  Date.now = () => at
+  try {
+    return await fn()
+  } finally {
+    Date.now = realNow
+  }
+}
+
 export function sleep (ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms))
 }
