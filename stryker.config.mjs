@@ -27,7 +27,6 @@ export default {
       'test/options.test.ts',
       'test/plugin.test.ts',
       'test/properties.test.ts',
-      'test/redteam-hotpath.test.ts',
       'test/seams.test.ts',
       'test/unguarded.test.ts',
       'test/verify.test.ts'

@@ -29,6 +29,28 @@ export interface KeyStoreOptions {
   log: KeyStoreLogger
   /** Largest accepted response body in bytes. Cloudflare's is about 4 KB. */
   maxResponseBytes?: number
+  /** Where the store reads the time and sets its timers: the real clock unless a test gives its own. */
+  clock?: KeyStoreClock
+}
+
+/**
+ * The time as the key store sees it: now, and timers (refresh, retries, `whenReady`'s bound). The fetch's
+ * own timeout is not on it: a fetch is real I/O, bounded in real time.
+ */
+export interface KeyStoreClock {
+  /** Milliseconds since the epoch, as `Date.now()`. */
+  now: () => number
+  /** Calls `callback` once, `ms` from now; the timer never keeps the process alive. */
+  setTimeout: (callback: () => void, ms: number) => unknown
+  /** Cancels a timer of this clock's `setTimeout` (nothing for one that fired or was cancelled). */
+  clearTimeout: (timer: unknown) => void
+}
+
+/** The real clock. */
+const realClock: KeyStoreClock = {
+  now: () => Date.now(),
+  setTimeout: (callback, ms) => setTimeout(callback, ms).unref(),
+  clearTimeout: (timer) => { clearTimeout(timer as NodeJS.Timeout) }
 }
 
 /** What the store holds and how its fetches go: for `status()`. */
@@ -66,6 +88,7 @@ const RSA_EXPONENT = 65537n
  */
 export class KeyStore {
   readonly #opts: Required<KeyStoreOptions>
+  readonly #clock: KeyStoreClock
   #keys = new Map<string, SigningKey>()
   /** When the current set was fetched (0: never). */
   #fetchedAt = 0
@@ -75,7 +98,7 @@ export class KeyStore {
   #lastError = ''
   #failures = 0
   #failingSince: number | null = null
-  #timer: NodeJS.Timeout | null = null
+  #timer: unknown = null
   #closed = false
   /** Aborted by close(): ends a fetch under way. */
   readonly #closing = new AbortController()
@@ -83,7 +106,8 @@ export class KeyStore {
   fetchCount = 0
 
   constructor (options: KeyStoreOptions) {
-    this.#opts = { maxResponseBytes: 256 * 1024, ...options }
+    this.#opts = { maxResponseBytes: 256 * 1024, clock: realClock, ...options }
+    this.#clock = this.#opts.clock
   }
 
   /** The key for `kid` if the current set has it and is not too stale. Synchronous: no I/O. */
@@ -98,7 +122,7 @@ export class KeyStore {
    */
   isKnownUnknown (kid: string): boolean {
     return this.#inflight === null && this.ready && !this.#keys.has(kid) &&
-      Date.now() - this.#unknownKidFetchAt < this.#opts.unknownKidCooldown
+      this.#clock.now() - this.#unknownKidFetchAt < this.#opts.unknownKidCooldown
   }
 
   /** Whether the store holds a usable key set. */
@@ -136,15 +160,14 @@ export class KeyStore {
       // No guard needed: a promise settles once, and clearing a timer twice does nothing.
       const finish = (error?: Error): void => {
         done = true
-        clearTimeout(timer)
+        this.#clock.clearTimeout(timer)
         if (error === undefined) resolve()
         else reject(error)
       }
-      const timer = setTimeout(() => finish(new KeysUnavailableError(`no key set within ${timeout} ms${this.#lastError === '' ? '' : ` (${this.#lastError})`}`)), timeout)
-      timer.unref()
+      const timer = this.#clock.setTimeout(() => finish(new KeysUnavailableError(`no key set within ${timeout} ms${this.#lastError === '' ? '' : ` (${this.#lastError})`}`)), timeout)
       const attempt = (): void => {
         if (done) return
-        this.#refresh().then(() => finish(), () => { setTimeout(attempt, 250).unref() })
+        this.#refresh().then(() => finish(), () => { this.#clock.setTimeout(attempt, 250) })
       }
       attempt()
     })
@@ -168,7 +191,7 @@ export class KeyStore {
       // While the endpoint fails and a retry is scheduled, do not fetch per request (any kid may be sent).
       // (after a failure a retry is always scheduled, unless the store is closed: then there is nothing to wait for)
       if (!joining && this.#failures > 0) throw new KeysUnavailableError(this.#lastError)
-      const startedAt = Date.now()
+      const startedAt = this.#clock.now()
       try {
         await this.#refresh('unknown-kid')
       } catch {
@@ -206,7 +229,7 @@ export class KeyStore {
   }
 
   #isTooStale (): boolean {
-    const ageMs = Date.now() - this.#fetchedAt
+    const ageMs = this.#clock.now() - this.#fetchedAt
     if (ageMs <= this.#opts.maxStaleAge) return false
     this.#opts.log.error({ certsUrl: this.#opts.certsUrl, staleForMs: ageMs },
       'cloudflare access: key set older than maxStaleAge dropped; requests get 503 until a fetch succeeds')
@@ -221,15 +244,15 @@ export class KeyStore {
     this.#clearTimer()
     this.fetchCount++
     const url = this.#opts.certsUrl
-    const started = Date.now()
+    const started = this.#clock.now()
     channels.keyFetchStart.hasSubscribers && channels.keyFetchStart.publish({ url, reason })
     const run = fetchKeySet(this.#opts.certsUrl, this.#opts.fetchTimeout, this.#opts.maxResponseBytes, this.#closing.signal)
       .then((jwks) => {
         this.#install(parseKeySet(jwks, this.#keys))
-        channels.keyFetchEnd.hasSubscribers && channels.keyFetchEnd.publish({ url, ok: true, durationMs: Date.now() - started, kids: [...this.#keys.keys()] })
+        channels.keyFetchEnd.hasSubscribers && channels.keyFetchEnd.publish({ url, ok: true, durationMs: this.#clock.now() - started, kids: [...this.#keys.keys()] })
       })
       .catch((error: unknown) => {
-        channels.keyFetchEnd.hasSubscribers && channels.keyFetchEnd.publish({ url, ok: false, durationMs: Date.now() - started, error: (error as Error).message })
+        channels.keyFetchEnd.hasSubscribers && channels.keyFetchEnd.publish({ url, ok: false, durationMs: this.#clock.now() - started, error: (error as Error).message })
         this.#fail(error)
       })
       .finally(() => {
@@ -247,7 +270,7 @@ export class KeyStore {
     const previous = this.#keys
     const wasFailing = this.#failures > 0
     this.#keys = next
-    this.#fetchedAt = Date.now()
+    this.#fetchedAt = this.#clock.now()
     this.#failures = 0
     this.#failingSince = null
     this.#lastError = ''
@@ -266,9 +289,9 @@ export class KeyStore {
     this.#lastError = (error as Error).message
     if (this.#closed) throw error // aborted by close(): nothing to report
     this.#failures++
-    this.#failingSince ??= Date.now()
+    this.#failingSince ??= this.#clock.now()
     const level = this.ready ? 'warn' : 'error'
-    if (level === 'warn' && channels.keyStale.hasSubscribers) channels.keyStale.publish({ ageMs: Date.now() - this.#fetchedAt, failures: this.#failures })
+    if (level === 'warn' && channels.keyStale.hasSubscribers) channels.keyStale.publish({ ageMs: this.#clock.now() - this.#fetchedAt, failures: this.#failures })
     // Stryker disable StringLiteral: message text only (the level and the fields are tested)
     this.#opts.log[level]({ certsUrl: this.#opts.certsUrl, failures: this.#failures, reason: this.#lastError },
       this.ready
@@ -285,15 +308,14 @@ export class KeyStore {
       const cap = this.ready ? WARM_RETRY_MAX : COLD_RETRY_MAX
       delay = Math.min(500 * 2 ** Math.min(this.#failures - 1, 10), cap, this.#opts.refreshInterval)
     }
-    this.#timer = setTimeout(() => {
+    this.#timer = this.#clock.setTimeout(() => {
       this.#timer = null
       this.#refresh().catch(noop)
     }, delay)
-    this.#timer.unref()
   }
 
   #clearTimer (): void {
-    clearTimeout(this.#timer ?? undefined)
+    this.#clock.clearTimeout(this.#timer)
     this.#timer = null
   }
 }

@@ -8,14 +8,19 @@ import { KeyStore, type SigningKey } from '../lib/keys'
 import type { AccessEmulator } from '../lib/testing'
 import type { CloudflareAccessClaims } from '../lib/types'
 import { normalizeOptions } from '../lib/options'
-import { createTokenVerifier, kCacheCounters } from '../lib/verify'
-import { attackerKey, decode, emulator, eventually, HEADER, nowSeconds, rawToken, setup, sleep } from './helpers'
+import { createTokenVerifier, kCacheCounters, type TokenVerifier } from '../lib/verify'
+import { atTime, attackerKey, decode, emulator, HEADER, ManualClock, nowSeconds, rawToken, setup } from './helpers'
 
-// The verified-token cache may change the cost of a decision, never the decision.
+// The verified-token cache (lib/cache.ts) may change the cost of a decision, never the decision: every
+// answer of a verifier that has seen and cached tokens is the answer of a fresh verifier at the same moment.
+// Time goes through the verifier's clock (Date.now, fixed for a call: atTime) or the key store's
+// (ManualClock), never a sleep.
+
+const silent = { info () {}, warn () {}, error () {} }
 
 /** A key store of the emulator's keys, silent, that refreshes only when asked (closed with the test). */
 function quietStore (t: Test, access: AccessEmulator): KeyStore {
-  const store = new KeyStore({ certsUrl: access.certsUrl, fetchTimeout: 2000, refreshInterval: 600_000, unknownKidCooldown: 0, maxStaleAge: 600_000, log: { info () {}, warn () {}, error () {} } })
+  const store = new KeyStore({ certsUrl: access.certsUrl, fetchTimeout: 2000, refreshInterval: 600_000, unknownKidCooldown: 0, maxStaleAge: 600_000, log: silent })
   t.teardown(() => store.close())
   return store
 }
@@ -61,40 +66,36 @@ t.test('every decision is identical with the cache on and off', async (t) => {
 
 t.test('a cached token is rejected once it expires', async (t) => {
   const { access, get } = await setup(t, { clockTolerance: 0 })
-  const token = access.signToken({ exp: nowSeconds() + 2 })
-  t.equal((await get(token)).statusCode, 200)
-  t.equal((await get(token)).statusCode, 200, 'served from the cache')
-  await sleep(3100)
-  const res = await get(token)
+  const now = Date.now()
+  const token = access.signToken({ exp: Math.floor(now / 1000) + 2 })
+  await atTime(now, async () => {
+    t.equal((await get(token)).statusCode, 200)
+    t.equal((await get(token)).statusCode, 200, 'served from the cache')
+  })
+  const res = await atTime(now + 3100, () => get(token))
   t.equal(res.statusCode, 401)
   t.equal(res.json.code, 'FST_CF_ACCESS_TOKEN_EXPIRED')
 })
 
 t.test('clockTolerance applies to a cached token exactly as to a fresh one', async (t) => {
   const { access, get } = await setup(t, { clockTolerance: 2 })
-  const token = access.signToken({ exp: nowSeconds() })
-  t.equal((await get(token)).statusCode, 200, 'expired by under 2 s: within tolerance')
-  await sleep(3100)
-  t.equal((await get(token)).json.code, 'FST_CF_ACCESS_TOKEN_EXPIRED', 'beyond tolerance, cached or not')
+  const now = Date.now()
+  const token = access.signToken({ exp: Math.floor(now / 1000) })
+  t.equal((await atTime(now, () => get(token))).statusCode, 200, 'expired by under 2 s: within tolerance')
+  t.equal((await atTime(now + 3100, () => get(token))).json.code, 'FST_CF_ACCESS_TOKEN_EXPIRED', 'beyond tolerance, cached or not')
 })
 
-t.test('a cached token whose key Cloudflare removed is rejected after the refresh', async (t) => {
-  const { access, get } = await setup(t, { refreshInterval: 1000 })
+t.test('a cached token whose key Cloudflare removed is rejected once the store has the new set', async (t) => {
+  const { access, get } = await setup(t)
   const token = access.signToken({}, { key: 'previous' })
   t.equal((await get(token)).statusCode, 200)
+  t.equal((await get(token)).statusCode, 200, 'cached')
   await access.rotateKeys()
   await access.rotateKeys()
-  t.ok(await eventually(async () => (await get(token)).statusCode === 401, 3000), 'rejected although it was cached')
-  t.equal((await get(token)).json.code, 'FST_CF_ACCESS_TOKEN_INVALID')
-})
-
-t.test('a cached token gets 503 like any other once the key set is too stale', async (t) => {
-  const { access, get } = await setup(t, { refreshInterval: 1000, maxStaleAge: 1000 })
-  const token = access.signToken()
-  t.equal((await get(token)).statusCode, 200)
-  access.setOutage(true)
-  await sleep(1200)
-  t.equal((await get(token)).statusCode, 503)
+  t.equal((await get(access.signToken())).statusCode, 200, 'a token of the new key makes the store fetch the new set')
+  const res = await get(token)
+  t.equal(res.statusCode, 401, 'rejected although it was cached')
+  t.equal(res.json.code, 'FST_CF_ACCESS_TOKEN_INVALID')
 })
 
 t.test('cached claims are the same frozen object; with the cache off each verify builds its own', async (t) => {
@@ -155,22 +156,24 @@ t.test('VerifiedCache is bounded and evicts the least recently used', async (t) 
 })
 
 t.test('a signed token for another application is remembered as rejected, with the same answer', async (t) => {
-  const { access, app } = await setup(t, { clockTolerance: 0, refreshInterval: 1000 })
+  const { access, app } = await setup(t, { clockTolerance: 0 })
   const ask = async (token: string) => (await app.inject({ url: '/admin/me', headers: { [HEADER]: token } })).json()
   const typed = access.signToken({ type: 'org' })
   t.equal((await ask(typed)).code, 'FST_CF_ACCESS_CLAIM_INVALID')
   t.match(await ask(typed), { statusCode: 401, message: /type is not "app"/ }, 'a rejection from the plugin’s own checks is remembered too')
-  const other = access.signToken({ aud: ['c'.repeat(64)], exp: nowSeconds() + 2 }, { key: 'previous' })
-  const first = await ask(other)
+  const now = Date.now()
+  const other = access.signToken({ aud: ['c'.repeat(64)], exp: Math.floor(now / 1000) + 2 }, { key: 'previous' })
+  const first = await atTime(now, () => ask(other))
   t.equal(first.code, 'FST_CF_ACCESS_CLAIM_INVALID')
-  t.same(await ask(other), first, 'the remembered rejection answers exactly the same')
-  await sleep(2100)
-  t.equal((await ask(other)).code, 'FST_CF_ACCESS_TOKEN_EXPIRED', 'after exp the token is expired, as without the cache')
+  t.same(await atTime(now, () => ask(other)), first, 'the remembered rejection answers exactly the same')
+  t.equal((await atTime(now + 2100, () => ask(other))).code, 'FST_CF_ACCESS_TOKEN_EXPIRED', 'after exp the token is expired, as without the cache')
   const again = access.signToken({ aud: ['c'.repeat(64)] }, { key: 'previous' })
   t.equal((await ask(again)).code, 'FST_CF_ACCESS_CLAIM_INVALID')
+  t.equal((await ask(again)).code, 'FST_CF_ACCESS_CLAIM_INVALID', 'remembered')
   await access.rotateKeys()
   await access.rotateKeys()
-  t.ok(await eventually(async () => (await ask(again)).code === 'FST_CF_ACCESS_TOKEN_INVALID', 3000), 'once its key is gone it is an invalid token, as without the cache')
+  t.equal((await app.inject({ url: '/admin/me', headers: { [HEADER]: access.signToken() } })).statusCode, 200, 'a token of the new key makes the store fetch the new set')
+  t.equal((await ask(again)).code, 'FST_CF_ACCESS_TOKEN_INVALID', 'once its key is gone it is an invalid token, as without the cache')
 })
 
 t.test('VerifiedCache keeps its recency order through hits, replacements and removals', async (t) => {
@@ -366,12 +369,13 @@ t.test('every decision is identical with the cache on and off, at every size, th
     : JSON.stringify(answer)
   const answers: string[][] = sizes.map(() => [])
   const realNow = Date.now
-  async function phase (requests: number): Promise<void> {
+  /** Requests of one phase, each at one instant for every verifier, `offset` ms after the real time. */
+  async function phase (requests: number, offset: number): Promise<void> {
     for (let i = 0; i < requests; i++) {
       const token = random() < 0.6 ? recurring[Math.floor(random() * recurring.length)] as string : access.signToken({ email: `fresh${i}@acme.com` })
       // One request, one instant for every verifier: on a loaded machine the clock would otherwise pass a
       // short-lived token's exp between two of them (the verifiers and fast-jwt read Date.now()).
-      const instant = realNow()
+      const instant = realNow() + offset
       Date.now = () => instant
       try {
         for (const [index, verifier] of verifiers.entries()) {
@@ -388,11 +392,10 @@ t.test('every decision is identical with the cache on and off, at every size, th
       }
     }
   }
-  await phase(300)
-  await sleep(2100) // the short-lived tokens expire, cached or not
+  await phase(300, 0)
   await access.rotateKeys() // the previous key leaves the set...
   await verifiers[0]?.verify(access.signToken()) // ... once a token of the new key makes the store refetch
-  await phase(300)
+  await phase(300, 2100) // 2.1 s later: the short-lived tokens have expired, cached or not
   for (const [index, size] of sizes.entries()) {
     if (size === 0) continue
     t.same(answers[index], answers[0], `cacheSize ${size}: the same ${answers[0]?.length} answers as without a cache`)
@@ -615,7 +618,8 @@ t.test('what a verifier remembers: every admitted token, whichever time claims i
     t.equal(await answer(token), first, 'the same answer the second time')
     return [first, verifier.cacheCounters().hits === hits + 1]
   }
-  const now = nowSeconds()
+  const instant = Date.now()
+  const now = Math.floor(instant / 1000)
   const remembered: Array<[string, string, string]> = [
     ['a plain token', access.signToken(), 'admitted'],
     ['no nbf', access.signToken({ nbf: undefined }), 'admitted'],
@@ -628,18 +632,18 @@ t.test('what a verifier remembers: every admitted token, whichever time claims i
     ['exp a string of a past time (fast-jwt refuses its type)', access.signToken({ exp: '1000' }), 'FST_CF_ACCESS_CLAIM_INVALID'],
     ['type "org" (our own check)', access.signToken({ type: 'org' }), 'FST_CF_ACCESS_CLAIM_INVALID']
   ]
-  for (const [name, token, expected] of remembered) {
-    t.same(await twice(token), [expected, true], `${name}: ${expected}, and remembered`)
-  }
+  await atTime(instant, async () => {
+    for (const [name, token, expected] of remembered) {
+      t.same(await twice(token), [expected, true], `${name}: ${expected}, and remembered`)
+    }
+  })
   // Refusals that time heals are never remembered: the same token is admitted once its time comes.
   const early = access.signToken({ iat: now + 32, nbf: undefined })
-  t.same(await twice(early), ['FST_CF_ACCESS_TOKEN_EXPIRED', false], 'issued beyond the tolerance in the future: refused, not remembered')
-  await sleep(3100)
-  t.equal(await answer(early), 'admitted', 'admitted once its iat is within the tolerance')
-  const notYet = access.signToken({ nbf: nowSeconds() + 32 })
-  t.same(await twice(notYet), ['FST_CF_ACCESS_TOKEN_EXPIRED', false], 'nbf beyond the tolerance: refused, not remembered')
-  await sleep(2100)
-  t.equal(await answer(notYet), 'admitted', 'admitted once its nbf is within the tolerance')
+  t.same(await atTime(instant, () => twice(early)), ['FST_CF_ACCESS_TOKEN_EXPIRED', false], 'issued beyond the tolerance in the future: refused, not remembered')
+  t.equal(await atTime(instant + 3100, () => answer(early)), 'admitted', 'admitted once its iat is within the tolerance')
+  const notYet = access.signToken({ nbf: now + 32 })
+  t.same(await atTime(instant, () => twice(notYet)), ['FST_CF_ACCESS_TOKEN_EXPIRED', false], 'nbf beyond the tolerance: refused, not remembered')
+  t.equal(await atTime(instant + 2100, () => answer(notYet)), 'admitted', 'admitted once its nbf is within the tolerance')
 })
 
 t.test('VerifiedCache: a hit in protected makes the entry the most recent there', async (t) => {
@@ -668,4 +672,239 @@ t.test('TokenCache: a token verified while another was the last miss (both waite
   cache.set(b, someClaims, key, Infinity)
   t.equal(cache.get(a, 0, current), someClaims, 'a hits')
   t.equal(cache.get(b, 0, current), someClaims, 'b hits')
+})
+
+// — a cached decision is the decision a fresh verifier (no cache, nothing remembered) makes at the same
+// moment: clocks stepped back, tokens that share a hash, floods, errors changed by their receivers —
+
+/** A verifier of `access`'s tokens on `store`, with a verified-token cache of `cacheSize` (0: none). */
+function verifierOf (access: AccessEmulator, store: KeyStore, cacheSize = 1000): TokenVerifier {
+  return createTokenVerifier(normalizeOptions({ teamDomain: access.teamDomain, audience: access.audience, cacheSize }), store)
+}
+
+/** A verifier's whole answer: the claims as JSON, or the error's code, status and message. */
+async function fullAnswer (by: TokenVerifier, token: string): Promise<string> {
+  try {
+    const result = await by.verify(token)
+    return result instanceof Error
+      ? `${(result as { code?: string }).code} ${(result as { statusCode?: number }).statusCode} ${result.message}`
+      : JSON.stringify(result)
+  } catch (error) {
+    return `${(error as { code?: string }).code} ${(error as { statusCode?: number }).statusCode} ${(error as Error).message}`
+  }
+}
+
+t.test('a cached decision is not reused at a moment when the token is not valid yet (clock stepped back)', async (t) => {
+  const access = await emulator(t)
+  const store = quietStore(t, access)
+  const verifier = (cacheSize = 1000): TokenVerifier => verifierOf(access, store, cacheSize)
+  const cached = verifier()
+  const inWindow = access.signToken() // iat = nbf = now, as Cloudflare issues them
+  const inMain = access.signToken({ email: 'main@example.com' })
+  const otherApp = access.signToken({ aud: ['f'.repeat(64)] })
+  t.notOk((await cached.verify(inWindow)) instanceof Error)
+  for (let i = 0; i < 3; i++) t.notOk((await cached.verify(inMain)) instanceof Error, 'verified, then hits')
+  t.match(await fullAnswer(cached, otherApp), /CLAIM_INVALID/, 'another application: remembered as rejected')
+  // The clock steps back two minutes (beyond the default 30 s tolerance): no token issued now is valid yet.
+  await atTime(Date.now() - 120_000, async () => {
+    for (const [name, token] of [['in the window', inWindow], ['in the main part', inMain], ['remembered as rejected', otherApp]] as const) {
+      const fresh = await fullAnswer(verifier(0), token)
+      t.match(fresh, /TOKEN_EXPIRED/, `${name}: a fresh verification says not valid yet`)
+      t.equal(await fullAnswer(cached, token), fresh, `${name}: and so does the cache`)
+    }
+  })
+  t.notOk((await cached.verify(inMain)) instanceof Error, 'back to normal time, valid again')
+})
+
+t.test('a token issued in the future (iat) is not admitted from the cache after the clock steps back', async (t) => {
+  const access = await emulator(t)
+  const store = quietStore(t, access)
+  const verifier = (cacheSize = 1000): TokenVerifier => verifierOf(access, store, cacheSize)
+  const cached = verifier()
+  const now = Math.floor(Date.now() / 1000)
+  // iat 20 s ahead, within the 30 s tolerance; no nbf: only the iat check bounds it from below
+  const token = access.signToken({ iat: now + 20, nbf: undefined, exp: now + 3600 })
+  t.notOk((await cached.verify(token)) instanceof Error)
+  t.notOk((await cached.verify(token)) instanceof Error)
+  await atTime(Date.now() - 60_000, async () => {
+    const fresh = await fullAnswer(verifier(0), token)
+    t.match(fresh, /issued in the future/)
+    t.equal(await fullAnswer(cached, token), fresh)
+  })
+})
+
+t.test('a token bounded by nbf alone (no iat) is not admitted from the cache after the clock steps back', async (t) => {
+  const access = await emulator(t)
+  const store = quietStore(t, access)
+  const verifier = (cacheSize = 1000): TokenVerifier => verifierOf(access, store, cacheSize)
+  const cached = verifier()
+  const now = Math.floor(Date.now() / 1000)
+  const token = access.signToken({ iat: undefined, nbf: now, exp: now + 3600 })
+  t.notOk((await cached.verify(token)) instanceof Error)
+  t.notOk((await cached.verify(token)) instanceof Error)
+  t.notOk((await cached.verify(token)) instanceof Error, 'in the main part by now')
+  await atTime(Date.now() - 60_000, async () => {
+    const fresh = await fullAnswer(verifier(0), token)
+    t.notMatch(fresh, /^\{/, 'a fresh verification refuses it: not valid yet')
+    t.equal(await fullAnswer(cached, token), fresh, 'and so does the cache')
+  })
+})
+
+t.test('tokens that share the hash of their signature tail never answer for each other', async (t) => {
+  // Two distinct 12-character tails of one 30-bit hash, by birthday search (no RSA needed: the cache
+  // compares whole tokens, so any strings will do).
+  const seen = new Map<number, string>()
+  let a = ''
+  let b = ''
+  let n = 0
+  while (a === '') {
+    const tail = (n++).toString(36).padStart(12, '0')
+    const hash = hashOf(`x.${tail}`)
+    const before = seen.get(hash)
+    if (before !== undefined) { a = before; b = tail } else seen.set(hash, tail)
+  }
+  const ta = `h.payloadA.${a}`
+  const tb = `h.payloadB.${b}`
+  t.equal(hashOf(ta), hashOf(tb), 'a collision')
+  const key = { kid: 'k', pem: '', key: null } as unknown as SigningKey
+  const current = (): SigningKey => key
+  const claimsA = Object.freeze({ email: 'a@example.com' }) as unknown as CloudflareAccessClaims
+  const claimsB = Object.freeze({ email: 'b@example.com' }) as unknown as CloudflareAccessClaims
+  for (const hitsFirst of [0, 1, 2]) {
+    const cache = new TokenCache(1024)
+    cache.set(ta, claimsA, key, Infinity)
+    for (let i = 0; i < hitsFirst; i++) t.equal(cache.get(ta, 0, current), claimsA)
+    t.equal(cache.get(tb, 0, current), undefined, `${hitsFirst}: the other token misses`)
+    cache.set(tb, claimsB, key, Infinity)
+    t.equal(cache.get(tb, 0, current), claimsB, `${hitsFirst}: each answers its own claims`)
+    // Colliding entries may push each other out (a miss, then a verification), never answer for each other.
+    for (let i = 0; i < 4; i++) {
+      const againA = cache.get(ta, 0, current)
+      const againB = cache.get(tb, 0, current)
+      t.ok((againA === undefined || againA === claimsA) && (againB === undefined || againB === claimsB), `${hitsFirst}: never the other's (${i})`)
+    }
+  }
+})
+
+t.test('claims are deeply frozen and shared audiences stay per verifier', async (t) => {
+  const access = await emulator(t)
+  const store = quietStore(t, access)
+  const verifier = (cacheSize = 1000): TokenVerifier => verifierOf(access, store, cacheSize)
+  const cached = verifier()
+  const token = access.signToken({ custom: { groups: ['eng'], nested: { deep: [1, { x: 2 }] } } })
+  const first = await cached.verify(token) as CloudflareAccessClaims & { custom: any }
+  const second = await cached.verify(token) as CloudflareAccessClaims & { custom: any }
+  t.equal(first, second, 'one object from the cache')
+  t.throws(() => { (first.aud as string[]).push('evil') }, TypeError)
+  t.throws(() => { first.custom.groups.push('admin') }, TypeError)
+  t.throws(() => { first.custom.nested.deep[1].x = 3 }, TypeError)
+  t.throws(() => { (first as { email: string }).email = 'admin@example.com' }, TypeError)
+  const other = verifier()
+  const third = await other.verify(token) as CloudflareAccessClaims
+  t.same(third, first)
+  t.not(third, first)
+  t.equal(Object.isFrozen(third.aud), true)
+})
+
+t.test('a forged flood with the remembered header leaves nothing in the cache', async (t) => {
+  const access = await emulator(t)
+  const store = quietStore(t, access)
+  const verifier = (cacheSize = 1000): TokenVerifier => verifierOf(access, store, cacheSize)
+  const cached = verifier(64)
+  const valid = access.signToken()
+  t.notOk((await cached.verify(valid)) instanceof Error)
+  const [h, p, s] = valid.split('.') as [string, string, string]
+  let refused = 0
+  for (let i = 0; i < 300; i++) {
+    const forged = `${h}.${p}.${(i.toString(36).padStart(8, 'A') + s.slice(8))}`
+    if (cached.verify(forged) instanceof Error) refused++
+  }
+  t.equal(refused, 300, 'each refused synchronously')
+  t.equal(cached.cacheCounters().size, 1, 'only the valid token')
+  t.notOk((await cached.verify(valid)) instanceof Error)
+})
+
+t.test('a cached token is refused with a 503 once the key set is older than maxStaleAge', async (t) => {
+  const access = await emulator(t)
+  const clock = new ManualClock()
+  const staleStore = new KeyStore({ certsUrl: access.certsUrl, fetchTimeout: 1000, refreshInterval: 600_000, unknownKidCooldown: 600_000, maxStaleAge: 60_000, log: silent, clock })
+  t.teardown(() => staleStore.close())
+  const cached = verifierOf(access, staleStore)
+  const token = access.signToken()
+  for (let i = 0; i < 3; i++) t.notOk((await cached.verify(token)) instanceof Error)
+  access.setOutage(true)
+  clock.advance(60_001)
+  t.match(await fullAnswer(cached, token), /KEYS_UNAVAILABLE 503/)
+})
+
+t.test('a rejection one request\'s error handler changed is not what the next request gets', async (t) => {
+  const access = await emulator(t)
+  const app = Fastify()
+  t.teardown(() => app.close())
+  await app.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience })
+  // An error handler that annotates the error it is given, as many do (a request id, the user's name).
+  app.setErrorHandler((error: Error & { seenBy?: string }, request, reply) => {
+    error.seenBy = String(request.headers['x-user'])
+    error.message = `${error.message} (seen by ${error.seenBy})`
+    reply.send(error)
+  })
+  app.get('/', async () => 'ok')
+  const otherApp = access.signToken({ aud: ['e'.repeat(64)] })
+  const messages: string[] = []
+  for (const user of ['alice', 'bob', 'carol']) {
+    const res = await app.inject({ url: '/', headers: { 'cf-access-jwt-assertion': otherApp, 'x-user': user } })
+    t.equal(res.statusCode, 401)
+    messages.push(res.json().message)
+  }
+  t.same(messages, ['alice', 'bob', 'carol'].map((user) => `Cloudflare Access token rejected: aud does not name this application (seen by ${user})`),
+    'each request gets its own error, untouched by the one before')
+})
+
+t.test('two registrations with different audiences keep their decisions apart', async (t) => {
+  const access = await emulator(t)
+  const a = 'a'.repeat(64)
+  const b = 'b'.repeat(64)
+  const app = Fastify()
+  t.teardown(() => app.close())
+  for (const [prefix, audience] of [['/a', [a]], ['/b', [b]], ['/ab', [a, b]]] as const) {
+    await app.register(async (scope) => {
+      await scope.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: [...audience] })
+      scope.get('/', async (request) => ({ aud: request.cfAccess?.aud }))
+    }, { prefix })
+  }
+  const forA = access.signToken({ aud: [a] })
+  const forB = access.signToken({ aud: [b] })
+  const expected: Array<[string, string, number, string[] | undefined]> = [
+    ['/a/', forA, 200, [a]], ['/b/', forA, 401, undefined], ['/ab/', forA, 200, [a]],
+    ['/a/', forB, 401, undefined], ['/b/', forB, 200, [b]], ['/ab/', forB, 200, [b]]
+  ]
+  for (let round = 0; round < 3; round++) {
+    for (const [url, token, status, aud] of expected) {
+      const res = await app.inject({ url, headers: { 'cf-access-jwt-assertion': token } })
+      t.equal(res.statusCode, status, `${url} ${token === forA ? 'A' : 'B'} round ${round}`)
+      if (aud !== undefined) t.same(res.json().aud, aud)
+    }
+  }
+})
+
+t.test('a rejection changed by its receiver stays changed only there: key fetched or at hand, window or main part', async (t) => {
+  const access = await emulator(t)
+  for (const keys of ['fetched', 'at hand']) {
+    const own = quietStore(t, access)
+    if (keys === 'at hand') await own.resolve(access.kids[0] as string)
+    const cached = verifierOf(access, own)
+    const token = access.signToken({ type: 'org' })
+    for (let i = 0; i < 4; i++) {
+      let error: Error & { mark?: number }
+      try {
+        error = await cached.verify(token) as Error
+      } catch (thrown) {
+        error = thrown as Error
+      }
+      t.equal(error.message, 'Cloudflare Access token rejected: type is not "app"', `${keys}, request ${i}: the message as first answered`)
+      t.equal(error.mark, undefined, `${keys}, request ${i}: nothing of an earlier request`)
+      error.message = 'changed'
+      error.mark = i
+    }
+  }
 })

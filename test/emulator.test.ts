@@ -1,9 +1,8 @@
-import { generateKeyPairSync } from 'node:crypto'
 import http from 'node:http'
 import type { AddressInfo } from 'node:net'
 import t from 'tap'
 import { createAccessEmulator } from '../lib/testing'
-import { decode, emulator, listeners, nowSeconds, setup } from './helpers'
+import { attackerKey, decode, emulator, listeners, nowSeconds, setup, signingKeys } from './helpers'
 
 t.test("the certs endpoint answers in Cloudflare's shape", async (t) => {
   const access = await emulator(t)
@@ -47,7 +46,7 @@ t.test('tokens look like Cloudflare Access tokens', async (t) => {
 
 t.test('signing with a foreign key given as PEM, and rotation', async (t) => {
   const { access, get } = await setup(t, { unknownKidCooldown: 0 })
-  const pem = generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey.export({ type: 'pkcs8', format: 'pem' }) as string
+  const pem = attackerKey().export({ type: 'pkcs8', format: 'pem' }) as string
   t.equal((await get(access.signToken({}, { key: pem }))).statusCode, 401)
   const [current, previous] = access.kids
   const kid = await access.rotateKeys()
@@ -58,7 +57,7 @@ t.test('signing with a foreign key given as PEM, and rotation', async (t) => {
 })
 
 t.test('latency and outage switches', async (t) => {
-  const access = await createAccessEmulator({ latency: 150 })
+  const access = await createAccessEmulator({ latency: 150, privateKeys: signingKeys() })
   t.teardown(() => access.close())
   let started = Date.now()
   await fetch(access.certsUrl)
@@ -107,7 +106,7 @@ t.test('the identity endpoint answers for the tokens the emulator issued, like C
   t.equal((await ask(access.signToken({ country: undefined }))).body.geo.country, 'US')
   t.equal((await ask()).status, 400, 'no cookie')
   t.equal((await ask('a.b')).status, 400, 'not a JWS')
-  t.equal((await ask(access.signToken({}, { key: generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey }))).status, 400, 'signed by someone else')
+  t.equal((await ask(access.signToken({}, { key: attackerKey() }))).status, 400, 'signed by someone else')
   t.equal((await ask(access.signToken({ exp: 1 }))).status, 400, 'expired')
   t.equal((await ask(access.signRaw({ alg: 'RS256' }, 'not json'))).status, 400, 'signed garbage')
   t.match(await ask(access.signServiceToken()), { status: 400, body: { err: /no identity/ } }, 'service tokens have no identity')

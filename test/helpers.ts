@@ -1,22 +1,57 @@
-import { generateKeyPairSync, type KeyObject } from 'node:crypto'
+import { createPrivateKey, type KeyObject } from 'node:crypto'
+import diagnosticsChannel from 'node:diagnostics_channel'
+import { readFileSync } from 'node:fs'
 import http from 'node:http'
 import type { AddressInfo } from 'node:net'
+import { join } from 'node:path'
 import Fastify, { type FastifyInstance, type FastifyServerOptions } from 'fastify'
 import type { Test } from 'tap'
 import cloudflareAccess from '../index'
 import { createAccessEmulator, type AccessEmulator, type AccessEmulatorOptions } from '../lib/testing'
+import { channelNames, type KeyFetchEndMessage } from '../lib/channels'
+import type { KeyStoreClock } from '../lib/keys'
 import type { FastifyCloudflareAccessOptions } from '../lib/types'
 
 export const HEADER = 'cf-access-jwt-assertion'
 
-let keyPair: [KeyObject, KeyObject] | undefined
+interface TestKeys {
+  current: string
+  previous: string
+  attacker: string
+  /** Keys outside what Cloudflare publishes: an exponent other than 65537, a modulus above 4096 bits. */
+  odd: Record<string, string>
+  /** Public keys only, of sizes the key store refuses or takes. */
+  publicJwks: Record<'rsa-1024' | 'rsa-4096', Record<string, string>>
+}
+
+let testKeys: TestKeys | undefined
 /**
- * Starts an emulator that the test closes when it ends. Emulators of one test file share one pair of
- * RSA keys (published under kids of their own), which keeps key generation out of most tests.
+ * RSA keys generated once, in test/fixtures/test-keys.json, for tests only: an RSA key costs about 0.5 s
+ * of CPU to generate (a 4096-bit one, seconds), which dozens of test files would otherwise pay each.
+ */
+export function fixtureKeys (): TestKeys {
+  testKeys ??= JSON.parse(readFileSync(join(__dirname, 'fixtures', 'test-keys.json'), 'utf8')) as TestKeys
+  return testKeys
+}
+
+/** A fixture private key (PEM) as a KeyObject. */
+export function privateKey (pem: string): KeyObject {
+  return createPrivateKey(pem)
+}
+
+let keyPair: [KeyObject, KeyObject] | undefined
+/** The emulators' current and previous signing keys: the fixture's (published under kids of each emulator's own). */
+export function signingKeys (): [KeyObject, KeyObject] {
+  keyPair ??= [privateKey(fixtureKeys().current), privateKey(fixtureKeys().previous)]
+  return keyPair
+}
+
+/**
+ * Starts an emulator that the test closes when it ends. Emulators share one pair of RSA keys (published
+ * under kids of their own), which keeps key generation out of most tests.
  */
 export async function emulator (t: Test, options?: AccessEmulatorOptions): Promise<AccessEmulator> {
-  keyPair ??= [generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey, generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey]
-  const access = await createAccessEmulator({ privateKeys: keyPair, ...options })
+  const access = await createAccessEmulator({ privateKeys: signingKeys(), ...options })
   t.teardown(() => access.close())
   return access
 }
@@ -73,14 +108,29 @@ export function decode (token: string): { header: Record<string, unknown>, paylo
 }
 
 let attacker: KeyObject | undefined
-/** An RSA key nobody publishes (generated once per test file). */
+/** An RSA key nobody publishes (a fixture key no emulator uses). */
 export function attackerKey (): KeyObject {
-  attacker ??= generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey
+  attacker ??= privateKey(fixtureKeys().attacker)
   return attacker
 }
 
 export function nowSeconds (): number {
   return Math.floor(Date.now() / 1000)
+}
+
+/**
+ * Runs `fn` with `Date.now()` fixed at `at` (milliseconds). The verifier, its cache and fast-jwt read
+ * Date.now: a test of expiry, tolerance or a clock stepped back goes through their clock this way instead
+ * of sleeping, and no scheduler delay moves the instant (nothing in `fn` may wait for time to pass).
+ */
+export async function atTime<T> (at: number, fn: () => Promise<T>): Promise<T> {
+  const realNow = Date.now
+  Date.now = () => at
+  try {
+    return await fn()
+  } finally {
+    Date.now = realNow
+  }
 }
 
 export function sleep (ms: number): Promise<void> {
@@ -124,4 +174,71 @@ export async function freePort (): Promise<number> {
   const { port } = server.address() as AddressInfo
   await new Promise((resolve) => server.close(resolve))
   return port
+}
+
+/**
+ * A clock that moves only when told: for the key store (its `clock` option), so that a test of refresh
+ * intervals, retries, cooldowns and staleness waits on no real timer. `advance(ms)` moves the time
+ * forward and fires each timer that falls due, in order of due time, each at its own time (a timer a
+ * callback sets fires in the same advance if it falls due within it).
+ */
+export class ManualClock implements KeyStoreClock {
+  #now: number
+  #timers: Array<{ at: number, seq: number, callback: () => void }> = []
+  #seq = 0
+
+  constructor (start = Date.now()) {
+    this.#now = start
+  }
+
+  now = (): number => this.#now
+
+  setTimeout = (callback: () => void, ms: number): unknown => {
+    const timer = { at: this.#now + Math.max(0, ms), seq: this.#seq++, callback }
+    this.#timers.push(timer)
+    return timer
+  }
+
+  clearTimeout = (timer: unknown): void => {
+    this.#timers = this.#timers.filter((pending) => pending !== timer)
+  }
+
+  /** Timers set and not yet fired or cleared. */
+  get pending (): number {
+    return this.#timers.length
+  }
+
+  /** The delays, from now, of the pending timers, soonest first. */
+  get delays (): number[] {
+    return this.#timers.map((timer) => timer.at - this.#now).sort((a, b) => a - b)
+  }
+
+  advance (ms: number): void {
+    const end = this.#now + ms
+    for (;;) {
+      const next = this.#timers.reduce<{ at: number, seq: number, callback: () => void } | undefined>((soonest, timer) =>
+        soonest === undefined || timer.at < soonest.at || (timer.at === soonest.at && timer.seq < soonest.seq) ? timer : soonest, undefined)
+      if (next === undefined || next.at > end) break
+      this.#timers = this.#timers.filter((timer) => timer !== next)
+      this.#now = next.at
+      next.callback()
+    }
+    this.#now = end
+  }
+}
+
+/**
+ * Resolves once the next key fetch from `url` has ended and its store is done with it (the set installed
+ * or the failure counted, the next timer set): with the fetch's end message. Subscribe before the fetch.
+ */
+export function keyFetchEnd (url: string): Promise<KeyFetchEndMessage> {
+  return new Promise((resolve) => {
+    const listener = (message: unknown): void => {
+      if ((message as KeyFetchEndMessage).url !== url) return
+      diagnosticsChannel.unsubscribe(channelNames.keyFetchEnd, listener)
+      // the store's own handlers of that fetch run in the same turn: after them
+      setImmediate(() => resolve(message as KeyFetchEndMessage))
+    }
+    diagnosticsChannel.subscribe(channelNames.keyFetchEnd, listener)
+  })
 }

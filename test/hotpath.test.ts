@@ -8,7 +8,7 @@ import { normalizeOptions } from '../lib/options'
 import { createAccessEmulator, type AccessEmulator } from '../lib/testing'
 import { checkStructure, StructureMemo } from '../lib/token'
 import { createTokenVerifier, type TokenVerifier } from '../lib/verify'
-import { decode } from './helpers'
+import { decode, signingKeys } from './helpers'
 
 // The hot path: for a token whose header segment was seen before, the verifier skips checkStructure,
 // leaves the segments' alphabet and JSON to fast-jwt, and checks the payload's UTF-8 after it (see
@@ -24,7 +24,7 @@ const RUNS = { numRuns: 300 }
 const BASE64URL = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_'
 
 t.before(async () => {
-  access = await createAccessEmulator()
+  access = await createAccessEmulator({ privateKeys: signingKeys() })
   const silent = { info () {}, warn () {}, error () {} }
   store = new KeyStore({ certsUrl: access.certsUrl, fetchTimeout: 2000, refreshInterval: 600_000, unknownKidCooldown: 600_000, maxStaleAge: 600_000, log: silent })
   valid = access.signToken()
@@ -36,9 +36,9 @@ t.teardown(async () => {
   await access.close()
 })
 
-/** A verifier without a cache, so that every answer is computed. */
-function verifier (): TokenVerifier {
-  return createTokenVerifier(normalizeOptions({ teamDomain: access.teamDomain, audience: access.audience, cacheSize: 0 }), store)
+/** A verifier; by default without a cache, so that every answer is computed. */
+function verifier (cacheSize = 0): TokenVerifier {
+  return createTokenVerifier(normalizeOptions({ teamDomain: access.teamDomain, audience: access.audience, cacheSize }), store)
 }
 
 async function answer (by: TokenVerifier, token: string): Promise<string> {
@@ -185,4 +185,59 @@ t.test('the start-up self-check: the hot path is on only with a fast-jwt whose d
   }
   createTokenVerifier(normalizeOptions({ teamDomain: access.teamDomain, audience: access.audience }), store, { createVerifier: laxCreateVerifier })
   t.equal(warnings.length, 1, 'a verifier without a logger says nothing (the CLI); the check ran once per fast-jwt')
+})
+
+t.test('byte-level variants of a cached, hot-path token are refused exactly as by a fresh verifier', async (t) => {
+  const cached = verifier(1000)
+  const valid = access.signToken()
+  for (let i = 0; i < 3; i++) t.notOk((await cached.verify(valid)) instanceof Error)
+  const [h, p, s] = valid.split('.') as [string, string, string]
+  const other = access.signToken({ email: 'admin@example.com' })
+  const [, p2, s2] = other.split('.') as [string, string, string]
+  const previous = access.signToken({}, { key: 'previous' })
+  const [hp] = previous.split('.') as [string]
+  /** The other characters that encode the same bytes as a canonical last character (unused bits set). */
+  const siblings = (segment: string): string[] => {
+    const alphabet = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_'
+    const bytes = Buffer.from(segment, 'base64url')
+    return [...alphabet].map((c) => segment.slice(0, -1) + c)
+      .filter((x) => x !== segment && Buffer.from(x, 'base64url').equals(bytes))
+  }
+  t.ok(siblings(s).length > 0, 'the signature has non-canonical twins')
+  const variants: Array<[string, string]> = [
+    ...siblings(s).map((x): [string, string] => [`signature twin ${x.slice(-1)}`, `${h}.${p}.${x}`]),
+    ...siblings(p).map((x): [string, string] => [`payload twin ${x.slice(-1)}`, `${h}.${x}.${s}`]),
+    ...siblings(h).map((x): [string, string] => [`header twin ${x.slice(-1)}`, `${x}.${p}.${s}`]),
+    ['padding', `${valid}==`],
+    ['padding on every segment', [h, p, s].map((x) => x + '='.repeat((4 - x.length % 4) % 4)).join('.')],
+    ['two more characters', `${valid}AA`],
+    ['four more characters', `${valid}AAAA`],
+    ['trailing space', `${valid} `],
+    ['leading space', ` ${valid}`],
+    ['trailing newline', `${valid}\n`],
+    ['tab in the signature', `${h}.${p}.${s.slice(0, 100)}\t${s.slice(100)}`],
+    ['space in the payload', `${h}.${p.slice(0, 10)} ${p.slice(10)}.${s}`],
+    ['standard base64 alphabet', `${h}.${p}.${s.replace(/-/g, '+').replace(/_/g, '/')}`],
+    ['percent-encoded padding', `${valid}%3D%3D`],
+    ['trailing dot', `${valid}.`],
+    ['four segments', `${valid}.${s}`],
+    ['signature repeated as a segment', `${h}.${p}.${s}.${s}`],
+    ['empty payload', `${h}..${s}`],
+    ['empty signature', `${h}.${p}.`],
+    ['another payload, same signature', `${h}.${p2}.${s}`],
+    ['same payload, another signature', `${h}.${p}.${s2}`],
+    ['the previous key header', `${hp}.${p}.${s}`],
+    ['signature with its tail swapped', `${h}.${p}.${s.slice(0, -12)}${s2.slice(-12)}`],
+    ['non-ASCII in the signature', `${h}.${p}.${s.slice(0, -2)}é${s.slice(-1)}`],
+    ['NUL in the signature', `${h}.${p}.${s.slice(0, -2)}\0${s.slice(-1)}`],
+    ['cut signature', `${h}.${p}.${s.slice(0, -4)}`],
+    ['cut payload', `${h}.${p.slice(0, -4)}.${s}`]
+  ]
+  for (const [name, token] of variants) {
+    const got = await answer(cached, token)
+    t.notMatch(got, /^\{/, `${name}: refused`)
+    t.equal(got, await answer(verifier(0), token), `${name}: as a fresh verifier refuses it`)
+    t.equal(await answer(cached, token), got, `${name}: and again`)
+  }
+  t.equal(await answer(cached, valid), await answer(verifier(0), valid), 'the original still verifies')
 })

@@ -4,6 +4,7 @@ import t from 'tap'
 import cloudflareAccess from '../index'
 import { createAccessEmulator, type AccessEmulator } from '../lib/testing'
 import { readCookie } from '../lib/token'
+import { signingKeys } from './helpers'
 
 // Property-based: whatever arrives, the answer is a 4xx (never 2xx for a changed token, never 5xx, never
 // an exception outside Fastify's error path). fast-check prints the seed and path of any failure, so a
@@ -17,7 +18,7 @@ const BASE64URL = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz012345678
 const RUNS = { numRuns: 300 }
 
 t.before(async () => {
-  access = await createAccessEmulator()
+  access = await createAccessEmulator({ privateKeys: signingKeys() })
   app = Fastify()
   await app.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience })
   app.get('/', async (request) => ({ email: request.cfAccess?.email }))

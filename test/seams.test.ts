@@ -1,5 +1,4 @@
 import { spawn } from 'node:child_process'
-import { generateKeyPairSync, type KeyObject } from 'node:crypto'
 import http from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { join } from 'node:path'
@@ -7,7 +6,7 @@ import cookie from '@fastify/cookie'
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify'
 import t, { type Test } from 'tap'
 import cloudflareAccess from '../index'
-import { signJwt, type AccessEmulator } from '../lib/testing'
+import type { AccessEmulator } from '../lib/testing'
 import type { CloudflareAccessAuthorize, FastifyCloudflareAccessOptions } from '../lib/types'
 import { emulator, HEADER, sleep } from './helpers'
 
@@ -358,34 +357,6 @@ t.test('a refusal clears an earlier admission of the same request', async (t) =>
   t.same(res.json(), { claims: null })
 })
 
-t.test('key rotation during a key-endpoint outage: 503 with Retry-After (not 401), and the failed refetch arms no cooldown', async (t) => {
-  const access = await emulator(t)
-  const app = Fastify()
-  t.teardown(() => app.close())
-  await app.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience, unknownKidCooldown: 60_000 })
-  app.get('/', async (request) => request.cfAccess?.email)
-  await app.ready()
-  t.equal((await app.inject({ url: '/', headers: { [HEADER]: access.signToken() } })).statusCode, 200, 'warm')
-  await access.rotateKeys()
-  access.setOutage('error')
-  const rotated = access.signToken()
-  const during = await app.inject({ url: '/', headers: { [HEADER]: rotated } })
-  t.equal(during.statusCode, 503)
-  t.equal(during.json().code, 'FST_CF_ACCESS_KEYS_UNAVAILABLE')
-  t.equal(during.headers['retry-after'], '5')
-  const fetches = access.certsRequestCount
-  for (let i = 0; i < 30; i++) {
-    const res = await app.inject({ url: '/', headers: { [HEADER]: access.signToken({}, { kid: `attacker-${i}` }) } })
-    t.equal(res.statusCode, 503, 'random kids during the outage: 503')
-  }
-  t.ok(access.certsRequestCount - fetches <= 1, `random kids during the outage cause no fetch per request (${access.certsRequestCount - fetches})`)
-  access.setOutage(false)
-  // The failure backoff starts at 500 ms: once it ran, the rotated key is there at once (no 60 s cooldown).
-  await sleep(700)
-  t.equal((await app.inject({ url: '/', headers: { [HEADER]: rotated } })).statusCode, 200, 'after the outage the rotated key verifies')
-  t.equal((await app.inject({ url: '/', headers: { [HEADER]: access.signToken({}, { kid: 'never-published' }) } })).statusCode, 401, 'a kid a successful fetch lacks is unknown: 401')
-})
-
 /** A team origin whose certs come from the emulator and whose identity endpoint answers as `identity` says. */
 async function identityServer (t: Test, access: AccessEmulator, identity: (res: http.ServerResponse) => void): Promise<string> {
   const server = http.createServer((req, res) => {
@@ -460,41 +431,6 @@ t.test('a hostile Cookie header (1 MiB of ";" or of "a;") gets 401 without a tok
     t.equal((await app.inject({ url: '/', headers: { cookie: filler } })).statusCode, 401)
     const res = await app.inject({ url: '/', headers: { cookie: `${filler}; CF_Authorization=${token}` } })
     t.equal(res.statusCode, 200, 'the cookie after the filler is found')
-  }
-})
-
-/** An RSA private key with an unusual exponent or size, published beside the emulator's keys. */
-function oddKey (modulusLength: number, publicExponent: number): KeyObject {
-  return generateKeyPairSync('rsa', { modulusLength, publicExponent }).privateKey
-}
-
-t.test('keys outside what Cloudflare publishes are ignored: e other than 65537, modulus outside 2048..4096 bits', async (t) => {
-  const access = await emulator(t)
-  const odd: Record<string, KeyObject> = {
-    'e = 3': oddKey(2048, 3),
-    'e = 65539': oddKey(2048, 65539),
-    'e = 2^31 - 1': oddKey(2048, 2 ** 31 - 1),
-    '4160-bit modulus': oddKey(4160, 65537)
-  }
-  const jwks = { keys: [...access.jwks().keys] }
-  for (const [name, key] of Object.entries(odd)) {
-    jwks.keys.push({ ...(key.export({ format: 'jwk' }) as Record<string, string>), d: undefined as unknown as string, p: undefined as unknown as string, q: undefined as unknown as string, dp: undefined as unknown as string, dq: undefined as unknown as string, qi: undefined as unknown as string, kid: name.replace(/[^a-z0-9]/g, '-'), alg: 'RS256', use: 'sig' })
-  }
-  const server = http.createServer((_req, res) => res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(jwks)))
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
-  t.teardown(() => { server.closeAllConnections(); server.close() })
-  const origin = `http://127.0.0.1:${(server.address() as AddressInfo).port}`
-  const app = Fastify()
-  t.teardown(() => app.close())
-  await app.register(cloudflareAccess, { teamDomain: origin, audience: access.audience })
-  app.get('/', async () => 'in')
-  await app.ready()
-  const claims = { iss: origin, aud: [access.audience], email: 'user@example.com', type: 'app', iat: Math.floor(Date.now() / 1000), exp: Math.floor(Date.now() / 1000) + 600 }
-  t.equal((await app.inject({ url: '/', headers: { [HEADER]: access.signToken({ iss: origin }) } })).statusCode, 200, 'the real keys serve')
-  for (const [name, key] of Object.entries(odd)) {
-    const token = signJwt({ alg: 'RS256', kid: name.replace(/[^a-z0-9]/g, '-') }, claims, key)
-    const res = await app.inject({ url: '/', headers: { [HEADER]: token } })
-    t.same([res.statusCode, res.json().message], [401, 'Invalid Cloudflare Access token: unknown key id (kid)'], name)
   }
 })
 
