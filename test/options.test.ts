@@ -105,6 +105,34 @@ t.test('hook, clockTolerance and the key-store durations', async (t) => {
   }
 })
 
+t.test('every duration and size option accepts its bounds exactly and refuses one past them', async (t) => {
+  // [option, lowest, highest, the normalized field, its scale]: the range the error message states
+  const ranges: Array<[string, number, number, string, number]> = [
+    ['clockTolerance', 0, 600, 'clockToleranceMs', 1000],
+    ['fetchTimeout', 1, 60_000, 'fetchTimeout', 1],
+    ['refreshInterval', 1_000, 86_400_000, 'refreshInterval', 1],
+    ['unknownKidCooldown', 0, 3_600_000, 'unknownKidCooldown', 1],
+    ['maxStaleAge', 1_000, 7 * 86_400_000, 'maxStaleAge', 1],
+    ['authorizeTimeout', 1, 600_000, 'authorizeTimeout', 1],
+    ['waitForKeys', 0, 600_000, 'waitForKeys', 1],
+    ['identityTimeout', 1, 60_000, 'identityTimeout', 1],
+    ['identityCacheTtl', 0, 86_400_000, 'identityCacheTtl', 1],
+    ['identityCacheSize', 0, 1_000_000, 'identityCacheSize', 1],
+    ['cacheSize', 0, 1_000_000, 'cacheSize', 1]
+  ]
+  for (const [name, lowest, highest, field, scale] of ranges) {
+    for (const value of [lowest, highest]) {
+      const normalized = normalizeOptions({ teamDomain: 'acme', audience: AUD, [name]: value }) as unknown as Record<string, number>
+      t.equal(normalized[field], value * scale, `${name}: ${value} accepted`)
+    }
+    for (const value of [lowest - 1, highest + 1, highest + 0.5]) {
+      t.throws(() => normalizeOptions({ teamDomain: 'acme', audience: AUD, [name]: value }),
+        { message: `fastify-cloudflare-access: option "${name}" must be a number of ${name === 'clockTolerance' ? 'seconds' : /Size$/.test(name) ? 'entries' : 'milliseconds'} from ${lowest} to ${highest}, got number` },
+        `${name}: ${value} refused`)
+    }
+  }
+})
+
 t.test('unknown options and a non-object are rejected, naming what is accepted', async (t) => {
   t.throws(() => normalizeOptions({ teamDomain: 'acme', audience: AUD, audiences: [AUD] } as never), /unknown option "audiences"; did you mean "audience"\? known options: teamDomain, audience/)
   const suggestions: Array<[string, string | undefined]> = [
