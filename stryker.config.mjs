@@ -12,13 +12,13 @@ export default {
   tap: {
     // Only tests that run lib/ in this process can see a mutant: cli, package and readme spawn dist/.
     testFiles: [
-      'test/adversarial.test.ts',
       'test/authorization.test.ts',
       'test/cache.test.ts',
       'test/cloudflare-fixture.test.ts',
       'test/dev-proxy.test.ts',
       'test/emulator.test.ts',
       'test/examples.test.ts',
+      'test/hostile-tokens.test.ts',
       'test/hotpath.test.ts',
       'test/identity.test.ts',
       'test/integrations.test.ts',

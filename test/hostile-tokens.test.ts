@@ -6,9 +6,10 @@ import cloudflareAccess from '../index'
 import { createAccessEmulator, type AccessEmulator } from '../lib/testing'
 import { captureLogs, decode, nowSeconds, rawToken } from './helpers'
 
-// One named test per attack, against one app listening on 127.0.0.1 and one Access emulator. Every test
-// checks the attack's status and code, then that a valid token still passes on the same app. All log
-// output, at trace level, is kept: the last test proves no token ever reached it.
+// Tokens an attacker crafts: algorithms, embedded keys, claims, encodings, sizes, header against cookie,
+// and no token in the logs. One named test per attack, against one app listening on 127.0.0.1 and one
+// Access emulator. Every test checks the attack's status and code, then that a valid token still passes
+// on the same app. All log output, at trace level, is kept: the last test proves no token ever reached it.
 
 let access: AccessEmulator
 let app: FastifyInstance
