@@ -27,7 +27,7 @@ export default {
       'test/options.test.ts',
       'test/plugin.test.ts',
       'test/properties.test.ts',
-      'test/seams.test.ts',
+      'test/route-config.test.ts',
       'test/unguarded.test.ts',
       'test/verify.test.ts'
     ],

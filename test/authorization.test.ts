@@ -1,9 +1,10 @@
+import cookie from '@fastify/cookie'
 import Fastify, { type FastifyInstance, type FastifyRequest } from 'fastify'
 import t, { type Test } from 'tap'
 import cloudflareAccess, { requireServiceToken, requireUser } from '../index'
 import { compilePolicy } from '../lib/policy'
 import type { AccessEmulator } from '../lib/testing'
-import type { FastifyCloudflareAccessOptions } from '../lib/types'
+import type { CloudflareAccessAuthorize, FastifyCloudflareAccessOptions } from '../lib/types'
 import { attackerKey, captureLogs, emulator, HEADER, sleep } from './helpers'
 
 // Authorization on top of authentication: 401 (who are you?) and 403 (you may not) stay apart.
@@ -22,6 +23,62 @@ async function app (t: Test, access: AccessEmulator, options: Partial<FastifyClo
 
 async function status (server: FastifyInstance, token?: string, url = '/admin', method: 'GET' | 'POST' = 'GET'): Promise<number> {
   return (await server.inject({ method, url, headers: token === undefined ? {} : { [HEADER]: token } })).statusCode
+}
+
+// authorize wherever it can run: the plugin's hook (onRequest or preHandler) or verify in a route hook,
+// with one more hook of the same kind after ours, under a plugin-level or a route-level policy.
+
+const FAILED = 'FST_CF_ACCESS_AUTHORIZE_FAILED'
+
+type Position = 'plugin onRequest' | 'plugin preHandler' | 'route verify as onRequest' | 'route verify as preHandler'
+const POSITIONS: Position[] = ['plugin onRequest', 'plugin preHandler', 'route verify as onRequest', 'route verify as preHandler']
+
+/** The values a careless or hostile `authorize` may throw, by name (picked per request by a header). */
+const THROWN: Record<string, unknown> = {
+  false: false,
+  zero: 0,
+  'empty string': '',
+  null: null,
+  undefined,
+  'a string': 'nope',
+  'a plain object': { statusCode: 200, message: 'looks like an error' },
+  NaN: Number.NaN,
+  'an array': []
+}
+
+/**
+ * An app protected at `position`, whose policy (plugin-level or route-level) runs `authorize`, with one
+ * more hook of the same kind after ours (the hook that used to let a "no error" through), and
+ * @fastify/cookie registered after the plugin.
+ */
+async function appWith (t: Test, access: AccessEmulator, position: Position, level: 'plugin' | 'route', authorize: CloudflareAccessAuthorize, extra: Partial<FastifyCloudflareAccessOptions> = {}): Promise<{ app: FastifyInstance, handled: () => number }> {
+  let handled = 0
+  const app = Fastify()
+  t.teardown(() => app.close())
+  const hook = position === 'plugin onRequest' ? 'onRequest' : position === 'plugin preHandler' ? 'preHandler' : false
+  await app.register(cloudflareAccess, {
+    teamDomain: access.teamDomain,
+    audience: access.audience,
+    hook,
+    ...(level === 'plugin' ? { authorize } : {}),
+    ...extra
+  })
+  await app.register(cookie)
+  const after = async (): Promise<void> => {}
+  const routeHooks = position === 'route verify as onRequest'
+    ? { onRequest: [app.cfAccess.verify, after] }
+    : position === 'route verify as preHandler'
+      ? { preHandler: [app.cfAccess.verify, after] }
+      : hook === 'onRequest' ? { onRequest: after } : { preHandler: after }
+  app.get('/', {
+    ...routeHooks,
+    config: level === 'route' ? { cfAccess: { authorize } } : {}
+  }, async (request) => {
+    handled++
+    return { email: request.cfAccess?.email ?? null }
+  })
+  await app.ready()
+  return { app, handled: () => handled }
 }
 
 t.test('allow.emails: exact addresses, case-insensitive', async (t) => {
@@ -121,6 +178,79 @@ t.test('authorize throwing: the error goes to Fastify’s error handler unchange
   const res = await server.inject({ url: '/admin', headers: { [HEADER]: access.signToken() } })
   t.equal(res.statusCode, 502)
   t.same(res.json(), { statusCode: 502, code: 'APP_DB', error: 'Bad Gateway', message: 'database down' })
+})
+
+t.test('authorize that throws or rejects with a non-Error value never admits: every value, every position, sync and async, plugin and route policy', async (t) => {
+  const access = await emulator(t)
+  const token = access.signToken()
+  for (const position of POSITIONS) {
+    for (const level of ['plugin', 'route'] as const) {
+      for (const mode of ['sync', 'async'] as const) {
+        const authorize = ((_claims: unknown, request: FastifyRequest) => {
+          const value = THROWN[request.headers['x-throw'] as string]
+          if (mode === 'sync') throw value
+          return Promise.reject(value)
+        }) as CloudflareAccessAuthorize
+        const { app, handled } = await appWith(t, access, position, level, authorize)
+        for (const name of Object.keys(THROWN)) {
+          const res = await app.inject({ url: '/', headers: { [HEADER]: token, 'x-throw': name } })
+          t.equal(res.statusCode, 500, `${position}, ${level} policy, ${mode} ${name}: 500`)
+          t.equal(res.json().code, FAILED, `${position}, ${level} policy, ${mode} ${name}: ${FAILED}`)
+          t.notMatch(res.body, token.slice(-20), 'no token in the answer')
+        }
+        t.equal(handled(), 0, `${position}, ${level} policy, ${mode}: the handler never ran`)
+      }
+    }
+  }
+})
+
+t.test('authorize that throws an Error: the error goes on unchanged, in every position', async (t) => {
+  const access = await emulator(t)
+  const authorize: CloudflareAccessAuthorize = () => { throw Object.assign(new Error('teapot'), { statusCode: 418, code: 'MY_CODE' }) }
+  for (const position of POSITIONS) {
+    const { app, handled } = await appWith(t, access, position, 'route', authorize)
+    const res = await app.inject({ url: '/', headers: { [HEADER]: access.signToken() } })
+    t.equal(res.statusCode, 418, position)
+    t.equal(res.json().code, 'MY_CODE', position)
+    t.equal(handled(), 0)
+  }
+})
+
+t.test('authorize that never settles is bounded by authorizeTimeout: 503 with Retry-After, never a hung request', async (t) => {
+  const access = await emulator(t)
+  const authorize: CloudflareAccessAuthorize = () => new Promise<boolean>(() => {})
+  for (const position of POSITIONS) {
+    const { app, handled } = await appWith(t, access, position, 'plugin', authorize, { authorizeTimeout: 50 })
+    const res = await app.inject({ url: '/', headers: { [HEADER]: access.signToken() } })
+    t.equal(res.statusCode, 503, position)
+    t.equal(res.json().code, 'FST_CF_ACCESS_AUTHORIZE_TIMEOUT', position)
+    t.equal(res.headers['retry-after'], '5')
+    t.equal(handled(), 0)
+  }
+  const late = await appWith(t, access, 'plugin onRequest', 'plugin', async () => { await sleep(20); return true }, { authorizeTimeout: 2000 })
+  t.equal((await late.app.inject({ url: '/', headers: { [HEADER]: access.signToken() } })).statusCode, 200, 'a slow but settling authorize admits')
+  t.rejects(async () => { await Fastify().register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience, authorizeTimeout: 0 }) }, /"authorizeTimeout" must be a number of milliseconds/)
+})
+
+t.test('an authorize returning a truthy non-true value, or a thenable that rejects with nothing, never admits', async (t) => {
+  const access = await emulator(t)
+  const values: unknown[] = [1, 'true', {}, [], Promise.resolve(1), { then: (_ok: unknown, fail: (reason?: unknown) => void) => fail() }]
+  for (const [index, value] of values.entries()) {
+    const { app, handled } = await appWith(t, access, 'plugin onRequest', 'plugin', () => value as boolean)
+    const res = await app.inject({ url: '/', headers: { [HEADER]: access.signToken() } })
+    t.ok(res.statusCode === 403 || res.statusCode === 500, `value #${index}: ${res.statusCode}`)
+    t.equal(handled(), 0)
+  }
+})
+
+t.test('an authorize returning a falsy value (null, undefined, 0, empty, NaN, false) is a plain refusal: 403, never a 500', async (t) => {
+  const access = await emulator(t)
+  for (const value of [null, undefined, 0, '', Number.NaN, false]) {
+    const { app, handled } = await appWith(t, access, 'plugin onRequest', 'plugin', () => value as boolean)
+    const res = await app.inject({ url: '/', headers: { [HEADER]: access.signToken() } })
+    t.same([res.statusCode, res.json().code], [403, 'FST_CF_ACCESS_FORBIDDEN'], String(value))
+    t.equal(handled(), 0)
+  }
 })
 
 t.test('403 answers name no secret, and are logged at info with the route and the subject', async (t) => {
@@ -511,6 +641,23 @@ t.test('email grants need an address: an @ after at least one character; the dom
   t.equal(await status(emails, access.signToken({ email: 'acme.com' })), 403)
 })
 
+t.test('email grants fold ASCII case only: KELVIN SIGN, NUL, spaces and a trailing dot do not match', async (t) => {
+  const access = await emulator(t)
+  const app = Fastify()
+  t.teardown(() => app.close())
+  await app.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience, allow: { emailDomains: ['Kraken.io'], emails: ['Bob@Example.COM'] } })
+  app.get('/', async () => 'in')
+  await app.ready()
+  const as = (email: string): Promise<number> => app.inject({ url: '/', headers: { [HEADER]: access.signToken({ email }) } }).then((res) => res.statusCode)
+  t.equal(await as('user@kraken.io'), 200)
+  t.equal(await as('USER@KRAKEN.IO'), 200, 'ASCII case folds')
+  t.equal(await as('bob@example.com'), 200)
+  for (const email of ['user@\u212Araken.io', 'user@kraken.io\u0000', 'user@kraken.io.', 'user@kraken.io ', 'user@kraken\u0130o', 'bob@exampl\u0435.com', 'bob@example.com\u0000', 'user@KRAKEN.İO']) {
+    t.equal(await as(email), 403, JSON.stringify(email))
+  }
+  await t.rejects(async () => { await Fastify().register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience, allow: { emailDomains: ['\u212Araken.io'] } }) }, /allow.emailDomains/, 'a look-alike domain in the configuration is refused')
+})
+
 t.test('group grants read every entry of the identity: an id grant needs a string id, a name grant a string name', async (t) => {
   const access = await emulator(t)
   access.setIdentity('ids@acme.com', { groups: [{ id: 'g-fin' }, { id: 7, name: 'finance' }] as never })
@@ -525,6 +672,27 @@ t.test('group grants read every entry of the identity: an id grant needs a strin
   t.equal(await status(byName, access.signToken({ email: 'ids@acme.com' })), 403, 'a numeric name is no name')
   const groups = await byName.inject({ url: '/admin/groups', headers: { [HEADER]: access.signToken({ email: 'names@acme.com' }) } })
   t.same(groups.json(), [], 'identity.groups, as the application gets it, keeps only entries with both, as typed')
+})
+
+t.test('groups match names only and groupIds ids only: a group named like the admins\' id is not the admins group', async (t) => {
+  const access = await emulator(t)
+  access.setIdentity('mallory@acme.com', { groups: [{ id: 'g-mallory', name: 'g-admins' }] })
+  access.setIdentity('alice@acme.com', { groups: [{ id: 'g-admins', name: 'admins' }] })
+  access.setIdentity('carol@acme.com', { groups: [{ id: 'g-other', name: 'Admins' }, { id: 'g-x', name: ' admins' }] })
+  const app = Fastify()
+  t.teardown(() => app.close())
+  app.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience, hook: false })
+  app.after(() => {
+    app.get('/by-id', { onRequest: app.cfAccess.verify, config: { cfAccess: { allow: { groupIds: ['g-admins'] } } } }, async () => 'in')
+    app.get('/by-name', { onRequest: app.cfAccess.verify, config: { cfAccess: { allow: { groups: ['admins'] } } } }, async () => 'in')
+  })
+  await app.ready()
+  const as = (email: string, url: string): Promise<number> => app.inject({ url, headers: { [HEADER]: access.signToken({ email }) } }).then((res) => res.statusCode)
+  t.equal(await as('mallory@acme.com', '/by-id'), 403, 'a group whose name is the id does not match groupIds')
+  t.equal(await as('alice@acme.com', '/by-id'), 200)
+  t.equal(await as('alice@acme.com', '/by-name'), 200)
+  t.equal(await as('mallory@acme.com', '/by-name'), 403)
+  t.equal(await as('carol@acme.com', '/by-name'), 403, 'names are case-sensitive and not trimmed')
 })
 
 t.test('an identity lookup authorize never awaits cannot become an unhandled rejection', async (t) => {

@@ -185,3 +185,15 @@ t.test('teamDomain is an http(s) origin, and excludes port', async (t) => {
   const https = await emulator(t, { teamDomain: 'https://access.example.test' })
   t.equal(https.teamDomain, 'https://access.example.test')
 })
+
+t.test('the emulator\'s request log is bounded', async (t) => {
+  const access = await emulator(t)
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 8 })
+  t.teardown(() => agent.destroy())
+  const get = (): Promise<void> => new Promise((resolve, reject) => {
+    http.get(`${access.teamDomain}/x`, { agent }, (res) => { res.resume(); res.on('end', resolve) }).on('error', reject)
+  })
+  for (let i = 0; i < 1300; i += 50) await Promise.all(Array.from({ length: 50 }, get))
+  t.equal(access.requestCount, 1300, 'every request counted')
+  t.ok(access.requests.length <= 1000, `the log keeps at most 1000 (${access.requests.length})`)
+})

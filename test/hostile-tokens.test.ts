@@ -4,7 +4,7 @@ import Fastify, { type FastifyInstance } from 'fastify'
 import t from 'tap'
 import cloudflareAccess from '../index'
 import { createAccessEmulator, type AccessEmulator } from '../lib/testing'
-import { captureLogs, decode, nowSeconds, rawToken } from './helpers'
+import { captureLogs, decode, emulator, nowSeconds, rawToken } from './helpers'
 
 // Tokens an attacker crafts: algorithms, embedded keys, claims, encodings, sizes, header against cookie,
 // and no token in the logs. One named test per attack, against one app listening on 127.0.0.1 and one
@@ -318,6 +318,20 @@ attack('cookie: several Cookie headers', () => {
   sent.push(valid)
   return request([['cookie', 'a=1'], ['cookie', `CF_Authorization=${valid}`]])
 }, 200)
+t.test('a hostile Cookie header (1 MiB of ";" or of "a;") gets 401 without a token, and the real cookie after them is still found', async (t) => {
+  const team = await emulator(t)
+  const server = Fastify()
+  t.teardown(() => server.close())
+  await server.register(cloudflareAccess, { teamDomain: team.teamDomain, audience: team.audience })
+  server.get('/', async (request) => request.cfAccess?.email)
+  await server.ready()
+  const token = team.signToken()
+  for (const filler of [';'.repeat(1 << 20), 'a;'.repeat(1 << 19), ' ;='.repeat(1 << 18), 'x=1;'.repeat(1 << 18)]) {
+    t.equal((await server.inject({ url: '/', headers: { cookie: filler } })).statusCode, 401)
+    const res = await server.inject({ url: '/', headers: { cookie: `${filler}; CF_Authorization=${token}` } })
+    t.equal(res.statusCode, 200, 'the cookie after the filler is found')
+  }
+})
 attack('a forged Cf-Access-Authenticated-User-Email alone', () => request([['cf-access-authenticated-user-email', 'admin@acme.com']]), 401, MISSING)
 attack('a forged Cf-Access-Authenticated-User-Email beside a garbage token', () => request([['cf-access-authenticated-user-email', 'admin@acme.com'], ['cf-access-jwt-assertion', 'x.y.z']]), 401, INVALID)
 

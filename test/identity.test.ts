@@ -4,6 +4,7 @@ import Fastify from 'fastify'
 import t, { type Test } from 'tap'
 import cloudflareAccess from '../index'
 import { IdentityClient, membershipOf } from '../lib/identity'
+import type { AccessEmulator } from '../lib/testing'
 import { emulator, HEADER, nowSeconds, setup, sleep } from './helpers'
 
 t.test('request.cfAccessIdentity(): the full identity, cached per token', async (t) => {
@@ -117,6 +118,68 @@ t.test('the identity endpoint refusing the token (a revoked session) is a 401', 
   const res = await get(token)
   t.equal(res.statusCode, 401)
   t.match(res.json.message, /identity endpoint refused the token/)
+})
+
+/** A team origin whose certs come from the emulator and whose identity endpoint answers as `identity` says. */
+async function teamOrigin (t: Test, access: AccessEmulator, identity: (res: http.ServerResponse) => void): Promise<string> {
+  const server = http.createServer((req, res) => {
+    if (req.url === '/cdn-cgi/access/certs') res.writeHead(200, { 'content-type': 'application/json' }).end(JSON.stringify(access.jwks()))
+    else identity(res)
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  t.teardown(() => { server.closeAllConnections(); server.close() })
+  return `http://127.0.0.1:${(server.address() as AddressInfo).port}`
+}
+
+t.test('the identity endpoint: only 400, 401 and 403 mean the session is refused; every other failure is a 503 with Retry-After', async (t) => {
+  const access = await emulator(t)
+  let answer: (res: http.ServerResponse) => void = () => {}
+  const origin = await teamOrigin(t, access, (res) => answer(res))
+  const app = Fastify()
+  t.teardown(() => app.close())
+  await app.register(cloudflareAccess, { teamDomain: origin, audience: access.audience, allow: { groups: ['ops'] }, identityCacheTtl: 0 })
+  app.get('/', async () => ({}))
+  await app.ready()
+  const status = async (): Promise<{ statusCode: number, code: string, retry: unknown }> => {
+    const res = await app.inject({ url: '/', headers: { [HEADER]: access.signToken({ iss: origin }) } })
+    return { statusCode: res.statusCode, code: res.json().code, retry: res.headers['retry-after'] }
+  }
+  for (const code of [400, 401, 403]) {
+    answer = (res) => res.writeHead(code).end('{}')
+    t.same(await status(), { statusCode: 401, code: 'FST_CF_ACCESS_TOKEN_INVALID', retry: undefined }, `HTTP ${code}`)
+  }
+  const outages: Record<string, (res: http.ServerResponse) => void> = {
+    'HTTP 404': (res) => res.writeHead(404).end('{}'),
+    'HTTP 408': (res) => res.writeHead(408).end('{}'),
+    'HTTP 429': (res) => res.writeHead(429).end('{}'),
+    'HTTP 500': (res) => res.writeHead(500).end('{}'),
+    'HTTP 502': (res) => res.writeHead(502).end('{}'),
+    'a redirect': (res) => res.writeHead(302, { location: '/elsewhere' }).end(),
+    'not JSON': (res) => res.writeHead(200).end('<html>'),
+    'more than 64 KiB': (res) => res.writeHead(200).end(JSON.stringify({ email: 'user@example.com', groups: [], pad: 'x'.repeat(64 * 1024) })),
+    'nested 5000 deep': (res) => res.writeHead(200).end(`{"email":"user@example.com","groups":[],"deep":${'['.repeat(5000)}${']'.repeat(5000)}}`),
+    'nested 33 deep': (res) => res.writeHead(200).end(`{"email":"user@example.com","groups":[],"deep":${'['.repeat(33)}${']'.repeat(33)}}`)
+  }
+  for (const [name, outage] of Object.entries(outages)) {
+    answer = outage
+    t.same(await status(), { statusCode: 503, code: 'FST_CF_ACCESS_IDENTITY_UNAVAILABLE', retry: '5' }, name)
+  }
+  answer = (res) => res.writeHead(200).end(JSON.stringify({ email: 'user@example.com', groups: [{ id: '1', name: 'ops' }], deep: JSON.parse('['.repeat(30) + ']'.repeat(30)) as unknown }))
+  t.same(await status(), { statusCode: 200, code: undefined, retry: undefined }, 'a document 31 levels deep is fine')
+})
+
+t.test('every 503 carries Retry-After: request.cfAccessIdentity() awaited in a handler', async (t) => {
+  const access = await emulator(t)
+  const app = Fastify()
+  t.teardown(() => app.close())
+  await app.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience })
+  app.get('/', async (request) => request.cfAccessIdentity())
+  await app.ready()
+  access.setOutage('error', 'identity')
+  const res = await app.inject({ url: '/', headers: { [HEADER]: access.signToken() } })
+  t.equal(res.statusCode, 503)
+  t.equal(res.json().code, 'FST_CF_ACCESS_IDENTITY_UNAVAILABLE')
+  t.equal(res.headers['retry-after'], '5')
 })
 
 t.test('IdentityClient: cache expiry, never beyond exp, bounded size, odd groups dropped', async (t) => {

@@ -1,4 +1,6 @@
+import { spawn } from 'node:child_process'
 import diagnostics from 'node:diagnostics_channel'
+import { join } from 'node:path'
 import Fastify from 'fastify'
 import { Registry } from 'prom-client'
 import t, { type Test } from 'tap'
@@ -6,7 +8,7 @@ import cloudflareAccess, { channelNames, cloudflareAccessStatus } from '../index
 import { accessMetrics, buildOperationsApp } from '../examples/operations'
 import { captureLogs, emulator, eventually, HEADER, sleep } from './helpers'
 
-// Operations: status(), readiness, waitForKeys, the diagnostics channels, and the Prometheus recipe.
+// Operations: status(), readiness, waitForKeys, the diagnostics channels, the Prometheus recipe, and app.close().
 
 /** Collects every message of every channel while the test runs. */
 function listen (t: Test): Record<keyof typeof channelNames, unknown[]> {
@@ -219,4 +221,36 @@ t.test('a 403 log line names the grant kinds the policy tried, and nothing of th
   t.notOk(JSON.stringify(lines).includes(token.slice(-20)), 'no token in the log')
   t.notOk(JSON.stringify(lines).includes('"ZZ"'), 'no other claim in the log')
   await sleep(0)
+})
+
+t.test('app.close() aborts in-flight key and identity requests: a closed app\'s process exits at once, not after fetchTimeout', async (t) => {
+  const access = await emulator(t)
+  const script = `
+    const Fastify = require('fastify')
+    const plugin = require(${JSON.stringify(join(__dirname, '..', 'dist', 'index.js'))})
+    const [teamDomain, audience, token, which] = process.argv.slice(1)
+    const app = Fastify()
+    app.register(plugin, { teamDomain, audience, fetchTimeout: 30000, identityTimeout: 30000 })
+    app.get('/', async (request) => which === 'identity' ? request.cfAccessIdentity() : 'ok')
+    app.ready().then(async () => {
+      const pending = app.inject({ url: '/', headers: { 'cf-access-jwt-assertion': token } }).catch(() => {})
+      setTimeout(async () => { await app.close(); await pending; process.stdout.write('closed') }, 300)
+    })`
+  for (const which of ['keys', 'identity']) {
+    if (which === 'identity') {
+      access.setLatency(0)
+      access.setLatency(Infinity, 'identity')
+    } else {
+      access.setLatency(Infinity)
+    }
+    const started = Date.now()
+    const child = spawn(process.execPath, ['-e', script, access.teamDomain, access.audience, access.signToken(), which], { cwd: join(__dirname, '..'), stdio: ['ignore', 'pipe', 'inherit'] })
+    let out = ''
+    child.stdout.on('data', (chunk: Buffer) => { out += chunk.toString() })
+    const code = await new Promise<number | null>((resolve) => child.on('exit', resolve))
+    const took = Date.now() - started
+    t.equal(code, 0, `${which}: exited cleanly`)
+    t.equal(out, 'closed')
+    t.ok(took < 10_000, `${which}: exited ${took} ms after start, well before the 30 s fetch timeout`)
+  }
 })

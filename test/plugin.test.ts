@@ -1,4 +1,4 @@
-import Fastify from 'fastify'
+import Fastify, { type FastifyReply, type FastifyRequest } from 'fastify'
 import fastifyCookie from '@fastify/cookie'
 import t from 'tap'
 import cloudflareAccess from '../index'
@@ -153,6 +153,160 @@ t.test('fastify.cfAccess.verifyToken resolves claims or rejects with statusCode 
   t.equal(app.hasDecorator('cfAccess'), false, 'a prefix-scoped registration does not leak its decorator to the parent')
 })
 
+t.test('explicit verify always verifies, even on a route whose config.cfAccess is false: route hooks, scope hooks and wrappers', async (t) => {
+  const access = await emulator(t)
+  const app = Fastify()
+  t.teardown(() => app.close())
+  await app.register(async (scope) => {
+    await scope.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience, hook: false })
+    // An @fastify/auth-style "and" wrapper: verify, then an API key check.
+    const both = async (request: FastifyRequest, reply: FastifyReply): Promise<void> => {
+      await scope.cfAccess.verify(request, reply)
+      if (request.headers['x-api-key'] !== 'k') throw Object.assign(new Error('bad key'), { statusCode: 401 })
+    }
+    scope.get('/and', { preHandler: both, config: { cfAccess: false } }, async () => 'in')
+    scope.register(async (inner) => {
+      inner.addHook('onRequest', inner.cfAccess.verify) // the user's own scope hook
+      inner.get('/scoped', { config: { cfAccess: false } }, async () => 'in')
+    })
+  })
+  await app.register(async (own) => {
+    await own.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience })
+    own.get('/health', { config: { cfAccess: false } }, async () => 'open')
+  }, { prefix: '/own' })
+  await app.ready()
+  t.equal((await app.inject({ url: '/and', headers: { 'x-api-key': 'k' } })).statusCode, 401, 'wrapper: no token, 401 despite config.cfAccess false')
+  t.equal((await app.inject({ url: '/and', headers: { 'x-api-key': 'k', [HEADER]: access.signToken() } })).statusCode, 200)
+  t.equal((await app.inject({ url: '/scoped' })).statusCode, 401, 'user scope hook: no token, 401')
+  t.equal((await app.inject({ url: '/scoped', headers: { [HEADER]: access.signToken() } })).statusCode, 200)
+  t.equal((await app.inject({ url: '/own/health' })).statusCode, 200, 'the plugin\'s own hook honours false')
+})
+
+t.test('a route policy that nothing verifies (hook: false, no verify) is still enforced, never served open', async (t) => {
+  const access = await emulator(t)
+  access.setIdentity('ops@acme.com', { groups: [{ id: 'g-1', name: 'ops' }] })
+  const app = Fastify()
+  t.teardown(() => app.close())
+  let handled = 0
+  await app.register(async (scope) => {
+    // A policy route added before the plugin, in the same scope.
+    scope.get('/early', { config: { cfAccess: { allow: { emails: ['boss@acme.com'] } } } }, async (request) => { handled++; return { email: request.cfAccess?.email } })
+    await scope.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience, hook: false, allow: { emailDomains: ['acme.com'] } })
+    scope.get('/policy', { config: { cfAccess: { allow: { emails: ['boss@acme.com'] } } } }, async (request) => { handled++; return { email: request.cfAccess?.email } })
+    scope.get('/groups', { config: { cfAccess: { allow: { groups: ['ops'] } } } }, async (request) => { handled++; return { email: request.cfAccess?.email } })
+    scope.get('/open', async (request) => ({ claims: request.cfAccess }))
+    scope.get('/plugin-policy', { onRequest: scope.cfAccess.verify }, async () => 'in')
+    // An @fastify/auth-style "or" wrapper that swallows verify's rejection when an API key is present.
+    const either = async (request: FastifyRequest, reply: FastifyReply): Promise<void> => {
+      try { await scope.cfAccess.verify(request, reply) } catch (error) { if (request.headers['x-api-key'] !== 'k') throw error }
+    }
+    scope.get('/either', { preHandler: either, config: { cfAccess: { allow: { emails: ['boss@acme.com'] } } } }, async (request) => { handled++; return { email: request.cfAccess?.email ?? null } })
+  })
+  await app.ready()
+  const boss = access.signToken({ email: 'boss@acme.com' })
+  const other = access.signToken({ email: 'eve@acme.com' })
+  for (const url of ['/early', '/policy', '/either']) {
+    t.equal((await app.inject({ url })).statusCode, 401, `${url}: no token, 401`)
+    t.equal((await app.inject({ url, headers: { [HEADER]: other } })).statusCode, 403, `${url}: not allowed, 403`)
+    t.equal((await app.inject({ url, headers: { [HEADER]: other, 'x-api-key': 'k' } })).statusCode, 403, `${url}: a swallowed rejection is refused again`)
+    const res = await app.inject({ url, headers: { [HEADER]: boss } })
+    t.same([res.statusCode, res.json().email], [200, 'boss@acme.com'], `${url}: allowed`)
+  }
+  t.equal((await app.inject({ url: '/groups', headers: { [HEADER]: other } })).statusCode, 403)
+  t.equal((await app.inject({ url: '/groups', headers: { [HEADER]: access.signToken({ email: 'ops@acme.com' }) } })).statusCode, 200, 'a group grant is enforced too')
+  t.equal(handled, 4, 'handlers ran only for admitted requests')
+  t.same((await app.inject({ url: '/open' })).json(), { claims: null }, 'a route without a policy stays open under hook: false')
+  t.equal((await app.inject({ url: '/plugin-policy', headers: { [HEADER]: access.signToken({ email: 'x@evil.com' }) } })).statusCode, 403, 'the plugin\'s own allow applies wherever verify runs')
+  t.equal((await app.inject({ url: '/plugin-policy', headers: { [HEADER]: other } })).statusCode, 200)
+})
+
+t.test('a route policy with verify added as a scope hook (hook: false) keeps working, verified once', async (t) => {
+  const access = await emulator(t)
+  const app = Fastify()
+  t.teardown(() => app.close())
+  let calls = 0
+  await app.register(async (scope) => {
+    await scope.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience, hook: false })
+    scope.addHook('onRequest', scope.cfAccess.verify)
+    scope.get('/', { config: { cfAccess: { authorize: (claims) => { calls++; return claims.email === 'a@acme.com' } } } }, async () => 'in')
+  })
+  await app.ready()
+  t.equal((await app.inject({ url: '/', headers: { [HEADER]: access.signToken({ email: 'a@acme.com' }) } })).statusCode, 200)
+  t.equal(calls, 1, 'the route guard saw the admission and did not run the policy again')
+  t.equal((await app.inject({ url: '/', headers: { [HEADER]: access.signToken({ email: 'b@acme.com' }) } })).statusCode, 403)
+})
+
+t.test('verifyToken applies the registration\'s policy: allow, groups, authorize (which needs the request), and the route\'s', async (t) => {
+  const access = await emulator(t)
+  access.setIdentity('ops@acme.com', { groups: [{ id: 'g-1', name: 'ops' }] })
+  const app = Fastify()
+  t.teardown(() => app.close())
+  await app.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience, allow: { emails: ['a@acme.com'], groups: ['ops'] } })
+  const withAuthorize = Fastify()
+  t.teardown(() => withAuthorize.close())
+  await withAuthorize.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience, authorize: (_claims, request) => request.headers['x-ok'] === '1' })
+  let seen: unknown
+  withAuthorize.get('/ws', { config: { cfAccess: { allow: { emails: ['a@acme.com'] } } } }, async (request) => {
+    seen = await withAuthorize.cfAccess.verifyToken(request.headers['x-token'] as string, request).then((claims) => claims.email, (error: { code: string }) => error.code)
+    return 'ok'
+  })
+  await app.ready()
+  await withAuthorize.ready()
+  t.equal((await app.cfAccess.verifyToken(access.signToken({ email: 'a@acme.com' }))).email, 'a@acme.com')
+  await t.rejects(app.cfAccess.verifyToken(access.signToken({ email: 'eve@acme.com' })), { statusCode: 403, code: 'FST_CF_ACCESS_FORBIDDEN' }, 'allow applies')
+  t.equal((await app.cfAccess.verifyToken(access.signToken({ email: 'ops@acme.com' }))).email, 'ops@acme.com', 'groups apply (identity looked up)')
+  await t.rejects(app.cfAccess.verifyToken(access.signServiceToken()), { statusCode: 403, code: 'FST_CF_ACCESS_FORBIDDEN' }, 'a service token no grant admits')
+  await t.rejects(withAuthorize.cfAccess.verifyToken(access.signToken({ email: 'a@acme.com' })), { statusCode: 500, code: 'FST_CF_ACCESS_AUTHORIZE_FAILED', message: /needs the request/ }, 'authorize without a request is refused, never skipped')
+  const a = access.signToken({ email: 'a@acme.com' })
+  await withAuthorize.inject({ url: '/ws', headers: { [HEADER]: a, 'x-ok': '1', 'x-token': a } })
+  t.equal(seen, 'a@acme.com', 'with the request: authorize and the route policy admit')
+  const b = access.signToken({ email: 'b@acme.com' })
+  await withAuthorize.inject({ url: '/ws', headers: { [HEADER]: a, 'x-ok': '1', 'x-token': b } })
+  t.equal(seen, 'FST_CF_ACCESS_FORBIDDEN', 'the route policy applies to the token given')
+})
+
+t.test('claims appear on the request only once it is admitted: a refused user plus an API key leaves request.cfAccess null', async (t) => {
+  const access = await emulator(t)
+  const app = Fastify()
+  t.teardown(() => app.close())
+  let seenInAuthorize: unknown = 'unset'
+  await app.register(cloudflareAccess, {
+    teamDomain: access.teamDomain,
+    audience: access.audience,
+    hook: false,
+    authorize: (claims, request) => { seenInAuthorize = request.cfAccess; return claims.email === 'a@acme.com' }
+  })
+  const either = async (request: FastifyRequest, reply: FastifyReply): Promise<void> => {
+    try { await app.cfAccess.verify(request, reply) } catch (error) { if (request.headers['x-api-key'] !== 'k') throw error }
+  }
+  app.get('/', { preHandler: either }, async (request) => ({ claims: request.cfAccess }))
+  // The scope hook admitted, then a route verify with a stricter route policy refuses: the first admission is cleared.
+  app.get('/twice', { onRequest: [app.cfAccess.verify], preHandler: async (request, reply) => { try { await app.cfAccess.verify(request, reply) } catch {} } }, async (request) => ({ claims: request.cfAccess }))
+  await app.ready()
+  const res = await app.inject({ url: '/', headers: { [HEADER]: access.signToken({ email: 'eve@acme.com' }), 'x-api-key': 'k' } })
+  t.same(res.json(), { claims: null }, 'the refused user is not on the request')
+  t.equal(seenInAuthorize, null, 'not even while authorize runs')
+  const ok = await app.inject({ url: '/', headers: { [HEADER]: access.signToken({ email: 'a@acme.com' }) } })
+  t.equal(ok.json().claims.email, 'a@acme.com')
+  const twice = await app.inject({ url: '/twice', headers: { [HEADER]: access.signToken({ email: 'a@acme.com' }) } })
+  t.equal(twice.json().claims.email, 'a@acme.com')
+})
+
+t.test('a refusal clears an earlier admission of the same request', async (t) => {
+  const access = await emulator(t)
+  const app = Fastify()
+  t.teardown(() => app.close())
+  await app.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience })
+  const swallow = async (request: FastifyRequest, reply: FastifyReply): Promise<void> => {
+    request.headers[HEADER] = access.signToken({ email: 'eve@acme.com', aud: ['0'.repeat(64)] })
+    try { await app.cfAccess.verify(request, reply) } catch {}
+  }
+  app.get('/', { preHandler: swallow }, async (request) => ({ claims: request.cfAccess }))
+  await app.ready()
+  const res = await app.inject({ url: '/', headers: { [HEADER]: access.signToken({ email: 'a@acme.com' }) } })
+  t.same(res.json(), { claims: null })
+})
+
 t.test('token sources', async (t) => {
   t.test('the header wins over the cookie', async (t) => {
     const { access, app } = await setup(t)
@@ -244,6 +398,24 @@ t.test('registration mistakes fail at boot with a clear error', async (t) => {
     app.register(cloudflareAccess, options)
     app.register(async (child) => { await child.register(cloudflareAccess, options) })
     await t.rejects(async () => { await app.ready() }, /already registered in this scope, a parent scope or a child scope/)
+  })
+
+  t.test('registering in a parent of a protected scope (the child first): the same message; sibling scopes and another app may each have one', async (t) => {
+    const app = Fastify()
+    t.teardown(() => app.close())
+    app.register(async (child) => { await child.register(cloudflareAccess, options) })
+    app.register(cloudflareAccess, options)
+    await t.rejects(async () => { await app.ready() }, /already registered in this scope, a parent scope or a child scope/)
+    const siblings = Fastify()
+    t.teardown(() => siblings.close())
+    siblings.register(async (a) => { await a.register(cloudflareAccess, options) })
+    siblings.register(async (b) => { await b.register(cloudflareAccess, options) })
+    await siblings.ready()
+    t.pass('sibling scopes may each have one')
+    const other = Fastify()
+    t.teardown(() => other.close())
+    await other.register(cloudflareAccess, options)
+    t.pass('another app is another chain of scopes')
   })
 
   t.test('missing options', async (t) => {
