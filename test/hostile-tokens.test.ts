@@ -251,8 +251,7 @@ const encodingCases: Array<[string, () => string]> = [
   ['a signed payload with invalid UTF-8', () => access.signRaw({ alg: 'RS256', kid: kid() }, Buffer.concat([Buffer.from(JSON.stringify(claims()).slice(0, -1) + ',"x":"'), Buffer.from([0xff, 0xfe]), Buffer.from('"}')]))],
   ['a signed header with invalid UTF-8', () => access.signRaw(Buffer.concat([Buffer.from(`{"alg":"RS256","kid":"${kid()}","x":"`), Buffer.from([0xc3, 0x28]), Buffer.from('"}')]), claims())],
   ['garbage', () => 'garbage'],
-  ['only dots', () => '..'],
-  ['8 KiB + 1 characters', () => { const [h, , s] = parts(); return `${h}.${'A'.repeat(8193 - h.length - s.length - 2)}.${s}` }]
+  ['only dots', () => '..']
 ]
 for (const [name, make] of encodingCases) {
   attack(`encoding: ${name}`, () => withHeader(make()), 401, INVALID)
@@ -261,14 +260,6 @@ t.test('a signed token with a deeply nested claim is handled without a crash', a
   const nested = JSON.stringify(claims()).replace(/\}$/, `,"custom":${'{"a":'.repeat(1500)}1${'}'.repeat(1500)}}`)
   const answer = await withHeader(access.signRaw({ alg: 'RS256', kid: kid() }, nested))
   t.ok(answer.status === 200 || answer.status === 401, `answered ${answer.status}`)
-})
-t.test('a token of exactly 8 KiB is accepted by the size check', async (t) => {
-  const payload = claims()
-  const header = { alg: 'RS256', kid: kid() }
-  let token = ''
-  for (let pad = 0; token.length < 8192; pad++) token = access.signRaw(header, { ...payload, pad: 'x'.repeat(pad) })
-  const answer = await withHeader(token)
-  t.equal(answer.status, token.length === 8192 ? 200 : 401, `${token.length} characters`)
 })
 for (const [name, send] of [
   ['header', () => withHeader('a'.repeat(1024 * 1024))],
