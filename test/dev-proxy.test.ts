@@ -1,4 +1,4 @@
-import { createHash, createSecretKey, generateKeyPairSync, randomUUID, type KeyObject } from 'node:crypto'
+import { createHash, createSecretKey, randomUUID, type KeyObject } from 'node:crypto'
 import http from 'node:http'
 import net, { type AddressInfo } from 'node:net'
 import type { Duplex } from 'node:stream'
@@ -9,7 +9,7 @@ import cloudflareAccess from '../index'
 import { groupId } from '../lib/dev-pages'
 import { createDevProxy, DEV_AUDIENCE, LOGIN_PATH, type DevProxy, type DevProxyOptions } from '../lib/dev-proxy'
 import { signJwt } from '../lib/testing'
-import { attackerKey, decode, eventually, freePort, listeners, nowSeconds, rawToken } from './helpers'
+import { attackerKey, decode, eventually, freePort, listeners, nowSeconds, rawToken, signingKeys } from './helpers'
 
 // The dev proxy over real HTTP, as a browser uses it: a cookie jar, the login page, an app behind it that
 // registers the real plugin with the options the proxy prints, and WebSockets through it.
@@ -50,7 +50,7 @@ function send (port: number, options: { method?: string, path?: string, headers?
   })
 }
 
-const keys: [KeyObject, KeyObject] = [generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey, generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey]
+const keys: [KeyObject, KeyObject] = signingKeys()
 
 let proxy: DevProxy
 let port: number

@@ -1,10 +1,10 @@
-import { createHmac, createPublicKey, generateKeyPairSync, randomBytes } from 'node:crypto'
+import { createHmac, createPublicKey, randomBytes } from 'node:crypto'
 import http from 'node:http'
 import Fastify, { type FastifyInstance } from 'fastify'
 import t from 'tap'
 import cloudflareAccess from '../index'
 import { createAccessEmulator, type AccessEmulator } from '../lib/testing'
-import { captureLogs, decode, emulator, nowSeconds, rawToken } from './helpers'
+import { attackerKey, captureLogs, decode, emulator, nowSeconds, rawToken, signingKeys } from './helpers'
 
 // Tokens an attacker crafts: algorithms, embedded keys, claims, encodings, sizes, header against cookie,
 // and no token in the logs. One named test per attack, against one app listening on 127.0.0.1 and one
@@ -16,10 +16,10 @@ let app: FastifyInstance
 let base: string
 const logs = captureLogs('trace')
 const sent: string[] = [] // every token an attack sent, for the log check
-const attacker = generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey
+const attacker = attackerKey()
 
 t.before(async () => {
-  access = await createAccessEmulator()
+  access = await createAccessEmulator({ privateKeys: signingKeys() })
   app = Fastify({ logger: logs.logger })
   app.register(async (admin) => {
     await admin.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience })
