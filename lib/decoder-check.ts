@@ -25,9 +25,10 @@ const ISSUED_AT_MS = 1_767_225_600_000
 type CreateVerifier = typeof createVerifier
 
 /**
- * Spellings of the token that are not it: the same bytes for a decoder that skips padding, white space or
- * the other base64 alphabet. A token the full structural check refuses must never verify through the hot
- * path, which leaves these characters to fast-jwt's decoder.
+ * Spellings of the token that are not it: the same bytes for a decoder that skips padding, white space
+ * (inside the signature, or trailing: a decoder that trims) or the other base64 alphabet. A token the full
+ * structural check refuses must never verify through the hot path, which leaves these characters to
+ * fast-jwt's decoder.
  */
 function respellings (token: string): string[] {
   const dot = token.lastIndexOf('.')
@@ -40,7 +41,8 @@ function respellings (token: string): string[] {
     input + signature.replace(/-/g, '+').replace(/_/g, '/'),
     `${input}${signature.slice(0, middle)} ${signature.slice(middle)}`,
     `${input}${signature.slice(0, middle)}\n${signature.slice(middle)}`,
-    `${input}${signature.slice(0, middle)}\t${signature.slice(middle)}`
+    `${input}${signature.slice(0, middle)}\t${signature.slice(middle)}`,
+    `${token} `
   ]
 }
 

@@ -187,6 +187,26 @@ t.test('the start-up self-check: the hot path is on only with a fast-jwt whose d
   t.equal(warnings.length, 1, 'a verifier without a logger says nothing (the CLI); the check ran once per fast-jwt')
 })
 
+t.test('the start-up self-check catches each kind of lenient decoding on its own', async (t) => {
+  /** fast-jwt behind a decoder that undoes one respelling before verifying: a version lenient in that one way. */
+  const lenient = (undo: (token: string) => string): typeof createVerifier =>
+    ((options: object) => {
+      const verify = createVerifier(options as never) as (token: string) => unknown
+      return (token: string) => verify(undo(token))
+    }) as unknown as typeof createVerifier
+  const kinds: Array<[string, (token: string) => string]> = [
+    ['two padding characters', (token) => token.endsWith('==') ? token.slice(0, -2) : token],
+    ['one padding character', (token) => token.endsWith('=') && !token.endsWith('==') ? token.slice(0, -1) : token],
+    ['the other base64 alphabet', (token) => token.replace(/\+/g, '-').replace(/\//g, '_')],
+    ['a space', (token) => token.replace(/ /g, '')],
+    ['a line feed', (token) => token.replace(/\n/g, '')],
+    ['a tab', (token) => token.replace(/\t/g, '')],
+    ['trailing white space (it trims)', (token) => token.trimEnd()]
+  ]
+  t.ok(decoderIsStrict(lenient((token) => token)), 'a decoder that undoes nothing is strict')
+  for (const [kind, undo] of kinds) t.notOk(decoderIsStrict(lenient(undo)), `a decoder that ignores ${kind} is not strict`)
+})
+
 t.test('byte-level variants of a cached, hot-path token are refused exactly as by a fresh verifier', async (t) => {
   const cached = verifier(1000)
   const valid = access.signToken()
