@@ -467,6 +467,26 @@ t.test('503 answers carry Retry-After through an error handler of the applicatio
   }
 })
 
+t.test('503 answers carry Retry-After through an error handler of the application on a route outside the plugin\'s scopes that runs its verify', async (t) => {
+  const access = await emulator(t)
+  access.setOutage(true)
+  const app = Fastify()
+  t.teardown(() => app.close())
+  app.setErrorHandler((error: Error & { statusCode?: number, code?: string }, _request, reply) => reply.code(error.statusCode ?? 500).send({ failed: error.code }))
+  let verify: ((request: FastifyRequest, reply: FastifyReply) => Promise<void>) | undefined
+  await app.register(async (scope) => {
+    await scope.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience, hook: false })
+    verify = scope.cfAccess.verify
+  }, { prefix: '/admin' })
+  app.get('/billing', { onRequest: verify }, async () => 'invoices')
+  app.get('/wrapped', { preHandler: async (request, reply) => { await (verify as NonNullable<typeof verify>)(request, reply) } }, async () => 'invoices')
+  for (const url of ['/billing', '/wrapped']) {
+    const res = await app.inject({ url, headers: { [HEADER]: access.signToken() } })
+    t.same([res.statusCode, res.json()], [503, { failed: 'FST_CF_ACCESS_KEYS_UNAVAILABLE' }], url)
+    t.equal(res.headers['retry-after'], '5', `${url}: Retry-After`)
+  }
+})
+
 t.test('exports: the plugin, .default, the named export and the error constructors', async (t) => {
   t.equal(cloudflareAccess.default, cloudflareAccess)
   t.equal(cloudflareAccess.fastifyCloudflareAccess, cloudflareAccess)
