@@ -467,7 +467,7 @@ t.test('503 answers carry Retry-After through an error handler of the applicatio
   }
 })
 
-t.test('503 answers carry Retry-After through an error handler of the application on a route outside the plugin\'s scopes that runs its verify', async (t) => {
+t.test('503 answers of verify carry Retry-After where no onError hook of the plugin sees them: a route outside its scopes, a wrapper that answers the refusal itself', async (t) => {
   const access = await emulator(t)
   access.setOutage(true)
   const app = Fastify()
@@ -485,6 +485,23 @@ t.test('503 answers carry Retry-After through an error handler of the applicatio
     t.same([res.statusCode, res.json()], [503, { failed: 'FST_CF_ACCESS_KEYS_UNAVAILABLE' }], url)
     t.equal(res.headers['retry-after'], '5', `${url}: Retry-After`)
   }
+
+  // In the plugin's scope, a wrapper that answers verify's refusal itself: no error reaches an onError hook.
+  const wrapper = Fastify()
+  t.teardown(() => wrapper.close())
+  await wrapper.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience, hook: false })
+  wrapper.get('/answered', {
+    preHandler: async (request, reply) => {
+      try {
+        await wrapper.cfAccess.verify(request, reply)
+      } catch (error) {
+        return await reply.code((error as { statusCode: number }).statusCode).send({ failed: (error as { code: string }).code })
+      }
+    }
+  }, async () => 'invoices')
+  const answered = await wrapper.inject({ url: '/answered', headers: { [HEADER]: access.signToken() } })
+  t.same([answered.statusCode, answered.json()], [503, { failed: 'FST_CF_ACCESS_KEYS_UNAVAILABLE' }], 'a wrapper that answers the refusal itself')
+  t.equal(answered.headers['retry-after'], '5', 'a wrapper that answers the refusal itself: Retry-After')
 })
 
 t.test('exports: the plugin, .default, the named export and the error constructors', async (t) => {
