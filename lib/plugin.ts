@@ -196,10 +196,16 @@ export async function cloudflareAccess (fastify: FastifyInstance, rawOptions: Fa
   }
 
   /** `fastify.cfAccess.verify`: always verifies, wherever and however it is called. */
-  async function verify (request: FastifyRequest, _reply: FastifyReply): Promise<void> {
-    const outcome = checkAlways(request)
-    if (outcome instanceof Error) throw outcome
-    await outcome
+  async function verify (request: FastifyRequest, reply: FastifyReply): Promise<void> {
+    try {
+      const outcome = checkAlways(request)
+      if (outcome instanceof Error) throw outcome
+      await outcome
+    } catch (error) {
+      // Also on a route outside the plugin's scopes that runs verify, where no onError hook of ours sees it.
+      putErrorHeaders(reply, error)
+      throw error
+    }
   }
 
   async function verifyToken (token: string, request?: FastifyRequest): Promise<CloudflareAccessClaims> {
@@ -251,8 +257,7 @@ export async function cloudflareAccess (fastify: FastifyInstance, rawOptions: Fa
   // A 503 of the plugin tells the client when to come back (its error's `headers`), also through an error
   // handler of the application's, which Fastify does not give them.
   fastify.addHook('onError', function cfAccessErrorHeaders (_request, reply, error, done) {
-    const { headers, code } = error as { headers?: Record<string, string>, code?: unknown }
-    if (headers !== undefined && typeof code === 'string' && code.startsWith('FST_CF_ACCESS_')) reply.headers(headers)
+    putErrorHeaders(reply, error)
     done()
   })
   if (options.hook !== false) {
@@ -278,6 +283,12 @@ export async function cloudflareAccess (fastify: FastifyInstance, rawOptions: Fa
   })
   // Last, once nothing above can fail: from now on the scope counts as guarded.
   claimScope(fastify)
+}
+
+/** Puts a plugin error's `headers` (a 503's Retry-After) on the reply, for an error handler of the application's. */
+function putErrorHeaders (reply: FastifyReply, error: unknown): void {
+  const { headers, code } = error as { headers?: Record<string, string>, code?: unknown }
+  if (headers !== undefined && typeof code === 'string' && code.startsWith('FST_CF_ACCESS_')) reply.headers(headers)
 }
 
 /** Ends a verification of `enforce` on the request (verifications of one request may overlap and end in any order). */

@@ -27,6 +27,9 @@ const SKIP: RouteRule = Object.freeze({ skip: true, required: undefined, policy:
 /** Where the rule of a route the registration saw is pinned, on the route's own copy of its config. */
 const kRule = Symbol('fastify-cloudflare-access.rule')
 
+/** A pinned rule, with the value it was read from: it holds only while the route still carries that value. */
+interface Pinned { readonly of: unknown, readonly rule: RouteRule }
+
 const POLICY_KEYS = new Set(['allow', 'authorize', 'required'])
 
 function fail (where: string, message: string): never {
@@ -112,7 +115,10 @@ function ruleOfValue (raw: unknown): RouteRule {
  * scope with its `verify`, or unseen by the boot).
  */
 export function ruleOf (config: object): RouteRule {
-  return (config as { [kRule]?: RouteRule })[kRule] ?? ruleOfValue(rawOf(config))
+  const raw = rawOf(config)
+  const pinned = (config as { [kRule]?: Pinned })[kRule]
+  // An onRoute hook added after the pass may give the route another value: that one is read, never the pinned rule.
+  return pinned !== undefined && pinned.of === raw ? pinned.rule : ruleOfValue(raw)
 }
 
 /**
@@ -163,7 +169,9 @@ export function watchRouteConfig (fastify: FastifyInstance, context: RouteContex
   fastify.addHook('onRoute', (route: RouteOptions) => {
     const rule = check(route)
     if (rule !== NO_RULE) {
-      route.config = { ...route.config, cfAccess: rawOf(route.config), [kRule]: rule } as RouteOptions['config']
+      const raw = rawOf(route.config)
+      const pinned: Pinned = { of: raw, rule }
+      route.config = { ...route.config, cfAccess: raw, [kRule]: pinned } as RouteOptions['config']
     }
     for (const consume of consumers) consume(route, rule)
   })

@@ -467,6 +467,43 @@ t.test('503 answers carry Retry-After through an error handler of the applicatio
   }
 })
 
+t.test('503 answers of verify carry Retry-After where no onError hook of the plugin sees them: a route outside its scopes, a wrapper that answers the refusal itself', async (t) => {
+  const access = await emulator(t)
+  access.setOutage(true)
+  const app = Fastify()
+  t.teardown(() => app.close())
+  app.setErrorHandler((error: Error & { statusCode?: number, code?: string }, _request, reply) => reply.code(error.statusCode ?? 500).send({ failed: error.code }))
+  let verify: ((request: FastifyRequest, reply: FastifyReply) => Promise<void>) | undefined
+  await app.register(async (scope) => {
+    await scope.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience, hook: false })
+    verify = scope.cfAccess.verify
+  }, { prefix: '/admin' })
+  app.get('/billing', { onRequest: verify }, async () => 'invoices')
+  app.get('/wrapped', { preHandler: async (request, reply) => { await (verify as NonNullable<typeof verify>)(request, reply) } }, async () => 'invoices')
+  for (const url of ['/billing', '/wrapped']) {
+    const res = await app.inject({ url, headers: { [HEADER]: access.signToken() } })
+    t.same([res.statusCode, res.json()], [503, { failed: 'FST_CF_ACCESS_KEYS_UNAVAILABLE' }], url)
+    t.equal(res.headers['retry-after'], '5', `${url}: Retry-After`)
+  }
+
+  // In the plugin's scope, a wrapper that answers verify's refusal itself: no error reaches an onError hook.
+  const wrapper = Fastify()
+  t.teardown(() => wrapper.close())
+  await wrapper.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience, hook: false })
+  wrapper.get('/answered', {
+    preHandler: async (request, reply) => {
+      try {
+        await wrapper.cfAccess.verify(request, reply)
+      } catch (error) {
+        return await reply.code((error as { statusCode: number }).statusCode).send({ failed: (error as { code: string }).code })
+      }
+    }
+  }, async () => 'invoices')
+  const answered = await wrapper.inject({ url: '/answered', headers: { [HEADER]: access.signToken() } })
+  t.same([answered.statusCode, answered.json()], [503, { failed: 'FST_CF_ACCESS_KEYS_UNAVAILABLE' }], 'a wrapper that answers the refusal itself')
+  t.equal(answered.headers['retry-after'], '5', 'a wrapper that answers the refusal itself: Retry-After')
+})
+
 t.test('exports: the plugin, .default, the named export and the error constructors', async (t) => {
   t.equal(cloudflareAccess.default, cloudflareAccess)
   t.equal(cloudflareAccess.fastifyCloudflareAccess, cloudflareAccess)

@@ -87,3 +87,20 @@ t.test('hook: false: an onRoute hook added after the plugin that replaces route.
   await app.ready()
   t.same(await answers(app, access, '/keyed', 'GET', { 'x-api-key': 'k' }), BOSS_ONLY, 'an API key does not replace the route policy')
 })
+
+t.test('a config.cfAccess an onRoute hook added after the plugin gives the route is the one enforced, not the value the plugin read before it', async (t) => {
+  const access = await emulator(t)
+  // Such a hook (a plugin putting a policy on every route of its scope) runs after the plugin's pass.
+  const cases = [['onRequest', false], ['onRequest', { required: false }], ['onRequest', { required: true }], ['preHandler', false], [false, false]] as const
+  for (const [hook, first] of cases) {
+    const app = Fastify()
+    t.teardown(() => app.close())
+    await register(app, access, { hook })
+    app.addHook('onRoute', (route) => {
+      route.config = { ...route.config, cfAccess: { allow: { emails: ['boss@acme.com'] } } } as typeof route.config
+    })
+    app.get('/admin', { config: { cfAccess: first } }, async () => 'in')
+    await app.ready()
+    t.same(await answers(app, access, '/admin'), BOSS_ONLY, `hook ${String(hook)}, the route's own value ${JSON.stringify(first)}`)
+  }
+})
