@@ -244,6 +244,9 @@ t.test('fetchKeySet bounds every fetch', async (t) => {
   const cut = await rawServer(t, (req, res) => { res.writeHead(200, { 'content-length': '100' }); res.write('{"ke'); setTimeout(() => req.socket.destroy(), 20) })
   await t.rejects(fetchKeySet(cut.url, 2000, 1024), /connection to key endpoint failed|not JSON/, 'a connection cut mid-body')
 
+  const html = await rawServer(t, (_req, res) => { res.writeHead(200, { 'content-type': 'text/html' }).end('<html>') })
+  await t.rejects(fetchKeySet(html.url, 2000, 1024), /key endpoint answered something that is not JSON/, 'a page instead of the key set: refused when it ends, not at the timeout')
+
   const status = await rawServer(t, (_req, res) => { res.writeHead(301, { location: 'http://127.0.0.1:1/' }).end() })
   await t.rejects(fetchKeySet(status.url, 1000, 1024), /HTTP 301/)
 
@@ -457,8 +460,9 @@ t.test('KeyStore.whenReady: at once when ready, bounded when not, and a late suc
   await t.rejects(waiting, { code: 'FST_CF_ACCESS_KEYS_UNAVAILABLE', message: /no key set within 100 ms$/ })
   await ended
   t.equal(store.ready, true, 'the fetch under way completed after the bound')
+  const fetches = store.fetchCount
   await store.whenReady(1)
-  t.pass('ready: resolves at once')
+  t.equal(store.fetchCount, fetches, 'ready: resolves at once, without fetching')
 })
 
 t.test('KeyStore cold: never called stale; whenReady retries a failed fetch every 250 ms and resolves once one succeeds', async (t) => {

@@ -467,6 +467,32 @@ t.test('503 answers carry Retry-After through an error handler of the applicatio
   }
 })
 
+t.test("the plugin puts only its own errors' headers on the reply: an application's errors are left to its error handler", async (t) => {
+  const access = await emulator(t)
+  const app = Fastify()
+  t.teardown(() => app.close())
+  // An error handler that sends its own body, and no header of the error's: what it answers is the app's business.
+  app.setErrorHandler((error: Error & { statusCode?: number }, _request, reply) => reply.code(error.statusCode ?? 500).send({ failed: error.message }))
+  await app.register(cloudflareAccess, { teamDomain: access.teamDomain, audience: access.audience })
+  const thrown: Record<string, unknown> = {
+    '/no-code': {},
+    '/numeric-code': { code: 503 },
+    '/other-code': { code: 'FST_OTHER_PLUGIN' },
+    '/prefix-inside': { code: 'X_FST_CF_ACCESS_' }
+  }
+  for (const [url, fields] of Object.entries(thrown)) {
+    app.get(url, { onRequest: app.cfAccess.verify }, async () => {
+      throw Object.assign(new Error('the app failed'), { statusCode: 503, headers: { 'retry-after': '99', 'x-app': 'own' } }, fields)
+    })
+  }
+  const token = access.signToken()
+  for (const url of Object.keys(thrown)) {
+    const res = await app.inject({ url, headers: { [HEADER]: token } })
+    t.same([res.statusCode, res.json()], [503, { failed: 'the app failed' }], url)
+    t.same([res.headers['retry-after'], res.headers['x-app']], [undefined, undefined], `${url}: none of the error's headers`)
+  }
+})
+
 t.test('503 answers of verify carry Retry-After where no onError hook of the plugin sees them: a route outside its scopes, a wrapper that answers the refusal itself', async (t) => {
   const access = await emulator(t)
   access.setOutage(true)

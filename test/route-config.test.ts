@@ -104,3 +104,27 @@ t.test('a config.cfAccess an onRoute hook added after the plugin gives the route
     t.same(await answers(app, access, '/admin'), BOSS_ONLY, `hook ${String(hook)}, the route's own value ${JSON.stringify(first)}`)
   }
 })
+
+t.test('an invalid config.cfAccess an onRoute hook added after the plugin gives the route is never read as no policy: a 500, never admitted', async (t) => {
+  const access = await emulator(t)
+  const token = access.signToken({ email: 'boss@acme.com' })
+  for (const value of ['yes', null, { allow: 'x' }, {}]) {
+    for (const wiring of ['scope hook', 'verify', 'verifyToken'] as const) {
+      const app = Fastify()
+      t.teardown(() => app.close())
+      await register(app, access, { hook: wiring === 'scope hook' ? 'onRequest' : false })
+      app.addHook('onRoute', (route) => {
+        route.config = { ...route.config, cfAccess: value } as typeof route.config
+      })
+      if (wiring === 'verifyToken') {
+        app.get('/admin', { config: { cfAccess: false } }, async (request) => (await app.cfAccess.verifyToken(token, request)).email)
+      } else {
+        app.get('/admin', { config: { cfAccess: { allow: { emails: ['boss@acme.com'] } } }, onRequest: wiring === 'verify' ? app.cfAccess.verify : [] }, async () => 'in')
+      }
+      await app.ready()
+      const res = await app.inject({ url: '/admin', headers: { [HEADER]: token } })
+      t.equal(res.statusCode, 500, `${JSON.stringify(value)} through ${wiring}: the application's wiring mistake`)
+      t.match(res.json().message, /config\.cfAccess|"allow" must be an object/, 'saying what is wrong')
+    }
+  }
+})

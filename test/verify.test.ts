@@ -326,13 +326,20 @@ t.test('a token for another application: the 401 carries the expected audiences 
 })
 
 t.test('an audience that does not look like an AUD tag: one warning at registration, not an error', async (t) => {
-  for (const [audience, warned] of [[['my-app.acme.com', 'acme'], true], ['a'.repeat(64), false], ['A'.repeat(64), true]] as const) {
+  const tag = '0123456789abcdef'.repeat(4)
+  const cases: Array<[string | string[], boolean]> = [
+    [['my-app.acme.com', 'acme'], true], [tag, false], ['A'.repeat(64), true],
+    [`x${tag}`, true], [`${tag}x`, true], [tag.slice(1), true], [[tag, 'acme'], true]
+  ]
+  for (const [audience, warned] of cases) {
     const logs = captureLogs('warn')
     const { app } = await setup(t, { audience: audience as string | string[] }, { fastify: { logger: logs.logger } })
     const lines = logs.lines.filter((line) => /does not look like a Cloudflare Access Application Audience/.test(line.msg))
     t.equal(lines.length, warned ? 1 : 0, `${JSON.stringify(audience)}: ${warned ? 'one warning' : 'none'}`)
     if (warned) {
-      t.same(lines[0]?.audience, [audience].flat(), 'naming each unusual tag')
+      const unusual = [audience].flat().filter((value) => value !== tag)
+      t.same(lines[0]?.audience, unusual, 'naming each unusual tag, and only those')
+      t.match(lines[0]?.msg, `audience ${unusual.map((value) => JSON.stringify(value)).join(', ')} does not look like`, 'in the message too')
       t.match(lines[0]?.msg, /npx fastify-cloudflare-access inspect/)
     }
     t.ok(app.hasRoute({ method: 'GET', url: '/admin/me' }), 'the app booted')
