@@ -60,6 +60,7 @@ const LOOPBACK_V4 = /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/
 const PRINTABLE = /^[\x21-\x7e]+$/
 
 const TEAM_DOMAIN_FORMS = "a team name ('acme'), a team domain ('acme.cloudflareaccess.com', " +
+  // Stryker disable next-line StringLiteral: message text only (every refusal of a team domain is tested)
   "'acme.fed.cloudflareaccess.com') or its https origin ('https://acme.cloudflareaccess.com'); " +
   'http:// only for loopback hosts (127.0.0.0/8, localhost, [::1])'
 

@@ -161,6 +161,7 @@ export function identityWhileVerifying (under: readonly Verification[], admitted
     return under.map((verification) => verification.identity.get())[0] as Promise<CloudflareAccessIdentity>
   }
   const error = new AuthorizeFailedError(
+    // Stryker disable next-line StringLiteral: message text only (the refusal and its pointer to identity() are tested)
     'request.cfAccessIdentity() cannot tell which token it is asked about while another token is verified on the same request ' +
     '(verifyToken(token, request)): inside authorize, use identity(), its third argument'
   )
