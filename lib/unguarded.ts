@@ -162,7 +162,9 @@ function refuseAtRequestTime (root: FastifyInstance, log: FastifyBaseLogger, why
   log.warn(
     { fastifyVersion: root.version },
     `fastify-cloudflare-access: this app's routes cannot all be seen at boot (Fastify ${root.version}; ${why}): ` +
+    // Stryker disable next-line StringLiteral: message text only (the warning, its version and its reason are tested)
     'a route whose config.cfAccess no registration guards is refused at request time ' +
+    // Stryker disable next-line StringLiteral: message text only
     '(500 FST_CF_ACCESS_ROUTE_UNGUARDED) instead of at boot. Import fastify-cloudflare-access before creating the app to check at boot (with fastify-cli: fastify start -r fastify-cloudflare-access).'
   )
   // A lifecycle hook added to the root reaches every scope, those created before included.

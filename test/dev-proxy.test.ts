@@ -307,6 +307,12 @@ t.test('Access headers and the cookie a client sends are replaced, never passed 
   const resigned = new Jar()
   resigned.cookies.set('CF_Authorization', signJwt(header, { ...payload, email: 'admin@acme.com' }, attackerKey()))
   t.equal((await send(port, { path: '/me', jar: resigned })).status, 401, 'a login cookie signed by anyone else is no login')
+
+  // a browser's Cookie header as it may come: spaces around the pairs, empty pairs, the login cookie amid others
+  const session = jar.cookies.get('CF_Authorization') as string
+  const untidy = await send(port, { path: '/me', headers: { cookie: ` theme=dark ;; CF_Authorization=${session} ;lang=en; ` } })
+  t.equal(JSON.parse(untidy.body).headers.cookie.replace(/CF_Authorization=[\w.-]+$/, 'CF_Authorization=<fresh>'), 'theme=dark; lang=en; CF_Authorization=<fresh>',
+    'the other cookies, each trimmed, no empty pair, and only the fresh login cookie')
 })
 
 t.test('the app verifies, the proxy does not vouch: an app configured for another audience rejects its tokens', async (t) => {
@@ -364,7 +370,9 @@ t.test('WebSocket upgrades go through with a token; without a login they are ref
     })
     client.on('error', () => {})
   })
+  const before = upgrades.length
   t.equal(await refused('/ws', {}), 401, 'no login')
+  t.equal(upgrades.length, before, 'refused by the proxy: the upgrade never reached the app')
   t.equal(await refused('/ws', { cookie: jar.header, host: `evil.example:${port}` }), 403, 'wrong Host')
   t.equal(await refused('/elsewhere', { cookie: jar.header }), 404, "the app's own refusal is passed on")
 })

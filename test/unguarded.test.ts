@@ -237,6 +237,21 @@ t.test('an optional route under a plugin-level policy is refused at boot, in eit
   t.equal((await app.inject('/account')).statusCode, 401)
 })
 
+t.test('where the boot sees every route, there is no request-time fallback: no warning, no hook of its own', async (t) => {
+  const logs = captureLogs('warn')
+  const app = Fastify({ logger: logs.logger })
+  t.teardown(() => app.close())
+  app.register(async (scope) => {
+    await scope.register(cloudflareAccess, options())
+    scope.get('/me', { config: { cfAccess: POLICY } }, async (request) => ({ email: request.cfAccess?.email }))
+  }, { prefix: '/admin' })
+  app.get('/plain', async () => 'plain')
+  await app.ready()
+  t.same(logs.lines.filter((line) => /cannot all be seen at boot/.test(line.msg)), [], 'no warning')
+  t.notMatch(app.printRoutes({ includeHooks: true }), /cfAccessUnguardedRoute/, 'no request-time hook')
+  t.equal((await app.inject({ url: '/admin/me', headers: { [HEADER]: access.signToken({ email: 'cfo@acme.com' }) } })).statusCode, 200)
+})
+
 t.test('the self-check: a route the root did not see is refused at request time, with one warning', async (t) => {
   // Simulates a Fastify whose root onRoute hooks do not reach every route: the root's recorder is taken out
   // of the root's hooks (Fastify's own symbol), so routes added from now on are seen by the registration only.
